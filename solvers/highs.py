@@ -6,6 +6,8 @@ and returns the primal x and the row duals (y_eq, y_ub) in HiGHS's sign conventi
 """
 from __future__ import annotations
 
+import os
+import sys
 import time
 
 import highspy
@@ -13,6 +15,31 @@ import numpy as np
 import scipy.sparse as sp
 
 from solvers.base import SolveResult, Status
+
+_BANNER_SHOWN = False
+
+
+def new_highs() -> "highspy.Highs":
+    """A silent Highs instance. HiGHS prints a copyright banner to fd 1 on the first
+    construction in a process; it is sent to /dev/null so `--json` output stays clean."""
+    global _BANNER_SHOWN
+    if _BANNER_SHOWN:
+        h = highspy.Highs()
+    else:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 1)
+            h = highspy.Highs()
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            os.close(devnull)
+        _BANNER_SHOWN = True
+    h.setOptionValue("output_flag", False)
+    return h
+
 
 _STATUS = {
     "kOptimal": Status.OPTIMAL,
@@ -44,8 +71,7 @@ def linprog(c, A_eq=None, b_eq=None, A_ub=None, b_ub=None, lb=0.0, ub=np.inf,
     lo = np.concatenate(lo) if lo else np.zeros(0)
     hi = np.concatenate(hi) if hi else np.zeros(0)
 
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
+    h = new_highs()
     if time_limit is not None:
         h.setOptionValue("time_limit", float(time_limit))
     inf = highspy.kHighsInf
