@@ -59,7 +59,8 @@ def compile_gridworld(spec: Any, source: str) -> dict:
         if isinstance(x, bool) or not isinstance(x, (int, float)):
             _fail(source, f"gridworld.rewards.{ch}", f"must be a number, got {x!r}")
     term_letters = spec.get("terminal", []) or []
-    if not isinstance(term_letters, list) or any(ch not in letters for ch in term_letters):
+    if not isinstance(term_letters, list) or any(
+            not isinstance(ch, str) or ch not in letters for ch in term_letters):
         _fail(source, "gridworld.terminal", "must be a list of letters that occur in the map")
     if "#" in term_letters or "#" in cell_reward:
         _fail(source, "gridworld", "walls '#' cannot carry rewards or be terminal")
