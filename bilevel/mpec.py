@@ -1,0 +1,393 @@
+"""Complementarity reductions (Scholtes, ExactProduct, BigM) and the MPEC driver `solve_mpec`.
+
+Every active `pyomo.mpec.Complementarity` in a model is read as pairs  a >= 0 _|_ b >= 0
+(a, b Pyomo expressions; see `complementarity_pairs` for the accepted forms). A reduction
+replaces the pairs by ordinary constraints in a new Block, deactivates the Complementarity
+components, and `invert` undoes both (variable values stay). Each side that is not a plain
+variable with lb >= 0 gets a slack  s == a, s >= 0  (the "lifted" form, friendlier to IPOPT).
+
+    Scholtes(schedule):  a >= 0, b >= 0, a*b <= eps,  eps a Var fixed by bounds (lb = ub).
+    ExactProduct():      a >= 0, b >= 0, a*b == 0                        (SCIP, global)
+    BigM(M):             a >= 0, b >= 0, a <= M_a z, b <= M_b (1 - z), z binary   (SCIP)
+
+`solve_mpec` runs a reduced model on a back-end: IPOPT with multistart and (for Scholtes) the
+eps homotopy with warm starts on ONE compiled NLP, or SCIP once. Its solutions are
+optimistic (strong) Stackelberg solutions when the pairs come from a follower's KKT system.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import pyomo.environ as pyo
+from pyomo.common.collections import ComponentMap, ComponentSet
+from pyomo.core.expr import value as pvalue
+from pyomo.core.expr.numvalue import native_numeric_types
+from pyomo.mpec import Complementarity
+
+from solvers.base import Status
+from solvers.ipopt import Ipopt
+from solvers.scip import Scip
+
+
+# --------------------------------------------------------------------------------------------
+# pairs
+@dataclass(frozen=True)
+class Pair:
+    """One complementarity condition  a >= 0 _|_ b >= 0  (a, b Pyomo expressions)."""
+
+    source: Any   # the ComplementarityData it came from
+    a: Any
+    b: Any
+
+
+def _is_zero(e) -> bool:
+    return e.__class__ in native_numeric_types and e == 0 or (
+        hasattr(e, "is_constant") and e.is_constant() and pvalue(e) == 0)
+
+
+def _nonneg(lo, e, hi):
+    """(lo, e, hi) with one finite side -> the expression that must be >= 0."""
+    if lo is not None and hi is None:
+        return e if _is_zero(lo) else e - lo
+    if hi is not None and lo is None:
+        return hi - e
+    raise NotImplementedError("ranged complementarity (l <= x <= u _|_ F) is not supported")
+
+
+def complementarity_pairs(model) -> list[Pair]:
+    """All active complementarity conditions of `model` as pairs a >= 0 _|_ b >= 0.
+
+    Accepted forms (Pyomo's canonical (lo, expr, hi) of each argument):
+    - two one-sided inequalities: complements(e1 >= l1, e2 <= u2)  -> (e1 - l1, u2 - e2);
+    - one one-sided inequality and a free expression (MCP form):
+      complements(x >= l, F) -> (x - l, F);  complements(x <= u, F) -> (u - x, -F).
+    An equality argument (complements(h == 0, v)) is not a pair: it is rejected here, write
+    it as a Constraint.
+    """
+    pairs = []
+    for comp in model.component_data_objects(Complementarity, active=True, descend_into=True):
+        e1, e2 = (comp._canonical_expression(arg) for arg in comp._args)  # noqa: SLF001
+        if len(e1) == 2 or len(e2) == 2:
+            raise NotImplementedError(f"{comp.name}: equality inside complements(); "
+                                      "write it as a Constraint")
+        free1 = e1[0] is None and e1[2] is None
+        free2 = e2[0] is None and e2[2] is None
+        if free1 and free2:
+            raise ValueError(f"{comp.name}: both sides are free expressions")
+        if free1:
+            e1, e2, free1, free2 = e2, e1, free2, free1
+        a = _nonneg(*e1)
+        if free2:
+            b = e2[1] if e1[2] is None else -e2[1]
+        else:
+            b = _nonneg(*e2)
+        pairs.append(Pair(comp, a, b))
+    return pairs
+
+
+def complementarity_violation(pairs) -> float:
+    """max_i |min(a_i, b_i)| at the current values: 0 iff every a, b >= 0 and a*b = 0."""
+    worst = 0.0
+    for p in pairs:
+        worst = max(worst, abs(min(pvalue(p.a), pvalue(p.b))))
+    return worst
+
+
+# --------------------------------------------------------------------------------------------
+# reductions
+@dataclass
+class InverseData:
+    """What `invert` needs: the added block, the deactivated components, the pairs and the
+    nonnegative sides (slack or plain var) used in the reduced model."""
+
+    block_name: str
+    components: list
+    pairs: list
+    sides: list          # [(a_side, b_side)], Pyomo vars (or expressions) >= 0
+    eps: Any = None      # Scholtes: the eps Var
+
+
+class _Reduction:
+    """apply(model) -> (model, InverseData); invert(model, inverse) restores the model."""
+
+    name = "reduction"
+
+    def accepts(self, model) -> bool:
+        return bool(complementarity_pairs(model))
+
+    def apply(self, model):
+        pairs = complementarity_pairs(model)
+        bname = "_mpec_reduction"
+        k = 0
+        while model.component(bname) is not None:
+            k += 1
+            bname = f"_mpec_reduction_{k}"
+        blk = pyo.Block(concrete=True)
+        model.add_component(bname, blk)
+        blk.slack = pyo.Var(pyo.Any, dense=False, bounds=(0, None))
+        blk.slack_def = pyo.Constraint(pyo.Any)
+        blk.nonneg = pyo.Constraint(pyo.Any)
+        sides = []
+        for i, p in enumerate(pairs):
+            sides.append((self._side(blk, (i, "a"), p.a), self._side(blk, (i, "b"), p.b)))
+        comps = []
+        seen = ComponentSet()
+        for p in pairs:
+            c = p.source.parent_component()
+            if c not in seen:
+                seen.add(c)
+                comps.append(c)
+                c.deactivate()
+        inv = InverseData(bname, comps, pairs, sides)
+        self._build(blk, sides, inv)
+        return model, inv
+
+    @staticmethod
+    def _side(blk, key, e):
+        """A nonnegative Pyomo var equal to e: e itself if it is a var, else a slack."""
+        if getattr(e, "is_variable_type", lambda: False)() and not e.fixed:
+            if e.lb is None or e.lb < 0:
+                blk.nonneg[key] = e >= 0
+            return e
+        s = blk.slack[key]
+        val = pvalue(e, exception=False)
+        if val is not None:
+            s.set_value(max(0.0, float(val)), skip_validation=True)
+        blk.slack_def[key] = s == e
+        return s
+
+    def _build(self, blk, sides, inv):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def invert(self, model, inv: InverseData):
+        """Delete the reduction block and reactivate the Complementarity components."""
+        model.del_component(inv.block_name)
+        for c in inv.components:
+            c.activate()
+        return model
+
+
+@dataclass(frozen=True)
+class Scholtes(_Reduction):
+    """a*b <= eps with eps -> 0 along `schedule` (one Var `eps`, lb = ub = current step)."""
+
+    schedule: tuple = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9)
+    name = "scholtes"
+
+    def _build(self, blk, sides, inv):
+        e0 = float(self.schedule[0])
+        blk.eps = pyo.Var(bounds=(e0, e0), initialize=e0)
+        blk.relaxed = pyo.Constraint(range(len(sides)),
+                                     rule=lambda b, i: sides[i][0] * sides[i][1] <= b.eps)
+        inv.eps = blk.eps
+
+    @staticmethod
+    def set_eps(inv: InverseData, eps: float):
+        inv.eps.setlb(float(eps))
+        inv.eps.setub(float(eps))
+        inv.eps.set_value(float(eps))
+
+
+@dataclass(frozen=True)
+class ExactProduct(_Reduction):
+    """a*b == 0 (a nonconvex equality; SCIP solves it globally)."""
+
+    name = "exact_product"
+
+    def _build(self, blk, sides, inv):
+        blk.product = pyo.Constraint(range(len(sides)),
+                                     rule=lambda b, i: sides[i][0] * sides[i][1] == 0)
+
+
+@dataclass(frozen=True)
+class BigM(_Reduction):
+    """a <= M_a z, b <= M_b (1 - z), z binary. `M` is a scalar, an (M_a, M_b) tuple, or a
+    mapping {ComplementarityData: scalar or (M_a, M_b)} with `default` for the rest. The caller
+    is responsible for M being a valid bound on a and b at some optimum."""
+
+    M: Any = 1e3
+    default: Any = None
+    name = "big_m"
+
+    def _bounds(self, p: Pair):
+        m = self.M
+        if isinstance(m, Mapping) or hasattr(m, "get") and not isinstance(m, (int, float)):
+            m = m.get(p.source, self.default)
+            if m is None:
+                raise KeyError(f"BigM: no M for {p.source.name}")
+        if isinstance(m, (tuple, list)):
+            return float(m[0]), float(m[1])
+        return float(m), float(m)
+
+    def _build(self, blk, sides, inv):
+        ms = [self._bounds(p) for p in inv.pairs]
+        n = len(sides)
+        blk.z = pyo.Var(range(n), domain=pyo.Binary)
+        blk.big_a = pyo.Constraint(range(n), rule=lambda b, i: sides[i][0] <= ms[i][0] * b.z[i])
+        blk.big_b = pyo.Constraint(range(n),
+                                   rule=lambda b, i: sides[i][1] <= ms[i][1] * (1 - b.z[i]))
+
+
+# --------------------------------------------------------------------------------------------
+# driver
+@dataclass(frozen=True)
+class MPECResult:
+    """Outcome of `solve_mpec`. `objective`/`point` are None unless a start succeeded (or SCIP
+    has an incumbent: status FEASIBLE, with `gap`/`bound`). `solutions` are the distinct
+    successful local solutions, best first. certificate: "global" (SCIP proved the gap),
+    "local" (IPOPT KKT point / SCIP incumbent), "none"."""
+
+    status: Status
+    objective: float | None
+    point: Any                         # ComponentMap {VarData: value} or None
+    solutions: tuple = ()              # ((objective, point), ...)
+    starts_tried: int = 0
+    starts_succeeded: int = 0
+    complementarity_violation: float | None = None
+    seconds: float = 0.0
+    certificate: str = "none"
+    gap: float | None = None
+    bound: float | None = None
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status.ok
+
+    def to_json(self) -> dict:
+        named = (lambda pt: None if pt is None else {v.name: float(x) for v, x in pt.items()})
+        return {"status": self.status.value, "objective": self.objective,
+                "point": named(self.point),
+                "solutions": [{"objective": o, "point": named(p)} for o, p in self.solutions],
+                "starts_tried": self.starts_tried, "starts_succeeded": self.starts_succeeded,
+                "complementarity_violation": self.complementarity_violation,
+                "seconds": self.seconds, "certificate": self.certificate, "gap": self.gap,
+                "bound": self.bound, "message": self.message}
+
+
+def _objective_sense(model) -> int:
+    objs = list(model.component_data_objects(pyo.Objective, active=True, descend_into=True))
+    return -1 if objs and objs[0].sense == pyo.maximize else 1
+
+
+def random_start(lb, ub, rng, box=10.0):
+    """Uniform in [lb, ub] cut to a finite box: [lb, min(ub, lb + box)] when lb is finite,
+    [ub - box, ub] when only ub is, [-box, box] for free variables."""
+    lo = np.where(np.isfinite(lb), lb, np.where(np.isfinite(ub), ub - box, -box))
+    hi = np.where(np.isfinite(ub), ub, np.where(np.isfinite(lb), lb + box, box))
+    hi = np.where(np.isfinite(lb) & np.isfinite(ub), np.minimum(ub, lb + box), hi)
+    return rng.uniform(lo, np.maximum(hi, lo))
+
+
+def _same(a, b, xa, xb, obj_tol, x_tol):
+    if abs(a - b) > obj_tol * (1 + abs(a)):
+        return False
+    scale = 1 + max(np.max(np.abs(xa), initial=0), np.max(np.abs(xb), initial=0))
+    return float(np.max(np.abs(xa - xb), initial=0)) <= x_tol * scale
+
+
+def solve_mpec(model, reduction, backend, starts: int = 1, seed: int = 0, x0s=(),
+               keep_distinct: bool = True, *, box: float = 10.0, comp_tol: float = 1e-6,
+               obj_tol: float = 1e-6, x_tol: float = 1e-4) -> MPECResult:
+    """Reduce the complementarity pairs of `model`, solve, load the best point, restore.
+
+    IPOPT: starting points are the caller's `x0s` (mappings {VarData: value}, partial is fine:
+    the rest keeps the model's initial values), then the model's initial values, then
+    `starts - 1` seeded random points (`random_start`, width `box`). With Scholtes, each start
+    runs the eps homotopy on one compiled NLP, each step warm-started from the last iterate.
+    A start succeeds when its final solve is a KKT point and the complementarity violation
+    max|min(a, b)| <= comp_tol. Two solutions are the same when objectives agree to
+    obj_tol*(1+|f|) and points (original model variables) to x_tol*(1+max|x|) in max-norm.
+    SCIP: one global solve; certificate "global" iff it proved the gap.
+    """
+    t0 = time.perf_counter()
+    sense = _objective_sense(model)
+    model, inv = reduction.apply(model)
+    blk = model.component(inv.block_name)
+    try:
+        if isinstance(backend, Scip):
+            return _solve_scip(model, inv, backend, t0)
+        if not isinstance(backend, Ipopt):
+            raise TypeError(f"unknown backend {backend!r}")
+        nlp = backend.compile(model)
+        own = [i for i, v in enumerate(nlp.variables) if v.parent_block() is not blk
+               and not _inside(v, blk)]
+        lb, ub = nlp.bounds()
+        base = nlp.initial_point(lb, ub)
+        rng = np.random.default_rng(seed)
+        points = [nlp.initial_point(lb, ub, x0) if x0 is not None else base for x0 in x0s]
+        points += [base] if starts >= 1 else []
+        points += [np.clip(np.where(lb == ub, base, random_start(lb, ub, rng, box)), lb, ub)
+                   for _ in range(max(0, starts - 1))]
+        schedule = reduction.schedule if isinstance(reduction, Scholtes) else (None,)
+        found, failures = [], Counter()
+        for x0 in points:
+            _set_values(nlp.variables, x0)
+            res = None
+            for eps in schedule:
+                if eps is not None:
+                    Scholtes.set_eps(inv, eps)
+                res = nlp.solve(load="always")
+            viol = complementarity_violation(inv.pairs)
+            if res.ok and viol <= comp_tol:
+                xfull = np.array([v.value for v in nlp.variables], dtype=float)
+                found.append((res.objective, xfull, viol))
+            else:
+                failures[res.status if not res.ok else Status.SOLVER_ERROR] += 1
+        seconds = time.perf_counter() - t0
+        if not found:
+            status = Status.INFEASIBLE if set(failures) == {Status.INFEASIBLE} else \
+                failures.most_common(1)[0][0]
+            return MPECResult(status, None, None, (), len(points), 0, None, seconds, "none",
+                              message=f"no start succeeded: {dict(failures)}")
+        found.sort(key=lambda t: sense * t[0])
+        distinct = []
+        for obj, x, viol in found:
+            if not keep_distinct and distinct:
+                break
+            if not any(_same(obj, o, x[own], y[own], obj_tol, x_tol) for o, y, _ in distinct):
+                distinct.append((obj, x, viol))
+        best_obj, best_x, best_viol = distinct[0]
+        _set_values(nlp.variables, best_x)
+        pt = (lambda x: ComponentMap((nlp.variables[i], float(x[i])) for i in own))
+        return MPECResult(Status.LOCALLY_OPTIMAL, float(best_obj), pt(best_x),
+                          tuple((float(o), pt(x)) for o, x, _ in distinct), len(points),
+                          len(found), float(best_viol), time.perf_counter() - t0, "local",
+                          message=f"IPOPT, {len(found)}/{len(points)} starts succeeded")
+    finally:
+        reduction.invert(model, inv)
+
+
+def _inside(v, blk) -> bool:
+    b = v.parent_block()
+    while b is not None:
+        if b is blk:
+            return True
+        b = b.parent_block()
+    return False
+
+
+def _set_values(variables, x):
+    for v, val in zip(variables, x):
+        if not v.fixed:
+            v.set_value(float(val), skip_validation=True)
+
+
+def _solve_scip(model, inv, backend: Scip, t0) -> MPECResult:
+    res = backend.solve(model, load=True)
+    seconds = time.perf_counter() - t0
+    if res.status not in (Status.OPTIMAL, Status.FEASIBLE):
+        return MPECResult(res.status, None, None, (), 1, 0, None, seconds, "none",
+                          gap=res.gap, bound=res.bound, message=res.message)
+    blk = model.component(inv.block_name)
+    pt = ComponentMap((v, float(x)) for v, x in res.x.items() if not _inside(v, blk))
+    viol = complementarity_violation(inv.pairs)
+    cert = "global" if res.status == Status.OPTIMAL else "local"
+    return MPECResult(res.status, res.objective, pt, ((res.objective, pt),), 1,
+                      1 if res.status == Status.OPTIMAL else 0, viol, seconds, cert,
+                      gap=res.gap, bound=res.bound, message=res.message)
