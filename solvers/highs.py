@@ -103,3 +103,90 @@ def linprog(c, A_eq=None, b_eq=None, A_ub=None, b_ub=None, lb=0.0, ub=np.inf,
                        x=np.asarray(sol.col_value, dtype=float), duals=(y[:n_eq], y[n_eq:]),
                        iterations=int(info.simplex_iteration_count), seconds=seconds,
                        message=f"HiGHS: {name}")
+
+
+class Highs:
+    """LPs written in Pyomo, solved by `linprog`; values and duals mapped back.
+
+    `solve(model)` reads the active linear constraints lo <= a.x + a0 <= hi and the active
+    linear objective (fixed variables are constants). Duals use the sensitivity convention
+    d(objective*)/d(bound) (Pyomo/AMPL, as `solvers.ipopt`); they go to `result.duals`
+    (ComponentMap) and to an IMPORT Suffix `dual` if the model has one.
+    """
+
+    def __init__(self, time_limit: float | None = None):
+        self.time_limit = time_limit
+
+    def solve(self, model, load=True) -> SolveResult:
+        import pyomo.environ as pyo
+        from pyomo.common.collections import ComponentMap
+        from pyomo.core.base.suffix import Suffix
+        from pyomo.core.expr import value as pvalue
+        from pyomo.repn import generate_standard_repn
+
+        t0 = time.perf_counter()
+        objs = list(model.component_data_objects(pyo.Objective, active=True, descend_into=True))
+        if len(objs) != 1:
+            raise ValueError("Highs: exactly one active objective expected")
+        obj = objs[0]
+        cons = list(model.component_data_objects(pyo.Constraint, active=True, descend_into=True))
+        index = ComponentMap()
+        cols = []
+
+        def linear(e, what):
+            repn = generate_standard_repn(e, compute_values=True, quadratic=False)
+            if not repn.is_linear():
+                raise ValueError(f"Highs: {what} is not linear")
+            for v in repn.linear_vars:
+                if v not in index:
+                    index[v] = len(cols)
+                    cols.append(v)
+            return repn
+
+        orep = linear(obj.expr, "objective")
+        reps = [linear(c.body, c.name) for c in cons]
+        n = len(cols)
+        c = np.zeros(n)
+        for v, a in zip(orep.linear_vars, orep.linear_coefs):
+            c[index[v]] += a
+        eq_rows, ub_rows, b_eq, b_ub, where = [], [], [], [], []  # where: (con, kind, row, sign)
+        for con, rep in zip(cons, reps):
+            row = np.zeros(n)
+            for v, a in zip(rep.linear_vars, rep.linear_coefs):
+                row[index[v]] += a
+            k0 = float(pvalue(rep.constant))
+            lo = None if con.lower is None else float(pvalue(con.lower)) - k0
+            hi = None if con.upper is None else float(pvalue(con.upper)) - k0
+            if con.equality:
+                where.append((con, "eq", len(eq_rows), 1.0)); eq_rows.append(row); b_eq.append(hi)
+                continue
+            if hi is not None:
+                where.append((con, "ub", len(ub_rows), 1.0)); ub_rows.append(row); b_ub.append(hi)
+            if lo is not None:
+                where.append((con, "ub", len(ub_rows), -1.0)); ub_rows.append(-row); b_ub.append(-lo)
+        lb = np.array([-np.inf if v.lb is None else v.lb for v in cols], dtype=float)
+        ub = np.array([np.inf if v.ub is None else v.ub for v in cols], dtype=float)
+        maximize = obj.sense == pyo.maximize
+        res = linprog(c, A_eq=np.array(eq_rows) if eq_rows else None,
+                      b_eq=np.array(b_eq) if eq_rows else None,
+                      A_ub=np.array(ub_rows) if ub_rows else None,
+                      b_ub=np.array(b_ub) if ub_rows else None,
+                      lb=lb, ub=ub, maximize=maximize, time_limit=self.time_limit)
+        if not res.ok:
+            return res
+        y_eq, y_ub = res.duals
+        duals = ComponentMap((con, 0.0) for con in cons)
+        for con, kind, r, sign in where:
+            y = y_eq[r] if kind == "eq" else y_ub[r]
+            duals[con] += sign * float(y)
+        x = ComponentMap((v, float(val)) for v, val in zip(cols, res.x))
+        if load:
+            for v, val in x.items():
+                v.set_value(val, skip_validation=True)
+            suf = model.component("dual")
+            if isinstance(suf, Suffix) and suf.import_enabled():
+                for con, d in duals.items():
+                    suf[con] = d
+        return SolveResult(Status.OPTIMAL, objective=res.objective + float(pvalue(orep.constant)),
+                           x=x, duals=duals, iterations=res.iterations,
+                           seconds=time.perf_counter() - t0, message=res.message)

@@ -21,7 +21,9 @@ Traps handled here:
   `objective` is reported in the model's own sense.
 
 Points and duals are `ComponentMap`s (Pyomo's component-keyed dict: VarData is unhashable);
-`x0` may be any mapping with `.items()` of (VarData, value).
+`x0` may be a ComponentMap or an iterable of (VarData, value) pairs.
+`result.timings`: nl_write, casadi (compile, once), setup (bounds/x0 re-read + cyipopt
+Problem), ipopt (the solve, callbacks included), load (values back into Pyomo).
 
 Multipliers follow the Pyomo/AMPL "sensitivity" convention: the dual of a constraint
 lb <= body <= ub is d(objective*)/d(active bound), i.e. dual = -s * lambda_ipopt where IPOPT's
@@ -211,9 +213,9 @@ class CompiledNLP:
     def initial_point(self, lb, ub, x0: dict | None = None):
         """Current `.value`s (None -> 0), overridden by `x0`, projected into [lb, ub]."""
         x = np.array([0.0 if v.value is None else float(v.value) for v in self.variables])
-        if x0:
+        if x0 is not None and len(x0):
             index = self._index()
-            for v, val in x0.items():
+            for v, val in (x0.items() if hasattr(x0, "items") else x0):
                 i = index.get(id(v))
                 if i is not None and val is not None:
                     x[i] = float(val)
@@ -226,7 +228,8 @@ class CompiledNLP:
 
     # -- solve ----------------------------------------------------------------------------------
     def solve(self, x0: dict | None = None, load=True, options: dict | None = None) -> SolveResult:
-        """Run IPOPT from the model's current values/bounds (or `x0` {VarData: value}).
+        """Run IPOPT from the model's current values/bounds, overridden by `x0` (a mapping
+        such as ComponentMap, or an iterable of (VarData, value) pairs).
 
         load=True: on success write x* into the variables and the multipliers into an IMPORT
         Suffix `dual` (and bound multipliers into `rc`, if present). load="always": write the
@@ -243,6 +246,7 @@ class CompiledNLP:
         opts.update(options or {})
         for k, v in opts.items():
             nlp.add_option(k, v)
+        t_setup = time.perf_counter()
         x, info = nlp.solve(xinit)
         t1 = time.perf_counter()
         status, msg = _STATUS.get(int(info["status"]), (Status.SOLVER_ERROR, ""))
@@ -254,12 +258,14 @@ class CompiledNLP:
         dd = ComponentMap(zip(self.constraints, duals.tolist()))
         if load == "always" or (load and status.ok):
             self._load(x, duals, np.asarray(info["mult_x_L"]), np.asarray(info["mult_x_U"]))
-        timings = dict(self.timings, ipopt=t1 - t0)
+        t2 = time.perf_counter()
+        timings = dict(self.timings, setup=t_setup - t0, ipopt=t1 - t_setup,
+                       load=t2 - t1)
         if not status.ok:
-            return SolveResult(status, iterations=cb.iters, seconds=t1 - t0, message=msg,
+            return SolveResult(status, iterations=cb.iters, seconds=t2 - t0, message=msg,
                                timings=timings, x=xd if load == "always" else None)
         return SolveResult(status, objective=s * float(info["obj_val"]), x=xd, duals=dd,
-                           iterations=cb.iters, seconds=t1 - t0, message=msg,
+                           iterations=cb.iters, seconds=t2 - t0, message=msg,
                            timings=timings)
 
     def _load(self, x, duals, zl, zu):
