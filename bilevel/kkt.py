@@ -235,7 +235,9 @@ def check_follower(model, follower: Follower, kkt: KKTBlock | None = None) -> Fo
     Leader variables (everything in the follower's expressions that is not a follower variable)
     are temporarily fixed at their current values. LP followers go to HiGHS (`linprog`),
     convex quadratic objectives (0.5 y'Qy + c'y) to CVXPY. The current follower point is
-    evaluated as is (no projection). The complementarity violation is over `kkt`'s pairs, or
+    evaluated as is (no projection); the best response is computed over the follower's
+    feasible set enlarged by the current point's own violation (`primal_violation`, usually
+    ~1e-9), so that a leader value a hair off an edge cannot make the set empty. The complementarity violation is over `kkt`'s pairs, or
     over every Complementarity in `model` when `kkt` is None (None if there are none).
     """
     from solvers.highs import linprog
@@ -283,8 +285,14 @@ def check_follower(model, follower: Follower, kkt: KKTBlock | None = None) -> Fo
         for v in leaders:
             v.unfix()
     s = follower.s
+    # the current point is feasible to within `viol`; compare it with the best response over
+    # the follower's feasible set enlarged by the same amount (else a leader value 1e-9 off
+    # an edge can leave the exact set empty)
+    delta = viol + 1e-12
+    eqm = np.array([c.equality for c in cons], dtype=bool)
+    lo, hi = np.where(eqm, lo, lo - delta), np.where(eqm, hi, hi + delta)
+    vlb, vub = vlb - delta, vub + delta
     if not Q.any():
-        eqm = np.isclose(lo, hi)
         A_eq, b_eq = A[eqm], lo[eqm]
         lo_i, hi_i, A_i = lo[~eqm], hi[~eqm], A[~eqm]
         fin_hi, fin_lo = np.isfinite(hi_i), np.isfinite(lo_i)
