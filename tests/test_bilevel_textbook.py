@@ -220,3 +220,17 @@ def test_infeasible_bilevel_reported_as_failed():
     kkt_reduce(m, f)
     res = solve_mpec(m, ExactProduct(), Scip(time_limit=30))
     assert res.status == Status.INFEASIBLE and res.objective is None and res.solutions == ()
+
+
+def test_unrelaxed_form_stalls_where_homotopy_succeeds():
+    """Aiyoshi & Shimizu (1984): IPOPT on the unrelaxed MPEC (eps = 0, a*b <= 0) from the
+    model's initial point converges to a spurious stationary point (F = 11.11, not the
+    bilevel optimum 0); the eps homotopy from the same start reaches the published 0."""
+    m, f, published = aiyoshi_shimizu_1984()
+    kkt_reduce(m, f)
+    exact = solve_mpec(m, Scholtes(schedule=(0.0,)), Ipopt(), starts=1)
+    assert not (exact.ok and abs(exact.objective - published) < 1e-2)
+    m, f, published = aiyoshi_shimizu_1984()
+    kkt_reduce(m, f)
+    homotopy = solve_mpec(m, Scholtes(), Ipopt(), starts=1)
+    assert homotopy.ok and homotopy.objective == pytest.approx(published, abs=1e-4)
