@@ -1,0 +1,167 @@
+"""Inner-outer loop (Gerstgrasser & Parkes): per leader iteration, train the follower toward its
+best response, then update the leader once. Tabular, sample-based: the true MDP is touched only
+through a counting BatchStepper; policies learn from rollouts in the model.
+
+PAL (leader = policy pi, follower = model):
+    collect episodes of pi in M; follower: refit Phat to this batch (count model: the Dirichlet
+    posterior mean, i.e. the sample best response of the KL fit; or `model_steps` Adam steps of a
+    softmax model); leader: one NPG step on Q estimated by rollouts of pi in Phat.
+MAL family (leader = model Phat, softmax-parametrized; follower = policy):
+    follower: `follower_steps` NPG steps in Phat (warm-started); collect episodes of pi in M;
+    leader: `model_steps` Adam steps on its objective with the data of this iteration:
+      MAL               l(Phat, mu_hat)                    (weighted NLL of the follower's data)
+      MAL_agent_reward  alpha l(Phat, mu_hat) - (1-alpha) J(pi_tau, Phat), pi_tau the follower's
+                        entropy-smoothed best response in Phat (temperature tau), held fixed
+      MAL_random_noise  l(Phat, alpha mu_hat + (1-alpha) mu_hat_rand), mu_hat_rand from as many
+                        uniform-random episodes (counted as env samples)
+The model starts at uniform on K (zero logits): the maximum-entropy prior. The last step makes the
+pair consistent: PAL refits the model to the final policy's data; MAL trains the follower on the
+final model.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from bilevel.mdp import TabularMDP
+from bilevel.occupancy import episode_reward, policy_return, uniform_policy
+from bilevel.rl import learners as L
+from bilevel.rl.env import BatchStepper, episode_horizon
+from bilevel.rl.record import CurvePoint, RunRecord, default_alpha
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of the tabular trainers (budgets in true-env transitions)."""
+
+    leader_iters: int = 40          # outer iterations
+    episodes: int = 16              # true-env episodes collected per leader iteration
+    budget: int | None = None       # stop when this many true-env transitions were used
+    follower_steps: int = 10        # inner NPG steps (MAL family) / Adam steps (softmax PAL model)
+    q_rollouts: int = 128           # exploring-start model rollouts per (s,a) for Q
+    q_horizon: int | None = None    # model rollout length (default: the episode horizon)
+    follower_lr: float = 4.0        # NPG step of the policy follower (MAL family)
+    policy_lr: float = 0.5          # NPG step of the policy leader (PAL)
+    model_lr: float = 0.3           # Adam step of the softmax model
+    model_steps: int = 5            # Adam steps per leader update (MAL family)
+    prior: float = 1.0              # Dirichlet pseudo-count of the count model (spread over K)
+    pal_model: str = "count"        # PAL follower: count | softmax
+    tau: float = 0.05               # smoothing temperature of MAL_agent_reward's J term (x R_max)
+    eval_episodes: int = 200        # sampled evaluation of the final policy (not counted)
+
+
+def _record_point(mdp, pi, T, env: BatchStepper, ro) -> CurvePoint:
+    return CurvePoint(env.steps, episode_reward(mdp.P, mdp.r, mdp.rho0, pi, T),
+                      float(ro.returns.mean()))
+
+
+def _q(mdp, Phat, pi, cfg, rng, T) -> np.ndarray:
+    model = BatchStepper.of(mdp, rng=rng, model=Phat)
+    return L.mc_q_values(model, pi, cfg.q_rollouts, cfg.q_horizon or T, mdp.gamma)
+
+
+def final_figures(mdp: TabularMDP, pi: np.ndarray, T: int, rng, n: int) -> dict:
+    """Exact J and T-step episode reward of pi in M, and the mean of n sampled episodes."""
+    ev = BatchStepper.of(mdp, rng=rng, horizon=T)
+    ret = ev.rollout(pi, n).returns
+    return {"J": policy_return(mdp.P, mdp.r, mdp.rho0, mdp.gamma, pi),
+            "episode_reward": episode_reward(mdp.P, mdp.r, mdp.rho0, pi, T),
+            "sampled_episode_reward": float(ret.mean()),
+            "sampled_episode_reward_se": float(ret.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0}
+
+
+def train_inner_outer(mdp: TabularMDP, formulation: str, seed: int, cfg: TrainConfig = TrainConfig(),
+                      alpha: float | None = None, mdp_path: str = "", progress=None) -> RunRecord:
+    """One inner-outer run; returns its RunRecord. `progress(i)` is called per leader iteration."""
+    t0 = time.perf_counter()
+    if formulation in ("MAL_agent_reward", "MAL_random_noise"):
+        alpha = default_alpha()[formulation] if alpha is None else float(alpha)
+    else:
+        alpha = None
+    rng = np.random.default_rng(seed)
+    T = episode_horizon(mdp)
+    env = BatchStepper.of(mdp, rng=np.random.default_rng(rng.integers(2**63)))
+    mrng = np.random.default_rng(rng.integers(2**63))
+    S, A = mdp.n_states, mdp.n_actions
+    K, eta, g = mdp.K, mdp.floor, mdp.gamma
+    curve = []
+
+    def budget_left():
+        return cfg.budget is None or env.steps < cfg.budget
+
+    if formulation == "PAL":
+        theta = np.zeros((S, A))
+        model_theta = np.zeros((S, A, S))
+
+        def fit(ro):
+            nonlocal model_theta
+            if cfg.pal_model == "count":
+                return L.count_model(L.transition_counts(ro, S, A), K, eta, cfg.prior)
+            W = L.transition_weights(ro, S, A, g)
+            opt = L.Adam(cfg.model_lr)
+            for _ in range(cfg.follower_steps):
+                Phat = L.softmax_model(model_theta, K, eta)
+                model_theta = opt.step(model_theta, L.logit_gradient(
+                    L.nll_gradient_model(W, Phat), model_theta, K, eta))
+            return L.softmax_model(model_theta, K, eta)
+
+        for it in range(cfg.leader_iters):
+            if not budget_left():
+                break
+            pi = L.softmax_policy(theta)
+            ro = env.rollout(pi, cfg.episodes)
+            curve.append(_record_point(mdp, pi, T, env, ro))
+            Phat = fit(ro)                                         # follower: best response
+            theta = L.npg_step(theta, _q(mdp, Phat, pi, cfg, mrng, T), cfg.policy_lr)  # leader
+            if progress:
+                progress(it)
+        pi = L.softmax_policy(theta)
+        ro = env.rollout(pi, cfg.episodes)
+        curve.append(_record_point(mdp, pi, T, env, ro))
+        Phat = fit(ro)
+    elif formulation in ("MAL", "MAL_agent_reward", "MAL_random_noise"):
+        theta = np.zeros((S, A))                   # follower logits
+        model_theta = np.zeros((S, A, S))          # leader logits: uniform on K
+        opt = L.Adam(cfg.model_lr)
+        tau = cfg.tau * max(mdp.r_max, 1e-12)
+
+        def follow(Phat, theta):
+            for _ in range(cfg.follower_steps):
+                theta = L.npg_step(theta, _q(mdp, Phat, L.softmax_policy(theta), cfg, mrng, T),
+                                   cfg.follower_lr)
+            return theta
+
+        for it in range(cfg.leader_iters):
+            if not budget_left():
+                break
+            Phat = L.softmax_model(model_theta, K, eta)
+            theta = follow(Phat, theta)                               # follower
+            pi = L.softmax_policy(theta)
+            ro = env.rollout(pi, cfg.episodes)
+            curve.append(_record_point(mdp, pi, T, env, ro))
+            W = L.transition_weights(ro, S, A, g)
+            if formulation == "MAL_random_noise":
+                ro_rand = env.rollout(uniform_policy(S, A), cfg.episodes)
+                W = alpha * W + (1.0 - alpha) * L.transition_weights(ro_rand, S, A, g)
+            for _ in range(cfg.model_steps):                          # leader
+                Phat = L.softmax_model(model_theta, K, eta)
+                grad = L.nll_gradient_model(W, Phat)
+                if formulation == "MAL_agent_reward":
+                    pi_tau = L.soft_best_response(Phat, mdp.R, g, tau)
+                    grad = alpha * grad - (1.0 - alpha) * L.return_gradient(Phat, mdp.R, mdp.rho0, g, pi_tau)
+                model_theta = opt.step(model_theta, L.logit_gradient(grad, model_theta, K, eta))
+            if progress:
+                progress(it)
+        Phat = L.softmax_model(model_theta, K, eta)
+        theta = follow(Phat, theta)
+        pi = L.softmax_policy(theta)
+    else:
+        raise ValueError(f"unknown formulation {formulation!r}")
+
+    final = final_figures(mdp, pi, T, mrng, cfg.eval_episodes)
+    return RunRecord(mdp=mdp.name, mdp_path=mdp_path or mdp.source, formulation=formulation,
+                     algorithm="inner-outer", alpha=alpha, seed=int(seed), config=asdict(cfg),
+                     policy=pi, model=Phat, curve=tuple(curve), env_samples=int(env.steps),
+                     seconds=time.perf_counter() - t0, final=final)

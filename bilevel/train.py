@@ -1,0 +1,158 @@
+"""`python -m bilevel.train FILE --formulation F | --all [--algorithm inner-outer|contextualized]
+[--seeds N] [--out DIR] [--alpha A | --alpha F=A ...] [--budget STEPS] [--iters N] [--json]`
+
+Trains one run per (formulation, seed), writes each RunRecord as JSON into DIR (default
+runs/<mdp name>/), and prints the reference-study-style table: average episode reward (undiscounted,
+T-step) mean +- std over seeds, exact (finite-horizon evaluation of the final policy in the true
+MDP) and sampled (mean of evaluation rollouts). Exit 2 on bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from bilevel.mdp import MDPError, load_mdp
+from bilevel.rl.record import ALGORITHMS, FORMULATIONS, RunRecord, default_alpha
+
+REFERENCE = {"MAL": "0.97 ± 0.05", "MAL_agent_reward": "36.93 ± 0.57",
+             "MAL_random_noise": "36.74 ± 0.67", "PAL": "36.77 ± 0.64"}
+
+
+def parse_alpha(values: list[str] | None) -> dict:
+    """`--alpha A` sets every alpha-formulation; `--alpha F=A` one of them."""
+    out = {}
+    for v in values or []:
+        name, _, num = v.rpartition("=")
+        try:
+            a = float(num)
+        except ValueError:
+            raise ValueError(f"--alpha: not a number: {v!r}") from None
+        if not 0.0 <= a <= 1.0:
+            raise ValueError(f"--alpha must lie in [0, 1], got {a}")
+        names = [name] if name else list(default_alpha())
+        for n in names:
+            if n not in default_alpha():
+                raise ValueError(f"--alpha: {n!r} has no alpha (choose from {', '.join(default_alpha())})")
+            out[n] = a
+    return out
+
+
+def summarize(records: list[RunRecord]) -> list[dict]:
+    """Per formulation: mean and std over seeds of the exact and sampled final episode reward."""
+    rows = []
+    for f in FORMULATIONS:
+        rs = [r for r in records if r.formulation == f]
+        if not rs:
+            continue
+        ex = np.array([r.final["episode_reward"] for r in rs])
+        sa = np.array([r.final["sampled_episode_reward"] for r in rs])
+        rows.append({"formulation": f, "alpha": rs[0].alpha, "runs": len(rs),
+                     "episode_reward_mean": float(ex.mean()), "episode_reward_std": float(ex.std(ddof=1)) if len(rs) > 1 else 0.0,
+                     "sampled_mean": float(sa.mean()), "sampled_std": float(sa.std(ddof=1)) if len(rs) > 1 else 0.0,
+                     "env_samples_mean": float(np.mean([r.env_samples for r in rs])),
+                     "seconds_mean": float(np.mean([r.seconds for r in rs]))})
+    return rows
+
+
+def format_table(rows: list[dict], title: str) -> str:
+    head = (f"{'Problem formulation':<20} {'alpha':>5}  {'Avg. Ep. Reward (exact)':>23}  "
+            f"{'(sampled)':>15}  {'env samples':>11}  {'reference study':>15}")
+    lines = [title, head, "-" * len(head)]
+    for r in rows:
+        a = "" if r["alpha"] is None else f"{r['alpha']:g}"
+        lines.append(f"{r['formulation']:<20} {a:>5}  "
+                     f"{r['episode_reward_mean']:>12.2f} ± {r['episode_reward_std']:5.2f}    "
+                     f"{r['sampled_mean']:>7.2f} ± {r['sampled_std']:5.2f}  "
+                     f"{r['env_samples_mean']:>11.0f}  {REFERENCE.get(r['formulation'], ''):>15}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bilevel.train", description=__doc__.split("\n\n")[0])
+    ap.add_argument("file", help="MDP YAML file")
+    g = ap.add_mutually_exclusive_group(required=True)
+    g.add_argument("--formulation", choices=FORMULATIONS)
+    g.add_argument("--all", action="store_true", help="all four formulations")
+    ap.add_argument("--algorithm", choices=ALGORITHMS, default="inner-outer")
+    ap.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1)")
+    ap.add_argument("--seed0", type=int, default=0, help="first seed")
+    ap.add_argument("--out", help="output directory (default runs/<mdp name>/)")
+    ap.add_argument("--alpha", action="append", metavar="A|F=A",
+                    help="alpha of MAL_agent_reward / MAL_random_noise (default: bilevel.formulations)")
+    ap.add_argument("--budget", type=int, help="max true-env transitions per run")
+    ap.add_argument("--iters", type=int, help="leader iterations (inner-outer)")
+    ap.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = ap.parse_args(argv)
+    try:
+        mdp = load_mdp(args.file)
+        alphas = parse_alpha(args.alpha)
+        if args.seeds < 1:
+            raise ValueError("--seeds must be >= 1")
+        if args.budget is not None and args.budget < 1:
+            raise ValueError("--budget must be >= 1")
+    except (MDPError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    forms = list(FORMULATIONS) if args.all else [args.formulation]
+    out = Path(args.out) if args.out else Path("runs") / mdp.name
+    out.mkdir(parents=True, exist_ok=True)
+
+    from tqdm import tqdm
+    t0 = time.perf_counter()
+    records = []
+    jobs = [(f, s) for f in forms for s in range(args.seed0, args.seed0 + args.seeds)]
+    bar = tqdm(jobs, desc=f"{mdp.name} {args.algorithm}", file=sys.stderr, disable=args.quiet,
+               unit="run")
+    for f, seed in bar:
+        bar.set_postfix_str(f"{f} seed {seed}")
+        rec = run_one(mdp, f, seed, args, alphas.get(f))
+        (out / rec.filename).write_text(rec.to_json())
+        records.append(rec)
+    wall = time.perf_counter() - t0
+    rows = summarize(records)
+    summary = {"mdp": mdp.name, "file": args.file, "algorithm": args.algorithm, "seeds": args.seeds,
+               "wall_seconds": wall, "out": str(out), "rows": rows}
+    (out / f"summary_{args.algorithm}.json").write_text(json.dumps(summary, indent=1))
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(format_table(rows, f"{mdp.name}: {args.algorithm}, {args.seeds} seeds; "
+                                 f"average episode reward over T={_T(mdp)} steps (undiscounted), "
+                                 f"mean ± std over seeds"))
+        print(f"{len(records)} runs in {wall:.1f} s; records in {out}/ "
+              f"(check them: python -m bilevel.verify {out})")
+    return 0
+
+
+def _T(mdp) -> int:
+    from bilevel.rl.env import episode_horizon
+    return episode_horizon(mdp)
+
+
+def run_one(mdp, formulation, seed, args, alpha) -> RunRecord:
+    if args.algorithm == "inner-outer":
+        from bilevel.rl.inner_outer import TrainConfig, train_inner_outer
+        cfg = TrainConfig()
+        if args.budget is not None:
+            cfg = replace(cfg, budget=args.budget)
+        if args.iters is not None:
+            cfg = replace(cfg, leader_iters=args.iters)
+        return train_inner_outer(mdp, formulation, seed, cfg, alpha=alpha, mdp_path=args.file)
+    from bilevel.rl.contextual import ContextConfig, train_contextualized
+    cfg = ContextConfig()
+    if args.budget is not None:
+        cfg = replace(cfg, budget=args.budget)
+    if args.iters is not None:
+        cfg = replace(cfg, leader_iters=args.iters)
+    return train_contextualized(mdp, formulation, seed, cfg, alpha=alpha, mdp_path=args.file)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
