@@ -56,7 +56,7 @@ class TabularEnv(gym.Env):
     (Discrete(S)); action: Discrete(A); reward R(s, a, s'). `model` (S,A,S), if given, replaces
     the transitions (an env built from a learned model, same rewards)."""
 
-    metadata = {"render_modes": ["ansi"]}
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
 
     def __init__(self, path: str | None = None, mdp: TabularMDP | None = None,
                  model: np.ndarray | None = None, render_mode: str | None = None):

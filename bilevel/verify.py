@@ -1,0 +1,281 @@
+"""`python -m bilevel.verify DIR [--equilibria FILE.json] [--json]`: check RL runs against the exact
+equilibria of their MDP.
+
+Per run (policy pi (S,A), model Phat (S,A,S), true MDP M, exact equilibria of its formulation):
+    mu      = true occupancy of pi in M; the leader's data occupancy nu = mu, or for
+              MAL_random_noise nu = alpha mu + (1-alpha) mu_rand
+    eps_M   = l(Phat, nu) - l(P_eta, nu),  P_eta = kl_fit(P, K, eta) the model best response
+    eps_pi  = max_pi' J(pi', Phat) - J(pi, Phat)   (value iteration in Phat, rewards rhat = Phat R)
+    J       = J(pi, M) (discounted) against the exact interval [J_min, J_max] of the formulation
+    PAL     : theorem bound  eps_pi' + 4 g sqrt(eps_M) R_max / (1-g)^2  >=  J* - J,  where
+              eps_pi' = max(eps_pi, L - J(pi, Phat)) and L = sup J(pi', Mhat(pi')) (the exact PAL
+              optimum's J in its model)
+    MAL family: which equilibrium the run found: the worst end of the interval (hiding, e.g. the
+              decoy on hidden_goal), the best end (goal), or in between.
+Checks (tolerances are documented constants): J inside the interval up to TOL_J = 1% of the return
+scale R_max/(1-g); eps_pi <= TOL_J (the follower best-responds in its model; for PAL the policy is
+optimal in its model); eps_M <= TOL_M nats (PAL, MAL, MAL_random_noise: the model fits the leader's
+data; MAL_agent_reward trades loss for return, so eps_M is reported only); PAL: bound >= gap.
+Exit status: 0 all runs verified, 1 some run failed, 2 bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bilevel.mdp import MDPError, TabularMDP, load_mdp
+from bilevel.occupancy import (episode_reward, kl_fit, model_loss, occupancy, policy_return,
+                               uniform_policy, value_iteration)
+from bilevel.rl.record import RunRecord
+
+TOL_J_FRACTION = 0.01   # of R_max / (1 - gamma)
+TOL_M = 0.05            # nats
+
+
+class VerifyInputError(ValueError):
+    """Bad input to verify (one-line message)."""
+
+
+@dataclass(frozen=True)
+class RunCheck:
+    """The verification of one run. J figures are discounted returns; episode_reward is T-step."""
+
+    file: str
+    formulation: str
+    seed: int
+    alpha: float | None
+    J: float
+    episode_reward: float
+    J_interval: tuple[float, float]
+    episode_reward_interval: tuple[float, float] | None
+    outside_by: float                 # 0 inside; else distance of J to the interval
+    tol_J: float
+    eps_M: float
+    eps_pi: float
+    leader_objective: float           # the run's leader objective (to minimize), exact in M
+    exact_leader_objective: float | None
+    pal_bound: float | None           # eps_pi' + 4 g sqrt(eps_M) R_max/(1-g)^2
+    pal_gap: float | None             # J* - J(pi, M)
+    equilibrium: str                  # MAL family: which equilibrium the run found
+    failed: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["verdict"] = "verified" if self.ok else "FAILED"
+        return d
+
+
+def _rhat(mdp: TabularMDP, Phat: np.ndarray) -> np.ndarray:
+    return np.einsum("ijk,ijk->ij", Phat, mdp.R)
+
+
+def check_run(rec: RunRecord, mdp: TabularMDP, eq: dict, optimal_J: float, file: str = "") -> RunCheck:
+    """Verify one run against `eq`, the solve output's entry for its formulation."""
+    f = rec.formulation
+    pi, Phat = np.asarray(rec.policy, float), np.asarray(rec.model, float)
+    S, A = mdp.n_states, mdp.n_actions
+    if pi.shape != (S, A) or Phat.shape != (S, A, S):
+        raise VerifyInputError(f"{file}: policy/model shapes {pi.shape}/{Phat.shape} do not fit "
+                               f"MDP {mdp.name} ({S} states, {A} actions)")
+    g, T = mdp.gamma, mdp.horizon
+    tol_J = TOL_J_FRACTION * max(mdp.r_max, 1e-12) / (1.0 - g)
+    mu = occupancy(mdp.P, mdp.rho0, g, pi)
+    nu = mu
+    if f == "MAL_random_noise":
+        mu_rand = occupancy(mdp.P, mdp.rho0, g, uniform_policy(S, A))
+        nu = rec.alpha * mu + (1.0 - rec.alpha) * mu_rand
+    loss = model_loss(mdp.P, Phat, nu)
+    eps_M = max(0.0, loss - model_loss(mdp.P, kl_fit(mdp.P, mdp.K, mdp.floor), nu))
+    rh = _rhat(mdp, Phat)
+    J_model = policy_return(Phat, rh, mdp.rho0, g, pi)
+    V_star, _ = value_iteration(Phat, rh, g, tol=1e-9)
+    eps_pi = max(0.0, float(mdp.rho0 @ V_star) - J_model)
+    J = policy_return(mdp.P, mdp.r, mdp.rho0, g, pi)
+    ep = episode_reward(mdp.P, mdp.r, mdp.rho0, pi, T) if T else float("nan")
+    lo, hi = float(eq["J"]["min"]), float(eq["J"]["max"])
+    outside = max(0.0, lo - J, J - hi)
+    ep_int = (float(eq["episode_reward"]["min"]), float(eq["episode_reward"]["max"])) \
+        if eq.get("episode_reward") else None
+    leader = {"PAL": -J_model, "MAL": loss, "MAL_random_noise": loss,
+              "MAL_agent_reward": (rec.alpha or 0.0) * loss - (1.0 - (rec.alpha or 0.0)) * J_model}[f]
+
+    failed = []
+    if outside > tol_J:
+        failed.append(f"J={J:.4g} outside exact interval [{lo:.4g}, {hi:.4g}] by {outside:.3g}")
+    if eps_pi > tol_J:
+        failed.append(f"eps_pi={eps_pi:.3g} > {tol_J:.3g}: policy not a best response in its model")
+    if f != "MAL_agent_reward" and eps_M > TOL_M:
+        failed.append(f"eps_M={eps_M:.3g} > {TOL_M}: model not fit to the leader's data")
+    bound = gap = None
+    if f == "PAL":
+        L = _pal_value(eq)
+        eps_pi_thm = max(eps_pi, L - J_model) if L is not None else eps_pi
+        bound = eps_pi_thm + 4.0 * g * math.sqrt(eps_M) * mdp.r_max / (1.0 - g) ** 2
+        gap = optimal_J - J
+        if gap > bound + 1e-9:
+            failed.append(f"PAL bound violated: gap {gap:.4g} > bound {bound:.4g}")
+        equilibrium = "optimum" if abs(J - optimal_J) <= tol_J else "suboptimal"
+    else:
+        if hi - lo <= tol_J:
+            equilibrium = "unique value"
+        elif abs(J - lo) <= tol_J:
+            equilibrium = "worst (hiding/decoy)"
+        elif abs(J - hi) <= tol_J:
+            equilibrium = "best (goal)"
+        else:
+            equilibrium = "intermediate (hiding)"
+    exact_L = eq.get("leader_objective")
+    notes = []
+    if exact_L is not None and eps_pi <= tol_J and leader < float(exact_L) - 1e-3 * max(1.0, abs(float(exact_L))):
+        notes.append(f"the run's leader objective {leader:.6g} beats the exact optimum {float(exact_L):.6g}: "
+                     "the exact solve missed a better equilibrium, so its interval is suspect")
+    return RunCheck(file=file, formulation=f, seed=rec.seed, alpha=rec.alpha, J=J, episode_reward=ep,
+                    J_interval=(lo, hi), episode_reward_interval=ep_int, outside_by=outside,
+                    tol_J=tol_J, eps_M=eps_M, eps_pi=eps_pi, leader_objective=float(leader),
+                    exact_leader_objective=None if exact_L is None else float(exact_L),
+                    pal_bound=bound, pal_gap=gap, equilibrium=equilibrium, failed=tuple(failed),
+                    notes=tuple(notes))
+
+
+def _pal_value(eq: dict) -> float | None:
+    """sup_pi J(pi, Mhat(pi)): the PAL optimum's return in its own model (else its true J max)."""
+    best = (eq.get("equilibria") or {}).get("max") or {}
+    if "J_model" in best:
+        return float(best["J_model"])
+    return float(eq["J"]["max"]) if eq.get("J") else None
+
+
+# --------------------------------------------------------------------------- input
+
+def load_runs(path: Path) -> list[tuple[str, RunRecord]]:
+    """Run records in DIR (every *.json holding a run; summaries are skipped), or one file."""
+    files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+    if not path.exists():
+        raise VerifyInputError(f"{path}: does not exist")
+    runs = []
+    for p in files:
+        try:
+            d = json.loads(p.read_text())
+        except (OSError, ValueError) as e:
+            raise VerifyInputError(f"{p}: not readable JSON ({e.__class__.__name__})") from None
+        if not isinstance(d, dict) or "formulation" not in d:
+            continue  # a summary or another file
+        try:
+            runs.append((str(p), RunRecord.from_dict(d)))
+        except (TypeError, ValueError) as e:
+            raise VerifyInputError(f"{p}: not a run record: {e}") from None
+    if not runs:
+        raise VerifyInputError(f"{path}: no run records (*.json written by python -m bilevel.train)")
+    return runs
+
+
+def load_equilibria(path: Path) -> dict:
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise VerifyInputError(f"{path}: not readable JSON ({e.__class__.__name__})") from None
+    if not isinstance(d, dict) or "formulations" not in d or "optimal" not in d:
+        raise VerifyInputError(f"{path}: not a `bilevel.solve --json` output (needs formulations, optimal)")
+    return d
+
+
+def equilibrium_entry(sol: dict, formulation: str, alpha: float | None, where: str) -> dict:
+    eq = sol["formulations"].get(formulation)
+    if not eq:
+        raise VerifyInputError(f"{where}: no exact solution for {formulation}")
+    if eq.get("status") != "solved":
+        raise VerifyInputError(f"{where}: exact {formulation} not solved: {eq.get('reason', eq.get('status'))}")
+    if alpha is not None and eq.get("alpha") is not None and abs(float(eq["alpha"]) - alpha) > 1e-12:
+        raise VerifyInputError(f"{where}: {formulation} solved for alpha={eq['alpha']}, run used alpha={alpha}")
+    return eq
+
+
+def verify_runs(runs, equilibria: dict | None = None) -> list[RunCheck]:
+    """Check every (file, RunRecord); equilibria: a solve output, else solved per MDP and alpha."""
+    mdps, solved, out = {}, {}, []
+    for file, rec in runs:
+        try:
+            mdp = mdps.get(rec.mdp_path) or load_mdp(rec.mdp_path)
+        except MDPError as e:
+            raise VerifyInputError(f"{file}: {e}") from None
+        mdps[rec.mdp_path] = mdp
+        if mdp.name != rec.mdp:
+            raise VerifyInputError(f"{file}: run is of MDP {rec.mdp!r}, {rec.mdp_path} is {mdp.name!r}")
+        if equilibria is not None:
+            sol, where = equilibria, "equilibria file"
+            if sol.get("mdp", {}).get("name") not in (None, mdp.name):
+                raise VerifyInputError(f"{file}: equilibria are of MDP {sol['mdp']['name']!r}, run of {mdp.name!r}")
+        else:
+            key = (rec.mdp_path, rec.formulation, rec.alpha)
+            if key not in solved:
+                solved[key] = _solve(mdp, rec.formulation, rec.alpha)
+            sol, where = solved[key], f"bilevel.solve {rec.mdp_path}"
+        eq = equilibrium_entry(sol, rec.formulation, rec.alpha, where)
+        out.append(check_run(rec, mdp, eq, float(sol["optimal"]["J"]), file))
+    return out
+
+
+def _solve(mdp, formulation, alpha) -> dict:
+    try:
+        from bilevel.solve import solve_to_dict
+    except ImportError as e:
+        raise VerifyInputError(f"exact solver unavailable ({e}); pass --equilibria FILE.json") from None
+    return solve_to_dict(mdp, formulations=[formulation], alpha=alpha)
+
+
+# --------------------------------------------------------------------------- output
+
+def format_checks(checks: list[RunCheck]) -> str:
+    head = (f"{'run':<40} {'J (disc.)':>9} {'exact interval':>19} {'outside':>7} {'eps_M':>8} "
+            f"{'eps_pi':>8} {'PAL bound >= gap':>20}  {'equilibrium':<22} verdict")
+    lines = [head, "-" * len(head)]
+    for c in checks:
+        pal = f"{c.pal_bound:.3g} >= {c.pal_gap:.3g}" if c.pal_bound is not None else ""
+        lines.append(f"{Path(c.file).name[:40]:<40} {c.J:>9.4f} [{c.J_interval[0]:>8.4f},{c.J_interval[1]:>8.4f}] "
+                     f"{c.outside_by:>7.3g} {c.eps_M:>8.2e} {c.eps_pi:>8.2e} {pal:>20}  "
+                     f"{c.equilibrium:<22} {'verified' if c.ok else 'FAILED'}")
+        for why in c.failed:
+            lines.append(f"    - {why}")
+        for why in c.notes:
+            lines.append(f"    note: {why}")
+    n_bad = sum(not c.ok for c in checks)
+    tol = checks[0].tol_J if checks else 0
+    lines.append(f"{len(checks) - n_bad}/{len(checks)} runs verified "
+                 f"(tolerances: J and eps_pi {TOL_J_FRACTION:.0%} of R_max/(1-gamma) = {tol:.3g}, "
+                 f"eps_M {TOL_M} nats)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bilevel.verify", description=__doc__.split("\n\n")[0])
+    ap.add_argument("dir", help="directory of run records (or one record)")
+    ap.add_argument("--equilibria", help="saved `python -m bilevel.solve FILE --json` output")
+    ap.add_argument("--json", action="store_true", help="machine-readable output")
+    args = ap.parse_args(argv)
+    try:
+        runs = load_runs(Path(args.dir))
+        eq = load_equilibria(Path(args.equilibria)) if args.equilibria else None
+        checks = verify_runs(runs, eq)
+    except VerifyInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([c.to_dict() for c in checks], indent=1))
+    else:
+        print(format_checks(checks))
+    return 0 if all(c.ok for c in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
