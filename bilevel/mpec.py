@@ -16,11 +16,10 @@ optimistic (strong) Stackelberg solutions when the pairs come from a follower's 
 """
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyomo.environ as pyo
@@ -216,7 +215,7 @@ class BigM(_Reduction):
 
     def _bounds(self, p: Pair):
         m = self.M
-        if isinstance(m, Mapping) or hasattr(m, "get") and not isinstance(m, (int, float)):
+        if hasattr(m, "get"):  # dict-like, e.g. ComponentMap {ComplementarityData: M}
             m = m.get(p.source, self.default)
             if m is None:
                 raise KeyError(f"BigM: no M for {p.source.name}")
