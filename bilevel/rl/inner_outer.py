@@ -72,6 +72,34 @@ def final_figures(mdp: TabularMDP, pi: np.ndarray, T: int, rng, n: int) -> dict:
             "sampled_episode_reward_se": float(ret.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0}
 
 
+def leader_data(env: BatchStepper, mdp: TabularMDP, formulation: str, pi: np.ndarray, episodes: int,
+                alpha: float | None):
+    """Collect the leader's data with pi: (rollouts of pi, transition weights W (S,A,S)); for
+    MAL_random_noise W mixes in as many uniform-random episodes: alpha W_pi + (1-alpha) W_rand."""
+    S, A = pi.shape
+    ro = env.rollout(pi, episodes)
+    W = L.transition_weights(ro, S, A, mdp.gamma)
+    if formulation == "MAL_random_noise":
+        ro_rand = env.rollout(uniform_policy(S, A), episodes)
+        W = alpha * W + (1.0 - alpha) * L.transition_weights(ro_rand, S, A, mdp.gamma)
+    return ro, W
+
+
+def model_leader_update(mdp: TabularMDP, formulation: str, model_theta: np.ndarray, opt: L.Adam,
+                        W: np.ndarray, alpha: float | None, tau: float, steps: int) -> np.ndarray:
+    """`steps` Adam steps of the softmax model leader on its objective with data weights W:
+    NLL (MAL, MAL_random_noise), or alpha NLL - (1-alpha) J(pi_tau, Phat) (MAL_agent_reward)."""
+    K, eta, g = mdp.K, mdp.floor, mdp.gamma
+    for _ in range(steps):
+        Phat = L.softmax_model(model_theta, K, eta)
+        grad = L.nll_gradient_model(W, Phat)
+        if formulation == "MAL_agent_reward":
+            pi_tau = L.soft_best_response(Phat, mdp.R, g, tau)
+            grad = alpha * grad - (1.0 - alpha) * L.return_gradient(Phat, mdp.R, mdp.rho0, g, pi_tau)
+        model_theta = opt.step(model_theta, L.logit_gradient(grad, model_theta, K, eta))
+    return model_theta
+
+
 def train_inner_outer(mdp: TabularMDP, formulation: str, seed: int, cfg: TrainConfig = TrainConfig(),
                       alpha: float | None = None, mdp_path: str = "", progress=None) -> RunRecord:
     """One inner-outer run; returns its RunRecord. `progress(i)` is called per leader iteration."""
@@ -139,19 +167,10 @@ def train_inner_outer(mdp: TabularMDP, formulation: str, seed: int, cfg: TrainCo
             Phat = L.softmax_model(model_theta, K, eta)
             theta = follow(Phat, theta)                               # follower
             pi = L.softmax_policy(theta)
-            ro = env.rollout(pi, cfg.episodes)
+            ro, W = leader_data(env, mdp, formulation, pi, cfg.episodes, alpha)
             curve.append(_record_point(mdp, pi, T, env, ro))
-            W = L.transition_weights(ro, S, A, g)
-            if formulation == "MAL_random_noise":
-                ro_rand = env.rollout(uniform_policy(S, A), cfg.episodes)
-                W = alpha * W + (1.0 - alpha) * L.transition_weights(ro_rand, S, A, g)
-            for _ in range(cfg.model_steps):                          # leader
-                Phat = L.softmax_model(model_theta, K, eta)
-                grad = L.nll_gradient_model(W, Phat)
-                if formulation == "MAL_agent_reward":
-                    pi_tau = L.soft_best_response(Phat, mdp.R, g, tau)
-                    grad = alpha * grad - (1.0 - alpha) * L.return_gradient(Phat, mdp.R, mdp.rho0, g, pi_tau)
-                model_theta = opt.step(model_theta, L.logit_gradient(grad, model_theta, K, eta))
+            model_theta = model_leader_update(mdp, formulation, model_theta, opt, W, alpha, tau,
+                                              cfg.model_steps)                # leader
             if progress:
                 progress(it)
         Phat = L.softmax_model(model_theta, K, eta)
