@@ -94,3 +94,8 @@ def test_model_env_uses_model_and_same_rewards(hidden_goal):
         s, r, *_ = env.step(1)
         assert s == 1 and r == hidden_goal.R[1, 1, 1]
     assert model_mdp(hidden_goal, Phat).R is not None
+
+
+def test_module_prefixed_make_registers_the_env():
+    env = gym.make("bilevel.rl:bilevel/Tabular-v0", path=str(MDPS / "hidden_goal.yaml"))
+    assert env.reset(seed=0)[0] == 1   # hidden_goal starts in B

@@ -47,7 +47,7 @@ class ContextConfig:
     episodes: int = 16                # MAL: true-env episodes per leader update
     model_lr: float = 0.3             # MAL leader (Adam)
     model_steps: int = 5
-    policy_lr: float = 0.1            # PAL leader (Adam on policy logits)
+    policy_lr: float = 0.1            # PAL leader (Adam on policy logits, 10 steps per iteration)
     finetune_steps: int = 5_000       # MAL: PPO timesteps on the final model
     finetune_epochs: int = 100        # PAL: NLL epochs on the final policy's data
     tau: float = 0.05
@@ -185,10 +185,10 @@ def _train_pal(mdp, seed, cfg, env, mrng):
     for p in net.parameters():
         p.requires_grad_(False)
 
-    R, rho0 = torch.as_tensor(mdp.R), torch.as_tensor(mdp.rho0)
+    R, rho0 = torch.tensor(mdp.R), torch.tensor(mdp.rho0)
     theta = torch.zeros(S, A, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.Adam([theta], lr=cfg.policy_lr)
-    T, curve = episode_horizon(mdp), []
+    T, curve = episode_horizon(mdp), []   # the leader uses no env samples: one curve point at the end
     for it in range(cfg.leader_iters * 10):
         pi = torch.softmax(theta, dim=-1)
         Phat = model_of(pi)                                      # frozen follower's reaction
@@ -198,12 +198,6 @@ def _train_pal(mdp, seed, cfg, env, mrng):
         opt.zero_grad()
         (-J).backward()
         opt.step()
-        if it % 10 == 9:   # learning curve: exact value only (the leader uses no env samples here)
-            p = torch.softmax(theta, -1).detach().numpy()
-            from bilevel.occupancy import episode_reward
-            from bilevel.rl.record import CurvePoint
-            er = episode_reward(mdp.P, mdp.r, mdp.rho0, p, T)
-            curve.append(CurvePoint(env.steps, er, float("nan")))
     pi = torch.softmax(theta, -1).detach().numpy()
     Phat_frozen = model_of(torch.as_tensor(pi)).numpy()
     for p in net.parameters():
