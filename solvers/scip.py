@@ -33,10 +33,13 @@ _LIMITS = {"timelimit": Status.TIME_LIMIT, "nodelimit": Status.ITERATION_LIMIT,
 
 @dataclass(frozen=True)
 class Scip:
-    """SCIP with a wall-clock `time_limit` (s) and relative `gap`; `options` are SCIP params."""
+    """SCIP with a wall-clock `time_limit` (s), relative `gap` and absolute `abs_gap`
+    (|primal - dual bound|; needed when the optimum is 0 and the relative gap is undefined);
+    `options` are SCIP params."""
 
     time_limit: float = 60.0
     gap: float = 1e-6
+    abs_gap: float = 0.0
     options: dict | None = None
 
     def solve(self, model, load=True) -> SolveResult:
@@ -46,7 +49,7 @@ class Scip:
         opt = ScipDirect()
         res = opt.solve(model, time_limit=float(self.time_limit), rel_gap=float(self.gap),
                         load_solutions=False, raise_exception_on_nonoptimal_result=False,
-                        solver_options=dict(self.options or {}))
+                        solver_options={"limits/absgap": float(self.abs_gap), **(self.options or {})})
         scip = opt._solver_model  # noqa: SLF001 - the pyscipopt Model of this solve
         t1 = time.perf_counter()
         raw = scip.getStatus()
@@ -60,7 +63,9 @@ class Scip:
         info = dict(iterations=int(scip.getNNodes()), seconds=t1 - t0, timings=timings,
                     bound=None if bound is None else float(bound))
         msg = f"SCIP: {raw}, {scip.getNNodes()} nodes, {scip.getNLPIterations()} LP iterations"
-        if raw == "optimal" or (raw == "gaplimit" and gap <= self.gap):
+        abs_ok = (nsols and bound is not None and self.abs_gap > 0
+                  and abs(float(res.incumbent_objective) - float(bound)) <= self.abs_gap)
+        if raw == "optimal" or (raw == "gaplimit" and (gap <= self.gap or abs_ok)):
             status = Status.OPTIMAL
         elif raw == "infeasible":
             status = Status.INFEASIBLE

@@ -1,0 +1,304 @@
+"""Equilibrium intervals with independent certificates (DESIGN.md section 2).
+
+For one formulation:
+  1. leader optimum  L* = min leader(Phat, pi)  over the single-level MPEC;
+  2. the interval    min / max J(pi, M)  s.t. the MPEC and  leader <= L* + tol,
+     tol = 1e-6 max(1, |L*|) + floor allowance (loss-based leaders only: 2 eta max_sa |K(s,a)|,
+     the most a floored fit can cost, so that the floor does not pick among equilibria)
+     + the proven absolute gap of step 1 when SCIP stops at its relative gap (SCIP_GAP), so
+     the band contains every truly leader-optimal equilibrium;
+  3. each end is re-checked without the MPEC: the follower's gap (value iteration in Phat for the
+     policy follower; the closed-form KL fit for the model follower), the complementarity
+     violation, and J, episode reward, loss and J(pi, Phat) recomputed from the arrays.
+Solutions are strong (optimistic) Stackelberg equilibria: the leader picks among the follower's
+best responses. `certificate: global` only when SCIP proved all three solves; else `local`.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyomo.environ as pyo
+from pyomo.common.collections import ComponentMap
+
+from bilevel.formulations import BilevelModel, build, extract
+from bilevel.mdp import TabularMDP
+from bilevel.mpec import ExactProduct, Scholtes, solve_mpec
+from bilevel.occupancy import (episode_reward, kl_fit, model_loss, occupancy, policy_evaluation,
+                               uniform_policy, value_iteration)
+from solvers.base import Status
+from solvers.ipopt import Ipopt
+from solvers.scip import Scip
+
+FOLLOWER_GAP_TOL = 1e-6
+AUTO_SCIP_MAX_PAIRS = 16     # --solver auto: SCIP (global) up to this many state-action pairs
+SCIP_GAP = 1e-3              # relative gap at which SCIP stops (absolute 1e-9 when L* ~ 0)
+SCIP_TIME_LIMIT = 30.0
+FEASIBILITY_SLACK = 1e-5     # relative allowance for solver feasibility tolerances in checks       # seconds per SCIP solve; auto falls back to IPOPT past it
+
+
+@dataclass(frozen=True)
+class Equilibrium:
+    """One end of an interval, every number recomputed from (policy, model) arrays."""
+
+    policy: np.ndarray
+    model: np.ndarray
+    J: float                     # J(pi, M), discounted true return
+    episode_reward: float | None
+    model_loss: float            # l(Phat, mu_M^pi)
+    J_model: float               # J(pi, Phat)
+    leader_objective: float      # the formulation's leader objective at this point
+    follower_gap: float
+    complementarity_violation: float | None
+
+    def to_json(self) -> dict:
+        return {"policy": self.policy.tolist(), "model": self.model.tolist(),
+                "J": self.J, "episode_reward": self.episode_reward,
+                "model_loss": self.model_loss, "J_model": self.J_model,
+                "leader_objective": self.leader_objective, "follower_gap": self.follower_gap,
+                "complementarity_violation": self.complementarity_violation}
+
+
+@dataclass(frozen=True)
+class EquilibriumInterval:
+    """The certified equilibrium interval of one formulation (or a failure with its reason)."""
+
+    formulation: str
+    status: str                                  # "solved" | "failed"
+    reason: str = ""
+    alpha: float | None = None
+    certificate: str = "none"                    # "global" | "local" | "none"
+    solver: str = ""
+    starts: int = 0
+    leader_objective: float | None = None
+    tolerance: float | None = None
+    low: Equilibrium | None = None               # equilibrium with the smallest J(pi, M)
+    high: Equilibrium | None = None              # ... the largest
+    seconds: float = 0.0
+    details: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "solved"
+
+    def to_json(self) -> dict:
+        d = {"status": self.status, "alpha": self.alpha, "seconds": round(self.seconds, 3)}
+        if not self.ok:
+            d["reason"] = self.reason
+            return d
+        ep = None if self.low.episode_reward is None else \
+            {"min": self.low.episode_reward, "max": self.high.episode_reward}
+        d.update({"certificate": self.certificate, "solver": self.solver, "starts": self.starts,
+                  "leader_objective": self.leader_objective, "tolerance": self.tolerance,
+                  "solver_gap": self.details.get("solver_gap"),
+                  "J": {"min": self.low.J, "max": self.high.J},
+                  "episode_reward": ep,
+                  "equilibria": {"min": self.low.to_json(), "max": self.high.to_json()}})
+        return d
+
+
+# --------------------------------------------------------------------------- certificates
+
+def model_reward(mdp: TabularMDP, Phat: np.ndarray) -> np.ndarray:
+    """rhat(s,a) = sum_s' Phat(s'|s,a) R(s,a,s')."""
+    return np.einsum("ijk,ijk->ij", Phat, mdp.R)
+
+
+def leader_value(formulation: str, mdp: TabularMDP, pi, Phat, alpha) -> float:
+    """The leader objective (to minimize) evaluated from arrays, independently of the MPEC."""
+    mu = occupancy(mdp.P, mdp.rho0, mdp.gamma, pi)
+    J_model = float(mdp.rho0 @ policy_evaluation(Phat, model_reward(mdp, Phat), mdp.gamma, pi))
+    if formulation == "PAL":
+        return -J_model
+    if formulation == "MAL":
+        return model_loss(mdp.P, Phat, mu)
+    if formulation == "MAL_agent_reward":
+        return alpha * model_loss(mdp.P, Phat, mu) - (1 - alpha) * J_model
+    mu_rand = occupancy(mdp.P, mdp.rho0, mdp.gamma, uniform_policy(mdp.n_states, mdp.n_actions))
+    return model_loss(mdp.P, Phat, alpha * mu + (1 - alpha) * mu_rand)
+
+
+def follower_gap(formulation: str, mdp: TabularMDP, pi, Phat) -> float:
+    """Policy follower: max_s V*_Phat(s) - V^pi_Phat(s) (value iteration in Phat).
+    Model follower (PAL): l(Phat, mu_M^pi) - l(P_eta fit, mu_M^pi) (closed-form KL fit)."""
+    if formulation == "PAL":
+        mu = occupancy(mdp.P, mdp.rho0, mdp.gamma, pi)
+        best = kl_fit(mdp.P, mdp.K, mdp.floor)
+        return max(0.0, model_loss(mdp.P, Phat, mu) - model_loss(mdp.P, best, mu))
+    rhat = model_reward(mdp, Phat)
+    V_star, _ = value_iteration(Phat, rhat, mdp.gamma, tol=1e-10)
+    V_pi = policy_evaluation(Phat, rhat, mdp.gamma, pi)
+    return max(0.0, float(np.max(V_star - V_pi)))
+
+
+def certify(bm: BilevelModel, violation: float | None) -> Equilibrium:
+    """Read (pi, Phat) from the model and recompute every reported number."""
+    mdp = bm.mdp
+    x = extract(bm)
+    pi, Phat = x["policy"], x["model"]
+    mu = occupancy(mdp.P, mdp.rho0, mdp.gamma, pi)
+    J = float(mdp.rho0 @ policy_evaluation(mdp.P, mdp.r, mdp.gamma, pi))
+    ep = episode_reward(mdp.P, mdp.r, mdp.rho0, pi, mdp.horizon) if mdp.horizon else None
+    J_model = float(mdp.rho0 @ policy_evaluation(Phat, model_reward(mdp, Phat), mdp.gamma, pi))
+    return Equilibrium(policy=pi, model=Phat, J=J, episode_reward=ep,
+                       model_loss=model_loss(mdp.P, Phat, mu), J_model=J_model,
+                       leader_objective=leader_value(bm.formulation, mdp, pi, Phat, bm.alpha),
+                       follower_gap=follower_gap(bm.formulation, mdp, pi, Phat),
+                       complementarity_violation=violation)
+
+
+# --------------------------------------------------------------------------- starts
+
+def starting_point(bm: BilevelModel, pi: np.ndarray, Phat: np.ndarray | None = None) -> ComponentMap:
+    """A consistent start: policy pi, model Phat (default: the floored fit P_eta), the true
+    occupancy mu, and (MAL family) V, w of pi in Phat, or (PAL) the model occupancy d."""
+    mdp, m = bm.mdp, bm.model
+    if Phat is None:
+        Phat = kl_fit(mdp.P, mdp.K, mdp.floor)
+    mu = occupancy(mdp.P, mdp.rho0, mdp.gamma, pi)
+    x = ComponentMap()
+    for (s, a) in m.SA:
+        x[m.pi[s, a]] = float(pi[s, a])
+    for (s, a, t) in m.KSET:
+        x[m.Phat[s, a, t]] = float(Phat[s, a, t])
+    for s in range(mdp.n_states):
+        for a in range(mdp.n_actions):
+            if not m.mu[s, a].fixed:
+                x[m.mu[s, a]] = float(mu[s, a] if not mdp.terminal[s] else mu[s].sum())
+    rhat = model_reward(mdp, Phat)
+    if hasattr(m, "V"):
+        V = policy_evaluation(Phat, rhat, mdp.gamma, pi)
+        Q = rhat + mdp.gamma * Phat @ V
+        for s in range(mdp.n_states):
+            if not m.V[s].fixed:
+                x[m.V[s]] = float(V[s])
+        for (s, a) in m.SA:
+            x[m.w[s, a]] = float(max(0.0, V[s] - Q[s, a]))
+    if hasattr(m, "d"):
+        d = occupancy(Phat, mdp.rho0, mdp.gamma, pi)
+        for s in range(mdp.n_states):
+            for a in range(mdp.n_actions):
+                if not m.d[s, a].fixed:
+                    x[m.d[s, a]] = float(d[s, a] if not mdp.terminal[s] else d[s].sum())
+    return x
+
+
+def structured_starts(bm: BilevelModel) -> list[ComponentMap]:
+    """IPOPT starts that make the known equilibria reachable: the optimal policy of M with the
+    fitted model, the uniform policy, and (MAL family) the optimal policy of the fitted model."""
+    mdp = bm.mdp
+    _, pi_star = value_iteration(mdp.P, mdp.r, mdp.gamma)
+    starts = [starting_point(bm, pi_star), starting_point(bm, uniform_policy(mdp.n_states, mdp.n_actions))]
+    if bm.formulation != "PAL":
+        Peta = kl_fit(mdp.P, mdp.K, mdp.floor)
+        _, pi_eta = value_iteration(Peta, model_reward(mdp, Peta), mdp.gamma)
+        starts.insert(0, starting_point(bm, pi_eta, Peta))
+    return starts
+
+
+# --------------------------------------------------------------------------- solving
+
+def _objective(m, expr, sense=pyo.minimize):
+    if m.component("eq_objective") is not None:
+        m.del_component("eq_objective")
+    m.eq_objective = pyo.Objective(expr=expr, sense=sense)
+
+
+def _tolerance(bm: BilevelModel, L: float) -> float:
+    mdp = bm.mdp
+    tol = 1e-6 * max(1.0, abs(L))
+    if bm.formulation != "PAL":
+        tol += 2.0 * mdp.floor * float(mdp.K.sum(axis=-1).max())
+    return tol
+
+
+def choose_solver(mdp: TabularMDP, solver: str) -> str:
+    """`auto`: SCIP (global) for MDPs with at most AUTO_SCIP_MAX_PAIRS state-action pairs."""
+    if solver != "auto":
+        return solver
+    live = int((~mdp.terminal).sum()) * mdp.n_actions
+    return "scip" if live <= AUTO_SCIP_MAX_PAIRS else "ipopt"
+
+
+def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = None,
+                      solver: str = "auto", starts: int = 8, seed: int = 0,
+                      time_limit: float = SCIP_TIME_LIMIT, pal_reduction: str = "closed_form",
+                      log=None) -> EquilibriumInterval:
+    """The equilibrium interval of `formulation` (see module docstring). With solver="auto",
+    a SCIP solve that cannot prove its gap in `time_limit` hands over to IPOPT (local)."""
+    res = _solve_formulation(mdp, formulation, alpha, choose_solver(mdp, solver), starts, seed,
+                             time_limit, pal_reduction, log)
+    if solver == "auto" and res.solver == "scip" and not res.ok:
+        (log or (lambda msg: None))(f"{formulation}: SCIP did not certify ({res.reason}); IPOPT")
+        local = _solve_formulation(mdp, formulation, alpha, "ipopt", starts, seed, time_limit,
+                                   pal_reduction, log)
+        details = dict(local.details, scip=res.reason)
+        return EquilibriumInterval(**{**local.__dict__, "details": details,
+                                      "seconds": local.seconds + res.seconds})
+    return res
+
+
+def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit, pal_reduction,
+                       log) -> EquilibriumInterval:
+    t0 = time.perf_counter()
+    bm = build(mdp, formulation, alpha=alpha, pal_reduction=pal_reduction)
+    m = bm.model
+    if which == "scip":
+        backend = Scip(time_limit=time_limit, gap=SCIP_GAP, abs_gap=1e-9)
+        reduction, kw = ExactProduct(), {}
+    elif which == "ipopt":
+        backend, reduction = Ipopt(tol=1e-9, max_iter=3000), Scholtes()
+        kw = {"starts": starts, "seed": seed, "x0s": structured_starts(bm)}
+    else:
+        raise ValueError(f"unknown solver {which!r} (ipopt | scip | auto)")
+    say = log or (lambda msg: None)
+    fail = lambda why: EquilibriumInterval(formulation, "failed", reason=why, alpha=bm.alpha,
+                                           solver=which, seconds=time.perf_counter() - t0)
+    n_starts = 1 if which == "scip" else starts + len(kw.get("x0s", ()))
+
+    say(f"{formulation}: leader optimum ({which})")
+    _objective(m, m.leader)
+    lead = solve_mpec(m, reduction, backend, **kw)
+    if not lead.ok:
+        return fail(f"leader optimum: {lead.status.value} ({lead.message})")
+    L = float(lead.objective)
+    proven_gap = abs(L - lead.bound) if (lead.bound is not None and math.isfinite(lead.bound)) else 0.0
+    tol = _tolerance(bm, L) + proven_gap
+    L_check = certify(bm, lead.complementarity_violation).leader_objective
+    m.eq_leader_bound = pyo.Constraint(expr=m.leader <= L + tol)
+    certificate = lead.certificate
+    gaps = [lead.gap] if lead.gap is not None else []
+    ends = {}
+    for name, sense in (("min", pyo.minimize), ("max", pyo.maximize)):
+        say(f"{formulation}: {name} J(pi, M) over equilibria ({which})")
+        _objective(m, m.true_return, sense)
+        if which == "ipopt":
+            # warm-start from every distinct leader-optimal point found in step 1
+            kw = dict(kw, x0s=list(kw["x0s"]) + [p for _, p in lead.solutions])
+        res = solve_mpec(m, reduction, backend, **kw)
+        if not res.ok:
+            return fail(f"{name} J over equilibria: {res.status.value} ({res.message})")
+        if res.certificate != "global":
+            certificate = "local"
+        if res.gap is not None:
+            gaps.append(res.gap)
+        eq = certify(bm, res.complementarity_violation)
+        if eq.follower_gap > FOLLOWER_GAP_TOL:
+            return fail(f"{name} end fails its certificate: follower gap {eq.follower_gap:.3g} "
+                        f"> {FOLLOWER_GAP_TOL:g}")
+        # recomputed from arrays; the allowance covers the solvers' feasibility tolerance
+        if eq.leader_objective > max(L, L_check) + tol + FEASIBILITY_SLACK * max(1.0, abs(L)):
+            return fail(f"{name} end fails its certificate: leader objective "
+                        f"{eq.leader_objective:.9g} above L* + tol = {L + tol:.9g}")
+        ends[name] = eq
+    low, high = ends["min"], ends["max"]
+    if low.J > high.J:  # numerical noise: recomputed values decide the order
+        low, high = high, low
+    details = {"solver_gap": max((g for g in gaps if math.isfinite(g)), default=None),
+               "leader_objective_recomputed": L_check}
+    return EquilibriumInterval(formulation, "solved", alpha=bm.alpha, certificate=certificate,
+                               solver=which, starts=n_starts, leader_objective=L, tolerance=tol,
+                               low=low, high=high, seconds=time.perf_counter() - t0,
+                               details=details)
