@@ -1,0 +1,466 @@
+"""Studies of the reference study's theory with the exact engine (issue 7).
+
+    python -m bilevel.studies theorem --mdps 200 --seed 0      # PAL theorem, 0 violations expected
+    python -m bilevel.studies counterexample --scales 1 10 100 1000
+    python -m bilevel.studies fixes --mdps 50
+
+Each subcommand prints a table and writes JSON + a PNG under --out (default studies_out/).
+
+Conventions. J is the discounted return J(pi, M) = rho0 . V^pi (DESIGN.md section 1). A model
+Phat is evaluated with the engine's model reward rhat(s,a) = sum_s' Phat(s'|s,a) R(s,a,s')
+(bilevel.equilibria.model_reward), so J(pi, Mhat) is what the MPEC leader sees.
+
+PAL theorem (reference study, "Theorem (ours)"): if a model map pi -> Mhat(pi) satisfies
+    l(Mhat(pi), mu_M^pi) <= eps_M  for ALL pi,   and   J(pi, Mhat(pi)) >= sup_pi' J(pi', Mhat(pi')) - eps_pi,
+then J(pi*, M) - J(pi, M) <= eps_pi + 4 gamma sqrt(eps_M) R_max / (1-gamma)^2.
+
+How the premises are measured exactly (no sampling in the measurement). The study's model maps
+are *policy-independent on the policy's support*: Mhat(pi)(.|s,a) = Q(.|s,a) wherever
+pi(a|s) > 0, and anything where pi(a|s) = 0 (pairs that pi never plays neither enter
+l(., mu_M^pi) nor J(pi, .)). For such a map both premises reduce to quantities of the fixed Q:
+  eps_M  = sup_pi l(Q, mu_M^pi) = sup_pi sum mu_M^pi(s,a) c(s,a),  c = KL(P(.|s,a) || Q(.|s,a)):
+           an MDP with reward c under the true P, solved exactly by value iteration
+           (eps_M = (1-gamma) rho0 . V*_c);
+  sup_pi' J(pi', Mhat(pi')) = sup_pi' J(pi', Q) = rho0 . V*_Q  (value iteration in Q),
+  eps_pi = rho0 . V*_Q - J(pi, Q).
+The loss itself is used (no floored-fit baseline subtracted), as the theorem states it.
+Q comes from (a) the exact floored fit P_eta mixed with a fixed random per-MDP model N with
+weight lam, or (b) counts of n transitions sampled from the uniform policy's true occupancy
+(an offline data set; add-one smoothing over K keeps Q >= floor). Policies pi are the optimal
+policy of Q mixed with random (Dirichlet) policies, or with some states' actions flipped.
+R_max = max |R(s,a,s')| over the model support K (a model may move mass anywhere in K, and
+the model reward uses R there); for Garnet MDPs with support "all" this is max |R|.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bilevel.garnet import garnet
+from bilevel.mdp import TabularMDP, load_mdp, mdp_from_dict, mdp_to_dict
+from bilevel.occupancy import (kl_fit, kl_rows, model_loss, occupancy, policy_evaluation,
+                               policy_return, tv_distance, value_iteration)
+
+ROOT = Path(__file__).resolve().parent.parent
+VIOLATION_TOL = 1e-9
+
+
+# --------------------------------------------------------------------------- quantities
+
+def model_reward(mdp: TabularMDP, Phat: np.ndarray) -> np.ndarray:
+    """rhat(s,a) = sum_s' Phat(s'|s,a) R(s,a,s') (the engine's model reward)."""
+    return np.einsum("ijk,ijk->ij", Phat, mdp.R)
+
+
+def model_return(mdp: TabularMDP, Phat: np.ndarray, pi: np.ndarray) -> float:
+    """J(pi, Mhat) = rho0 . V^pi_{Phat, rhat}."""
+    return policy_return(Phat, model_reward(mdp, Phat), mdp.rho0, mdp.gamma, pi)
+
+
+def optimal_return(P: np.ndarray, r: np.ndarray, rho0: np.ndarray, gamma: float):
+    """(rho0 . V*, greedy pi*) by value iteration."""
+    V, pi = value_iteration(P, r, gamma)
+    return float(rho0 @ V), pi
+
+
+def r_max_over_support(mdp: TabularMDP) -> float:
+    """R_max = max |R(s,a,s')| over the model support K."""
+    return float(np.max(np.abs(np.where(mdp.K, mdp.R, 0.0)), initial=0.0))
+
+
+def worst_case_loss(mdp: TabularMDP, Q: np.ndarray) -> float:
+    """eps_M = sup_pi l(Q, mu_M^pi) = (1-gamma) rho0 . V*_c with reward c(s,a) = KL(P||Q)
+    under the true P (value iteration; exact up to its tolerance)."""
+    c = kl_rows(mdp.P, Q)
+    c = np.where(mdp.terminal[:, None], 0.0, c)
+    J, _ = optimal_return(mdp.P, c, mdp.rho0, mdp.gamma)
+    return (1.0 - mdp.gamma) * J
+
+
+def pal_bound(eps_pi: float, eps_M: float, gamma: float, r_max: float) -> float:
+    """eps_pi + 4 gamma sqrt(eps_M) R_max / (1-gamma)^2 (the reference study's PAL theorem)."""
+    return eps_pi + 4.0 * gamma * math.sqrt(max(eps_M, 0.0)) * r_max / (1.0 - gamma) ** 2
+
+
+@dataclass(frozen=True)
+class TheoremInstance:
+    """One approximate PAL solution (pi, model map Q) on one MDP, with measured premises."""
+
+    mdp: str
+    n_states: int
+    n_actions: int
+    gamma: float
+    model_kind: str          # "perturbed_fit" | "samples"
+    model_param: float       # lam or n
+    policy_kind: str         # "optimal" | "mixture" | "flip"
+    policy_param: float
+    eps_pi: float
+    eps_M: float
+    r_max: float
+    gap: float               # J(pi*, M) - J(pi, M)
+    bound: float
+    tightness: float         # gap / bound
+    violation: bool
+
+
+def check_instance(mdp: TabularMDP, Q: np.ndarray, pi: np.ndarray, J_star: float,
+                   eps_pi: float | None = None, eps_M: float | None = None, **labels):
+    """Measure the premises for (pi, Q) (or take them as given, for tests) and check the bound."""
+    if eps_M is None:
+        eps_M = worst_case_loss(mdp, Q)
+    if eps_pi is None:
+        JQ_star, _ = optimal_return(Q, model_reward(mdp, Q), mdp.rho0, mdp.gamma)
+        eps_pi = max(JQ_star - model_return(mdp, Q, pi), 0.0)
+    rmax = r_max_over_support(mdp)
+    gap = J_star - policy_return(mdp.P, mdp.r, mdp.rho0, mdp.gamma, pi)
+    bound = pal_bound(eps_pi, eps_M, mdp.gamma, rmax)
+    tight = gap / bound if bound > 0 else (0.0 if gap <= VIOLATION_TOL else math.inf)
+    return TheoremInstance(mdp=mdp.name, n_states=mdp.n_states, n_actions=mdp.n_actions,
+                           gamma=mdp.gamma, eps_pi=float(eps_pi), eps_M=float(eps_M), r_max=rmax,
+                           gap=float(gap), bound=float(bound), tightness=float(tight),
+                           violation=bool(gap > bound + VIOLATION_TOL * max(1.0, abs(J_star))),
+                           **labels)
+
+
+def random_model(mdp: TabularMDP, rng: np.random.Generator) -> np.ndarray:
+    """N(.|s,a) ~ Dirichlet(1) over K(s,a), floored at eta and renormalized."""
+    N = np.where(mdp.K, rng.gamma(1.0, size=mdp.P.shape), 0.0)
+    N = np.where(mdp.K, np.maximum(N / N.sum(-1, keepdims=True), mdp.floor), 0.0)
+    return N / N.sum(-1, keepdims=True)
+
+
+def sample_fit(mdp: TabularMDP, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Q = (counts + 1) / (n_sa + |K(s,a)|) over K from n transitions with (s,a) ~ mu_M^uniform,
+    s' ~ P(.|s,a) (add-one smoothing; unvisited pairs get the uniform row over K)."""
+    S, A = mdp.n_states, mdp.n_actions
+    mu = occupancy(mdp.P, mdp.rho0, mdp.gamma, np.full((S, A), 1.0 / A)).ravel()
+    pairs = rng.choice(S * A, size=n, p=mu / mu.sum())
+    counts = np.zeros((S * A, S))
+    for sa, k in zip(*np.unique(pairs, return_counts=True)):
+        counts[sa] = rng.multinomial(k, mdp.P.reshape(S * A, S)[sa])
+    counts = counts.reshape(S, A, S)
+    Q = np.where(mdp.K, counts + 1.0, 0.0)
+    return Q / Q.sum(-1, keepdims=True)
+
+
+def perturbed_policies(pi_opt: np.ndarray, rng: np.random.Generator):
+    """(kind, param, pi): the optimal policy, mixtures with random policies, and action flips."""
+    S, A = pi_opt.shape
+    out = [("optimal", 0.0, pi_opt)]
+    for beta in (0.05, 0.2, 0.5, 1.0):
+        rand = rng.dirichlet(np.ones(A), size=S)
+        out.append(("mixture", beta, (1 - beta) * pi_opt + beta * rand))
+    k = int(rng.integers(1, S + 1))
+    flip = pi_opt.copy()
+    for s in rng.choice(S, size=k, replace=False):
+        flip[s] = np.roll(pi_opt[s], int(rng.integers(1, A)))
+    out.append(("flip", float(k), flip))
+    return out
+
+
+def random_study_mdp(i: int, seed: int) -> TabularMDP:
+    """Garnet MDP number i: S in 3..8, A in 2..3, branching in 1..S, gamma in [0.8, 0.99]."""
+    rng = np.random.default_rng([seed, i])
+    S, A = int(rng.integers(3, 9)), int(rng.integers(2, 4))
+    b = int(rng.integers(1, min(S, 4) + 1))
+    gamma = float(np.round(rng.uniform(0.8, 0.99), 3))
+    return garnet(S, A, b, seed=int(rng.integers(2**31)), gamma=gamma, support="all",
+                  name=f"garnet{i}_S{S}_A{A}_b{b}_g{gamma}")
+
+
+def theorem_instances(mdp: TabularMDP, rng: np.random.Generator,
+                      lams=(0.0, 0.01, 0.1, 0.5), ns=(50, 500, 5000)) -> list[TheoremInstance]:
+    """All (model, policy) combinations on one MDP, each checked."""
+    J_star, _ = optimal_return(mdp.P, mdp.r, mdp.rho0, mdp.gamma)
+    fit, N = kl_fit(mdp.P, mdp.K, mdp.floor), random_model(mdp, rng)
+    models = [("perturbed_fit", lam, (1 - lam) * fit + lam * N) for lam in lams]
+    models += [("samples", float(n), sample_fit(mdp, n, rng)) for n in ns]
+    out = []
+    for mk, mp, Q in models:
+        eps_M = worst_case_loss(mdp, Q)
+        JQ_star, pi_Q = optimal_return(Q, model_reward(mdp, Q), mdp.rho0, mdp.gamma)
+        for pk, pp, pi in perturbed_policies(pi_Q, rng):
+            eps_pi = max(JQ_star - model_return(mdp, Q, pi), 0.0)
+            out.append(check_instance(mdp, Q, pi, J_star, eps_pi=eps_pi, eps_M=eps_M,
+                                      model_kind=mk, model_param=mp, policy_kind=pk,
+                                      policy_param=pp))
+    return out
+
+
+# --------------------------------------------------------------------------- Rajeswaran terms
+
+@dataclass(frozen=True)
+class MalTerms:
+    """Rajeswaran et al. (2020) Theorem 1 terms at MAL's worst equilibrium (pi, Phat)."""
+
+    mdp: str
+    solver: str
+    certificate: str
+    J_star: float
+    J_worst: float
+    gap: float
+    eps_pi: float            # J*(Phat) - J(pi, Phat): follower's suboptimality in its model
+    eps_M: float             # l(Phat, mu_M^pi) (this pi only: MAL's premise)
+    eps_M_floor: float       # l(P_eta, mu_M^pi): what the floor alone costs at this pi
+    eps_M_all: float         # sup_pi' l(Phat, mu_M^pi'): the PAL theorem's premise for Phat
+    model_term: float        # 4 gamma sqrt(eps_M) R_max / (1-gamma)^2
+    occupancy_tv: float      # D_TV(mu_M^{pi*}, mu_Mhat^{pi*})
+    shift_term: float        # R_max / (1-gamma) * D_TV  (the O() term, constant 1... see docs)
+    pal_bound_violated: bool  # gap > eps_pi + model_term
+    excess_bound_violated: bool  # gap > eps_pi + 4 gamma sqrt(eps_M - eps_M_floor) R_max/(1-gamma)^2
+
+
+def mal_terms(mdp: TabularMDP, solver: str = "scip", time_limit: float = 10.0) -> MalTerms | None:
+    """Solve MAL's interval, take its worst equilibrium and evaluate the Theorem 1 terms.
+    shift_term uses 2 R_max/(1-gamma) D_TV: |J(pi*,M) - J(pi*,Mhat)| <= 2 R_max/(1-gamma) D_TV
+    for normalized occupancies with |r| <= R_max (the O() constant is not the point here)."""
+    from bilevel.equilibria import solve_formulation
+    res = solve_formulation(mdp, "MAL", solver=solver, time_limit=time_limit)
+    if not res.ok:
+        return None
+    pi, Phat = res.low.policy, res.low.model
+    J_star, pi_star = optimal_return(mdp.P, mdp.r, mdp.rho0, mdp.gamma)
+    JQ_star, _ = optimal_return(Phat, model_reward(mdp, Phat), mdp.rho0, mdp.gamma)
+    eps_pi = max(JQ_star - model_return(mdp, Phat, pi), 0.0)
+    mu = occupancy(mdp.P, mdp.rho0, mdp.gamma, pi)
+    eps_M = model_loss(mdp.P, Phat, mu)
+    eps_M_floor = model_loss(mdp.P, kl_fit(mdp.P, mdp.K, mdp.floor), mu)
+    rmax = r_max_over_support(mdp)
+    tv = tv_distance(occupancy(mdp.P, mdp.rho0, mdp.gamma, pi_star),
+                     occupancy(Phat, mdp.rho0, mdp.gamma, pi_star))
+    gap = J_star - res.low.J
+    model_term = pal_bound(0.0, eps_M, mdp.gamma, rmax)
+    return MalTerms(mdp=mdp.name, solver=res.solver, certificate=res.certificate, J_star=J_star,
+                    J_worst=res.low.J, gap=gap, eps_pi=eps_pi, eps_M=eps_M,
+                    eps_M_floor=eps_M_floor, eps_M_all=worst_case_loss(mdp, Phat),
+                    model_term=model_term, occupancy_tv=tv,
+                    shift_term=2.0 * rmax / (1.0 - mdp.gamma) * tv,
+                    pal_bound_violated=bool(gap > eps_pi + model_term + 1e-9),
+                    excess_bound_violated=bool(
+                        gap > pal_bound(eps_pi, eps_M - eps_M_floor, mdp.gamma, rmax) + 1e-9))
+
+
+# --------------------------------------------------------------------------- counterexample
+
+def scaled_hidden_goal(k: float, path: str | Path = ROOT / "mdps" / "hidden_goal.yaml") -> TabularMDP:
+    """hidden_goal with the hidden rewards scaled by k: R(A,Y,A) = 0.75 k, R(B,Y,A) = 0.5 k."""
+    d = mdp_to_dict(load_mdp(path))
+    d["name"] = f"hidden_goal_k{k:g}"
+    d["rewards"]["A"]["Y"] = {"A": 0.75 * k}
+    d["rewards"]["B"]["Y"] = {"A": 0.5 * k, "B": -0.05}
+    return mdp_from_dict(d, source=f"<hidden_goal x{k:g}>")
+
+
+@dataclass(frozen=True)
+class CounterexampleRow:
+    k: float
+    J_star: float
+    mal_min_J: float
+    mal_gap: float
+    pal_min_J: float
+    pal_gap: float
+    mal_certificate: str
+    pal_certificate: str
+    seconds: float
+
+
+def counterexample_row(k: float, solver: str = "scip", time_limit: float = 60.0) -> CounterexampleRow:
+    """Exact MAL and PAL intervals on the k-scaled hidden goal; gaps J* - min J."""
+    from bilevel.equilibria import solve_formulation
+    t0 = time.perf_counter()
+    mdp = scaled_hidden_goal(k)
+    J_star, _ = optimal_return(mdp.P, mdp.r, mdp.rho0, mdp.gamma)
+    mal = solve_formulation(mdp, "MAL", solver=solver, time_limit=time_limit)
+    pal = solve_formulation(mdp, "PAL", solver=solver, time_limit=time_limit)
+    nan = float("nan")
+    return CounterexampleRow(
+        k=k, J_star=J_star, mal_min_J=mal.low.J if mal.ok else nan,
+        mal_gap=J_star - mal.low.J if mal.ok else nan,
+        pal_min_J=pal.low.J if pal.ok else nan, pal_gap=J_star - pal.low.J if pal.ok else nan,
+        mal_certificate=mal.certificate if mal.ok else f"failed: {mal.reason}",
+        pal_certificate=pal.certificate if pal.ok else f"failed: {pal.reason}",
+        seconds=time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------- output helpers
+
+def _save(out: Path, name: str, payload) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    p = out / f"{name}.json"
+    p.write_text(json.dumps(payload, indent=1, default=float))
+    return p
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def quantiles(x, qs=(0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)) -> dict:
+    x = np.asarray(x, dtype=float)
+    return {f"q{int(q * 100)}": float(np.quantile(x, q)) for q in qs}
+
+
+# --------------------------------------------------------------------------- subcommands
+
+def run_theorem(n_mdps: int, seed: int, out: Path, mal_mdps: int = 3, solver: str = "scip",
+                mal_floor: float = 1e-9) -> dict:
+    """PAL theorem check on n_mdps random MDPs, then Rajeswaran's terms at MAL's worst
+    equilibria. The MAL MDPs use the floor `mal_floor`: with the default floor 1e-6 and
+    gamma = 0.99 the solver tolerance band alone (loss ~ 5e-6) makes 4 gamma sqrt(eps_M) R_max /
+    (1-gamma)^2 larger than the whole return range, which would hide the comparison."""
+    t0 = time.perf_counter()
+    rows: list[TheoremInstance] = []
+    for i in range(n_mdps):
+        mdp = random_study_mdp(i, seed)
+        rows.extend(theorem_instances(mdp, np.random.default_rng([seed, i, 1])))
+    viol = [r for r in rows if r.violation]
+    tight = np.array([r.tightness for r in rows])
+    q = quantiles(tight)
+    print(f"PAL theorem: {n_mdps} Garnet MDPs (S 3..8, A 2..3, gamma 0.8..0.99), "
+          f"{len(rows)} approximate PAL solutions, {time.perf_counter() - t0:.1f} s")
+    print(f"violations of J(pi*,M) - J(pi,M) <= eps_pi + 4 gamma sqrt(eps_M) R_max/(1-gamma)^2: "
+          f"{len(viol)}")
+    for r in viol[:10]:
+        print("  VIOLATION", r)
+    print("tightness = gap / bound, quantiles: "
+          + "  ".join(f"{k}={v:.3g}" for k, v in q.items()))
+    print(f"{'model':>14} {'param':>7} {'n':>5} {'eps_M med':>10} {'eps_pi med':>10} "
+          f"{'gap med':>9} {'tight med':>9} {'tight max':>9}")
+    groups = {}
+    for r in rows:
+        groups.setdefault((r.model_kind, r.model_param), []).append(r)
+    by_model = []
+    for (mk, mp), rs in groups.items():
+        e = dict(model=mk, param=mp, n=len(rs),
+                 eps_M_median=float(np.median([r.eps_M for r in rs])),
+                 eps_pi_median=float(np.median([r.eps_pi for r in rs])),
+                 gap_median=float(np.median([r.gap for r in rs])),
+                 tightness_median=float(np.median([r.tightness for r in rs])),
+                 tightness_max=float(np.max([r.tightness for r in rs])))
+        by_model.append(e)
+        print(f"{mk:>14} {mp:>7g} {len(rs):>5} {e['eps_M_median']:>10.3g} "
+              f"{e['eps_pi_median']:>10.3g} {e['gap_median']:>9.3g} "
+              f"{e['tightness_median']:>9.3g} {e['tightness_max']:>9.3g}")
+
+    mal_rows = []
+    if mal_mdps > 0:
+        print("\nRajeswaran et al. Theorem 1 terms at MAL's worst equilibrium "
+              "(J discounted; shift term = 2 R_max/(1-gamma) D_TV(mu_M^pi*, mu_Mhat^pi*); "
+              f"model floor {mal_floor:g}):")
+        cands = [load_mdp(ROOT / "mdps" / f) for f in
+                 ("hidden_goal.yaml", "hidden_goal_deterministic.yaml", "hidden_goal_ergodic.yaml")]
+        cands += [garnet(3, 2, 2, seed=s, gamma=0.9, name=f"garnet_S3_A2_seed{s}")
+                  for s in range(mal_mdps)]
+        print(f"{'mdp':>26} {'gap':>8} {'eps_pi':>8} {'eps_M':>9} {'-floor':>9} {'sup eps_M':>9} "
+              f"{'model':>9} {'D_TV':>6} {'shift':>8} {'viol':>5} {'viol-fl':>7} cert")
+        for mdp in cands:
+            t = mal_terms(mdp.with_(floor=mal_floor), solver=solver)
+            if t is None:
+                print(f"{mdp.name:>26} MAL solve failed")
+                continue
+            mal_rows.append(t)
+            print(f"{t.mdp:>26} {t.gap:>8.4g} {t.eps_pi:>8.2g} {t.eps_M:>9.2g} "
+                  f"{t.eps_M - t.eps_M_floor:>9.2g} {t.eps_M_all:>9.3g} "
+                  f"{t.model_term:>9.3g} {t.occupancy_tv:>6.3f} {t.shift_term:>8.4g} "
+                  f"{str(t.pal_bound_violated):>5} {str(t.excess_bound_violated):>7} {t.certificate}")
+        print("eps_M: MAL's own-policy loss (tiny: its premise holds); -floor: minus the floored "
+              "fit's loss at that policy; sup eps_M: sup over all policies (the PAL premise), "
+              "large; viol: gap > eps_pi + 4 gamma sqrt(eps_M) R_max/(1-gamma)^2 with eps_M "
+              "(viol) or eps_M - floor (viol-fl); the D_TV shift term covers the gap.")
+    payload = {"n_mdps": n_mdps, "seed": seed, "n_instances": len(rows),
+               "violations": [asdict(r) for r in viol], "tightness_quantiles": q,
+               "by_model": by_model, "instances": [asdict(r) for r in rows],
+               "mal_terms": [asdict(t) for t in mal_rows]}
+    _save(out, "theorem", payload)
+    plt = _plt()
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    b = np.array([r.bound for r in rows])
+    g = np.array([r.gap for r in rows])
+    ax[0].loglog(np.maximum(b, 1e-12), np.maximum(g, 1e-12), ".", ms=2, alpha=.5)
+    lim = [1e-12, max(b.max(), 1)]
+    ax[0].plot(lim, lim, "k--", lw=1, label="gap = bound")
+    ax[0].set_xlabel("bound eps_pi + 4 gamma sqrt(eps_M) R_max/(1-gamma)^2")
+    ax[0].set_ylabel("gap J(pi*,M) - J(pi,M)  (clipped at 1e-12)")
+    ax[0].legend()
+    ax[1].hist(tight[tight > 0], bins=np.logspace(-8, 0, 41))
+    ax[1].set_xscale("log")
+    ax[1].set_xlabel("tightness gap / bound")
+    ax[1].set_title(f"{len(rows)} solutions on {n_mdps} MDPs, {len(viol)} violations")
+    fig.tight_layout()
+    fig.savefig(out / "theorem.png", dpi=120)
+    return payload
+
+
+def run_counterexample(scales, out: Path, solver: str = "scip", time_limit: float = 60.0) -> dict:
+    rows = []
+    print("hidden goal scaled by k (A/Y loop 0.75k, B-Y->A 0.5k); J discounted; "
+          "strong (optimistic) Stackelberg equilibria; gap = J* - min J over equilibria")
+    print(f"{'k':>6} {'J*':>10} {'MAL min J':>10} {'MAL gap':>10} {'gap/k':>8} "
+          f"{'PAL min J':>10} {'PAL gap':>9} {'MAL cert':>8} {'PAL cert':>8} {'s':>6}")
+    for k in scales:
+        r = counterexample_row(k, solver=solver, time_limit=time_limit)
+        rows.append(r)
+        print(f"{r.k:>6g} {r.J_star:>10.4f} {r.mal_min_J:>10.4f} {r.mal_gap:>10.4f} "
+              f"{r.mal_gap / r.k:>8.4f} {r.pal_min_J:>10.4f} {r.pal_gap:>9.2g} "
+              f"{r.mal_certificate:>8} {r.pal_certificate:>8} {r.seconds:>6.1f}", flush=True)
+    payload = {"rows": [asdict(r) for r in rows], "solver": solver}
+    _save(out, "counterexample", payload)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ks = np.array([r.k for r in rows])
+    ax.loglog(ks, [max(r.mal_gap, 1e-9) for r in rows], "o-", label="MAL worst gap")
+    ax.loglog(ks, [max(abs(r.pal_gap), 1e-9) for r in rows], "s-", label="PAL gap (|.|, floor 1e-9)")
+    ax.set_xlabel("hidden reward scale k")
+    ax.set_ylabel("J* - min J over equilibria (discounted)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "counterexample.png", dpi=120)
+    return payload
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bilevel.studies", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("theorem", help="numerical check of the PAL theorem")
+    t.add_argument("--mdps", type=int, default=200)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--mal-mdps", type=int, default=3, help="extra random 3-state MDPs for MAL terms")
+    t.add_argument("--mal-floor", type=float, default=1e-9)
+    c = sub.add_parser("counterexample", help="MAL gap on the k-scaled hidden goal")
+    c.add_argument("--scales", type=float, nargs="+", default=[1, 10, 100, 1000])
+    c.add_argument("--time-limit", type=float, default=60.0)
+    f = sub.add_parser("fixes", help="worst-case gaps of the MAL fixes vs alpha")
+    f.add_argument("--mdps", type=int, default=50)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--alphas", type=float, nargs="+", default=[0.5, 0.9, 0.99])
+    f.add_argument("--time-limit", type=float, default=10.0)
+    f.add_argument("--no-pal", action="store_true")
+    for s in (t, c, f):
+        s.add_argument("--out", default="studies_out")
+        s.add_argument("--solver", default="scip", choices=("scip", "ipopt", "auto"))
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    if a.cmd == "theorem":
+        res = run_theorem(a.mdps, a.seed, out, a.mal_mdps, a.solver, a.mal_floor)
+        return 1 if res["violations"] else 0
+    if a.cmd == "counterexample":
+        run_counterexample(a.scales, out, a.solver, a.time_limit)
+        return 0
+    if a.cmd == "fixes":
+        res = run_fixes(a.mdps, a.seed, a.alphas, out, a.solver, a.time_limit, not a.no_pal)
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
