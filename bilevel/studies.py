@@ -266,13 +266,18 @@ class CounterexampleRow:
     mal_gap: float
     pal_min_J: float
     pal_gap: float
+    pal_closed_form_gap: float   # J* - J(pi, M), pi greedy in the floored fit P_eta (see below)
     mal_certificate: str
     pal_certificate: str
     seconds: float
 
 
 def counterexample_row(k: float, solver: str = "scip", time_limit: float = 60.0) -> CounterexampleRow:
-    """Exact MAL and PAL intervals on the k-scaled hidden goal; gaps J* - min J."""
+    """Exact MAL and PAL intervals on the k-scaled hidden goal; gaps J* - min J.
+    PAL's closed form, an independent check: the model follower's best response is the floored
+    fit P_eta on every pair the policy visits and arbitrary elsewhere, and unvisited pairs do not
+    enter J(pi, Phat), so PAL's leader problem is max_pi J(pi, P_eta); its solution is the greedy
+    policy of P_eta (value iteration)."""
     from bilevel.equilibria import solve_formulation
     t0 = time.perf_counter()
     mdp = scaled_hidden_goal(k)
@@ -280,7 +285,10 @@ def counterexample_row(k: float, solver: str = "scip", time_limit: float = 60.0)
     mal = solve_formulation(mdp, "MAL", solver=solver, time_limit=time_limit)
     pal = solve_formulation(mdp, "PAL", solver=solver, time_limit=time_limit)
     nan = float("nan")
+    fit = kl_fit(mdp.P, mdp.K, mdp.floor)
+    _, pi_fit = optimal_return(fit, model_reward(mdp, fit), mdp.rho0, mdp.gamma)
     return CounterexampleRow(
+        pal_closed_form_gap=J_star - policy_return(mdp.P, mdp.r, mdp.rho0, mdp.gamma, pi_fit),
         k=k, J_star=J_star, mal_min_J=mal.low.J if mal.ok else nan,
         mal_gap=J_star - mal.low.J if mal.ok else nan,
         pal_min_J=pal.low.J if pal.ok else nan, pal_gap=J_star - pal.low.J if pal.ok else nan,
@@ -406,25 +414,136 @@ def run_counterexample(scales, out: Path, solver: str = "scip", time_limit: floa
     print("hidden goal scaled by k (A/Y loop 0.75k, B-Y->A 0.5k); J discounted; "
           "strong (optimistic) Stackelberg equilibria; gap = J* - min J over equilibria")
     print(f"{'k':>6} {'J*':>10} {'MAL min J':>10} {'MAL gap':>10} {'gap/k':>8} "
-          f"{'PAL min J':>10} {'PAL gap':>9} {'MAL cert':>8} {'PAL cert':>8} {'s':>6}")
+          f"{'PAL min J':>10} {'PAL gap':>9} {'PAL cf gap':>10} {'MAL cert':>8} {'PAL cert':>8} {'s':>6}")
     for k in scales:
         r = counterexample_row(k, solver=solver, time_limit=time_limit)
         rows.append(r)
         print(f"{r.k:>6g} {r.J_star:>10.4f} {r.mal_min_J:>10.4f} {r.mal_gap:>10.4f} "
               f"{r.mal_gap / r.k:>8.4f} {r.pal_min_J:>10.4f} {r.pal_gap:>9.2g} "
+              f"{r.pal_closed_form_gap:>10.2g} "
               f"{r.mal_certificate:>8} {r.pal_certificate:>8} {r.seconds:>6.1f}", flush=True)
+    print("PAL cf = closed form (greedy policy of the floored fit); a failed PAL MPEC row is the "
+          "engine's certificate rejecting SCIP's point (SCIP stops at relative gap 1e-3)")
     payload = {"rows": [asdict(r) for r in rows], "solver": solver}
     _save(out, "counterexample", payload)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ks = np.array([r.k for r in rows])
     ax.loglog(ks, [max(r.mal_gap, 1e-9) for r in rows], "o-", label="MAL worst gap")
-    ax.loglog(ks, [max(abs(r.pal_gap), 1e-9) for r in rows], "s-", label="PAL gap (|.|, floor 1e-9)")
+    ax.loglog(ks, [max(abs(r.pal_gap), 1e-9) for r in rows], "s-", label="PAL gap, MPEC (|.|, floor 1e-9)")
+    ax.loglog(ks, [max(abs(r.pal_closed_form_gap), 1e-9) for r in rows], "x--",
+              label="PAL gap, closed form (|.|, floor 1e-9)")
     ax.set_xlabel("hidden reward scale k")
     ax.set_ylabel("J* - min J over equilibria (discounted)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "counterexample.png", dpi=120)
+    return payload
+
+
+# --------------------------------------------------------------------------- fixes
+
+@dataclass(frozen=True)
+class FixResult:
+    """The worst-case gap J* - min J(pi, M) over one formulation's equilibria on one MDP."""
+
+    mdp: str
+    formulation: str
+    alpha: float | None
+    ok: bool
+    gap: float               # nan when the solve failed
+    solver: str
+    certificate: str
+    seconds: float
+    reason: str = ""
+
+
+def fixes_mdp(i: int, seed: int) -> TabularMDP:
+    """Small random MDP number i for the fixes study: S in 3..4, A = 2, branching 2, start in
+    state 0 (so that a model can hide states), gamma 0.9."""
+    rng = np.random.default_rng([seed, i, 7])
+    S = int(rng.integers(3, 5))
+    return garnet(S, 2, 2, seed=int(rng.integers(2**31)), gamma=0.9, initial="first",
+                  support="all", name=f"fixes{i}_S{S}_A2")
+
+
+def worst_gap(mdp: TabularMDP, formulation: str, alpha=None, solver="scip",
+              time_limit=10.0) -> FixResult:
+    """solve_formulation's interval; gap = J* - low.J (J discounted)."""
+    from bilevel.equilibria import solve_formulation
+    J_star, _ = optimal_return(mdp.P, mdp.r, mdp.rho0, mdp.gamma)
+    res = solve_formulation(mdp, formulation, alpha=alpha, solver=solver, time_limit=time_limit)
+    return FixResult(mdp=mdp.name, formulation=formulation, alpha=res.alpha, ok=res.ok,
+                     gap=J_star - res.low.J if res.ok else float("nan"), solver=res.solver,
+                     certificate=res.certificate, seconds=res.seconds, reason=res.reason)
+
+
+def run_fixes(n_mdps: int, seed: int, alphas, out: Path, solver: str = "scip",
+              time_limit: float = 10.0, with_pal: bool = True) -> dict:
+    """Worst-case gaps of MAL, MAL + agent reward (alpha), MAL + random noise (alpha) and PAL
+    over n_mdps random MDPs, then plain MAL on the deterministic and ergodic hidden goals."""
+    results: list[FixResult] = []
+    t0 = time.perf_counter()
+    for i in range(n_mdps):
+        mdp = fixes_mdp(i, seed)
+        todo = [("MAL", None)] + [(f, a) for a in alphas
+                                  for f in ("MAL_agent_reward", "MAL_random_noise")]
+        if with_pal:
+            todo.append(("PAL", None))
+        for f, a in todo:
+            results.append(worst_gap(mdp, f, a, solver, time_limit))
+        done = [r for r in results if r.mdp == mdp.name]
+        print(f"  {mdp.name}: " + ", ".join(
+            f"{r.formulation}{'' if r.alpha is None else f'({r.alpha:g})'}="
+            f"{r.gap:.3g}" for r in done), flush=True)
+    print(f"\nfixes: {n_mdps} random MDPs (S 3..4, A 2, gamma 0.9, start in s0), solver {solver}, "
+          f"SCIP time limit {time_limit:g} s per solve, {time.perf_counter() - t0:.0f} s; "
+          "gap = J* - min J over equilibria (discounted)")
+    print(f"{'formulation':>18} {'alpha':>6} {'solved':>7} {'failed':>7} {'max gap':>9} "
+          f"{'mean gap':>9} {'#gap>1e-3':>9}")
+    table = []
+    keys = sorted({(r.formulation, r.alpha) for r in results},
+                  key=lambda k: (["MAL", "MAL_agent_reward", "MAL_random_noise", "PAL"].index(k[0]),
+                                 k[1] or 0))
+    for f, a in keys:
+        rs = [r for r in results if r.formulation == f and r.alpha == a]
+        g = np.array([r.gap for r in rs if r.ok])
+        e = dict(formulation=f, alpha=a, solved=int(g.size), failed=len(rs) - int(g.size),
+                 max_gap=float(g.max()) if g.size else float("nan"),
+                 mean_gap=float(g.mean()) if g.size else float("nan"),
+                 n_bad=int((g > 1e-3).sum()))
+        table.append(e)
+        print(f"{f:>18} {'-' if a is None else f'{a:g}':>6} {e['solved']:>7} {e['failed']:>7} "
+              f"{e['max_gap']:>9.4g} {e['mean_gap']:>9.4g} {e['n_bad']:>9}")
+    named = []
+    print("\nplain MAL on the named hidden-goal variants:")
+    for f in ("hidden_goal_deterministic.yaml", "hidden_goal_ergodic.yaml"):
+        mdp = load_mdp(ROOT / "mdps" / f)
+        r = worst_gap(mdp, "MAL", None, solver, max(time_limit, 30.0))
+        named.append(r)
+        J_star, _ = optimal_return(mdp.P, mdp.r, mdp.rho0, mdp.gamma)
+        print(f"  {mdp.name}: J* = {J_star:.4f}, MAL worst gap = {r.gap:.4f} "
+              f"({r.certificate}{'' if r.ok else ', ' + r.reason}) -> "
+              f"{'MAL fails' if r.ok and r.gap > 1.0 else 'no failure found'}")
+    payload = {"n_mdps": n_mdps, "seed": seed, "alphas": list(alphas), "solver": solver,
+               "time_limit": time_limit, "table": table,
+               "results": [asdict(r) for r in results], "named": [asdict(r) for r in named]}
+    _save(out, "fixes", payload)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for f in ("MAL_agent_reward", "MAL_random_noise"):
+        rows = [e for e in table if e["formulation"] == f]
+        ax.plot([e["alpha"] for e in rows], [e["max_gap"] for e in rows], "o-", label=f"{f} max gap")
+    for f, st in (("MAL", "--"), ("PAL", ":")):
+        rows = [e for e in table if e["formulation"] == f]
+        if rows:
+            ax.axhline(rows[0]["max_gap"], ls=st, color="k" if f == "MAL" else "g", label=f"{f} max gap")
+    ax.set_xlabel("alpha")
+    ax.set_ylabel("largest J* - min J over equilibria")
+    ax.set_title(f"{n_mdps} random MDPs")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "fixes.png", dpi=120)
     return payload
 
 
@@ -438,7 +557,7 @@ def main(argv=None) -> int:
     t.add_argument("--mal-floor", type=float, default=1e-9)
     c = sub.add_parser("counterexample", help="MAL gap on the k-scaled hidden goal")
     c.add_argument("--scales", type=float, nargs="+", default=[1, 10, 100, 1000])
-    c.add_argument("--time-limit", type=float, default=60.0)
+    c.add_argument("--time-limit", type=float, default=30.0)
     f = sub.add_parser("fixes", help="worst-case gaps of the MAL fixes vs alpha")
     f.add_argument("--mdps", type=int, default=50)
     f.add_argument("--seed", type=int, default=0)
@@ -447,7 +566,9 @@ def main(argv=None) -> int:
     f.add_argument("--no-pal", action="store_true")
     for s in (t, c, f):
         s.add_argument("--out", default="studies_out")
-        s.add_argument("--solver", default="scip", choices=("scip", "ipopt", "auto"))
+        s.add_argument("--solver", default="auto" if s is c else "scip",
+                       choices=("scip", "ipopt", "auto"),
+                       help="auto: SCIP, and IPOPT (local) where SCIP does not certify")
     a = p.parse_args(argv)
     out = Path(a.out)
     if a.cmd == "theorem":

@@ -1,0 +1,94 @@
+"""Studies (issue 7): the PAL theorem check, the scaled counterexample, the fixes study."""
+import math
+
+import numpy as np
+import pytest
+
+from bilevel.garnet import garnet
+from bilevel.occupancy import kl_fit, model_loss, occupancy, policy_return
+from bilevel.studies import (check_instance, model_return, model_reward, optimal_return,
+                             pal_bound, random_study_mdp, theorem_instances, worst_case_loss)
+
+
+def test_theorem_holds_on_random_mdps_and_is_not_vacuous():
+    rows = []
+    for i in range(8):
+        mdp = random_study_mdp(i, seed=123)
+        rows += theorem_instances(mdp, np.random.default_rng(i))
+    assert not [r for r in rows if r.violation]
+    assert max(r.tightness for r in rows) > 1e-3
+    assert len({r.model_kind for r in rows}) == 2
+
+
+def test_worst_case_loss_dominates_the_loss_of_every_policy():
+    """eps_M = sup_pi l(Q, mu_M^pi) (value iteration) >= l(Q, mu_M^pi) for random pi."""
+    mdp = garnet(5, 3, 2, seed=4, gamma=0.9)
+    rng = np.random.default_rng(0)
+    Q = 0.7 * kl_fit(mdp.P, mdp.K, mdp.floor) + 0.3 * rng.dirichlet(np.ones(5), size=(5, 3))
+    eps = worst_case_loss(mdp, Q)
+    losses = [model_loss(mdp.P, Q, occupancy(mdp.P, mdp.rho0, mdp.gamma,
+                                               rng.dirichlet(np.ones(3), size=5)))
+              for _ in range(200)]
+    assert max(losses) <= eps + 1e-12
+    assert max(losses) > 0.5 * eps       # and it is attained nearly by some policy
+
+
+def test_mismeasured_eps_pi_gives_a_violation():
+    """With an exact model (support "true", no floor effect) eps_M = 0 and the bound is
+    eps_pi = J*(M) - J(pi, M): tight. Under-reporting eps_pi must be caught."""
+    mdp = garnet(4, 2, 2, seed=2, gamma=0.9, support="true")
+    Q = kl_fit(mdp.P, mdp.K, mdp.floor)
+    assert np.allclose(Q, mdp.P)
+    J_star, pi_star = optimal_return(mdp.P, mdp.r, mdp.rho0, mdp.gamma)
+    pi = 0.5 * pi_star + 0.5 / mdp.n_actions
+    ok = check_instance(mdp, Q, pi, J_star, model_kind="exact", model_param=0,
+                        policy_kind="mixture", policy_param=0.5)
+    assert not ok.violation and ok.gap > 1e-3 and math.isclose(ok.tightness, 1.0, rel_tol=1e-6)
+    bad = check_instance(mdp, Q, pi, J_star, eps_pi=0.5 * ok.eps_pi, model_kind="exact",
+                         model_param=0, policy_kind="mixture", policy_param=0.5)
+    assert bad.violation
+
+
+def test_bound_without_the_model_term_would_be_violated():
+    """A wrong bound (eps_M reported as 0) fails on some instance: the check has teeth."""
+    rows = theorem_instances(random_study_mdp(0, seed=5), np.random.default_rng(1))
+    assert [r for r in rows if r.gap > pal_bound(r.eps_pi, 0.0, r.gamma, r.r_max) + 1e-9]
+    assert not [r for r in rows if r.violation]
+
+
+def test_pal_bound_formula():
+    assert pal_bound(0.1, 0.04, 0.9, 2.0) == pytest.approx(0.1 + 4 * 0.9 * 0.2 * 2.0 / 0.01)
+
+
+def test_model_return_equals_true_return_for_the_true_model():
+    mdp = garnet(4, 2, 3, seed=1)
+    pi = np.full((4, 2), 0.5)
+    assert model_return(mdp, mdp.P, pi) == pytest.approx(
+        policy_return(mdp.P, mdp.r, mdp.rho0, mdp.gamma, pi))
+    assert np.allclose(model_reward(mdp, mdp.P), mdp.r)
+
+
+def test_counterexample_gap_scales_with_k():
+    from bilevel.studies import counterexample_row
+    r1 = counterexample_row(1, solver="scip", time_limit=20)
+    r10 = counterexample_row(10, solver="scip", time_limit=20)
+    assert r1.mal_certificate == "global" and r10.mal_certificate == "global"
+    assert r10.mal_gap / r1.mal_gap == pytest.approx(10.0, rel=0.02)
+    assert abs(r1.pal_closed_form_gap) < 1e-6 and abs(r10.pal_closed_form_gap) < 1e-6
+    assert r1.pal_certificate == "global" and abs(r1.pal_gap) < 1e-4
+
+
+def test_scaled_hidden_goal_scales_only_the_hidden_rewards():
+    from bilevel.studies import scaled_hidden_goal
+    m1, m5 = scaled_hidden_goal(1), scaled_hidden_goal(5)
+    assert np.allclose(m1.P, m5.P)
+    A, B, X, Y = 0, 1, 0, 1
+    assert m5.R[A, Y, A] == pytest.approx(5 * 0.75) and m5.R[B, Y, A] == pytest.approx(5 * 0.5)
+    assert m5.R[B, X, 2] == pytest.approx(m1.R[B, X, 2])
+
+
+@pytest.mark.slow
+def test_theorem_cli_200_mdps_no_violation(tmp_path):
+    from bilevel.studies import run_theorem
+    res = run_theorem(200, 0, tmp_path, mal_mdps=0)
+    assert res["violations"] == [] and res["n_instances"] >= 200
