@@ -34,9 +34,12 @@ from solvers.scip import Scip
 
 FOLLOWER_GAP_TOL = 1e-6
 AUTO_SCIP_MAX_PAIRS = 16     # --solver auto: SCIP (global) up to this many state-action pairs
-SCIP_GAP = 1e-3              # relative gap at which SCIP stops (absolute 1e-9 when L* ~ 0)
+SCIP_GAP = 1e-3              # relative gap at which SCIP stops ...
+SCIP_ABS_GAP = 1e-5          # ... or absolute gap (L* ~ 0); either way the proven gap widens tol
+HOMOTOPY = (1e-1, 1e-3, 1e-5, 1e-7, 1e-9)   # Scholtes eps schedule (then an active-set polish)
 SCIP_TIME_LIMIT = 30.0
-FEASIBILITY_SLACK = 1e-5     # relative allowance for solver feasibility tolerances in checks       # seconds per SCIP solve; auto falls back to IPOPT past it
+FEASIBILITY_SLACK = 1e-5
+WARM_SCHEDULE = (1e-6, 1e-8, 1e-10)   # Scholtes eps for starts that are already complementary     # relative allowance for solver feasibility tolerances in checks       # seconds per SCIP solve; auto falls back to IPOPT past it
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,24 @@ def _tolerance(bm: BilevelModel, L: float) -> float:
     return tol
 
 
+def _ipopt_interval_end(m, backend, reduction, kw, lead, sense):
+    """min/max J over the leader band with IPOPT: the leader-optimal points of step 1 (already
+    complementary, inside the band) start a short homotopy from a small eps, so the relaxation
+    does not leave the band; random and structured starts run the full schedule. Best of both."""
+    warm = solve_mpec(m, Scholtes(schedule=WARM_SCHEDULE), backend, starts=0,
+                      x0s=[p for _, p in lead.solutions])
+    cold = solve_mpec(m, reduction, backend, **kw)
+    found = [r for r in (warm, cold) if r.ok]
+    if not found:
+        return cold
+    sign = 1.0 if sense == pyo.minimize else -1.0
+    best = min(found, key=lambda r: sign * r.objective)
+    if best is warm:  # solve_mpec loaded `cold` last: reload the winner
+        for v, x in best.point.items():
+            v.set_value(x, skip_validation=True)
+    return best
+
+
 def choose_solver(mdp: TabularMDP, solver: str) -> str:
     """`auto`: SCIP (global) for MDPs with at most AUTO_SCIP_MAX_PAIRS state-action pairs."""
     if solver != "auto":
@@ -246,10 +267,10 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
     bm = build(mdp, formulation, alpha=alpha, pal_reduction=pal_reduction)
     m = bm.model
     if which == "scip":
-        backend = Scip(time_limit=time_limit, gap=SCIP_GAP, abs_gap=1e-9)
+        backend = Scip(time_limit=time_limit, gap=SCIP_GAP, abs_gap=SCIP_ABS_GAP)
         reduction, kw = ExactProduct(), {}
     elif which == "ipopt":
-        backend, reduction = Ipopt(tol=1e-9, max_iter=3000), Scholtes()
+        backend, reduction = Ipopt(tol=1e-9, max_iter=3000), Scholtes(schedule=HOMOTOPY)
         kw = {"starts": starts, "seed": seed, "x0s": structured_starts(bm)}
     else:
         raise ValueError(f"unknown solver {which!r} (ipopt | scip | auto)")
@@ -275,9 +296,9 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
         say(f"{formulation}: {name} J(pi, M) over equilibria ({which})")
         _objective(m, m.true_return, sense)
         if which == "ipopt":
-            # warm-start from every distinct leader-optimal point found in step 1
-            kw = dict(kw, x0s=list(kw["x0s"]) + [p for _, p in lead.solutions])
-        res = solve_mpec(m, reduction, backend, **kw)
+            res = _ipopt_interval_end(m, backend, reduction, kw, lead, sense)
+        else:
+            res = solve_mpec(m, reduction, backend, **kw)
         if not res.ok:
             return fail(f"{name} J over equilibria: {res.status.value} ({res.message})")
         if res.certificate != "global":

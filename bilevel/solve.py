@@ -11,8 +11,14 @@ import sys
 
 import numpy as np
 
+from bilevel.equilibria import solve_formulation
+from bilevel.formulations import DEFAULT_ALPHA, FORMULATIONS
 from bilevel.mdp import MDPError, TabularMDP, ergodicity_report, load_mdp
 from bilevel.occupancy import episode_reward, value_iteration
+
+NAMES = {"PAL": "PAL", "MAL": "MAL", "MAL_agent_reward": "MAL + agent reward",
+         "MAL_random_noise": "MAL + random noise"}
+SWEEP_ALPHAS = (0.0, 0.5, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0)
 
 
 def optimum(mdp: TabularMDP) -> dict:
@@ -64,10 +70,105 @@ def print_summary(mdp: TabularMDP, opt: dict, out=sys.stdout) -> None:
         print(f"  optimal policy: {format_policy(mdp, opt['policy'])}", file=out)
 
 
+def solve_to_dict(mdp: TabularMDP, formulations=None, alpha=None, solver: str = "auto",
+                  starts: int = 8, seed: int = 0, log=None) -> dict:
+    """The `--json` document: {"mdp", "optimal", "formulations": {F: interval.to_json()}}.
+    `alpha` is one number (used by both MAL fixes) or a mapping {formulation: alpha}."""
+    head, _ = summary(mdp)
+    opt = optimum(mdp)
+    out = {"mdp": head, "optimal": {"J": opt["J"], "episode_reward": opt["episode_reward"]},
+           "formulations": {}}
+    for f in formulations or FORMULATIONS:
+        a = alpha.get(f) if isinstance(alpha, dict) else alpha
+        res = solve_formulation(mdp, f, alpha=a, solver=solver, starts=starts, seed=seed, log=log)
+        out["formulations"][f] = res.to_json()
+    return out
+
+
+def alpha_sweep(mdp: TabularMDP, formulation: str, alphas=SWEEP_ALPHAS, solver: str = "auto",
+                starts: int = 8, seed: int = 0, log=None) -> list[dict]:
+    """The exact equilibrium interval of a MAL fix for each alpha."""
+    rows = []
+    for a in alphas:
+        d = solve_formulation(mdp, formulation, alpha=a, solver=solver, starts=starts, seed=seed,
+                              log=log).to_json()
+        rows.append({"alpha": a, **{k: d.get(k) for k in ("status", "reason", "certificate", "J",
+                                                          "episode_reward", "leader_objective",
+                                                          "seconds")}})
+    return rows
+
+
+def _interval(d, key, fmt="{:.4g}"):
+    iv = d.get(key)
+    if iv is None:
+        return "n/a"
+    lo, hi = fmt.format(iv["min"]), fmt.format(iv["max"])
+    return f"[{lo}, {hi}]"
+
+
+def print_table(mdp: TabularMDP, doc: dict, out=sys.stdout) -> None:
+    """One row per formulation: J interval, episode-reward interval, leader objective,
+    certificate, seconds."""
+    ep_head = f"episode reward ({mdp.horizon} steps)" if mdp.horizon else "episode reward"
+    print(f"\nExact Stackelberg equilibria (strong/optimistic: the leader picks among the "
+          f"follower's best responses;\nintervals = min and max true return over leader-optimal "
+          f"equilibria)", file=out)
+    head = f"{'formulation':<24} {'alpha':>6}  {'J(pi, M) discounted':<22} {ep_head:<26} " \
+           f"{'leader obj.':>12}  {'certificate':<18} {'seconds':>7}"
+    print(head, file=out)
+    print("-" * len(head), file=out)
+    for f, d in doc["formulations"].items():
+        a = "" if d.get("alpha") is None else f"{d['alpha']:g}"
+        if d["status"] != "solved":
+            print(f"{NAMES.get(f, f):<24} {a:>6}  FAILED: {d['reason']}", file=out)
+            continue
+        cert = d["certificate"] + (f" ({d['starts']} starts)" if d["certificate"] == "local" else "")
+        print(f"{NAMES.get(f, f):<24} {a:>6}  {_interval(d, 'J'):<22} "
+              f"{_interval(d, 'episode_reward'):<26} {d['leader_objective']:>12.6g}  "
+              f"{cert:<18} {d['seconds']:>7.1f}", file=out)
+    opt = doc["optimal"]
+    ep = "" if opt["episode_reward"] is None else f", episode reward {opt['episode_reward']:.4g}"
+    print(f"{'unconstrained optimum':<24} {'':>6}  J* = {opt['J']:.6g}{ep}", file=out)
+
+
+def print_sweep(formulation: str, rows: list[dict], out=sys.stdout) -> None:
+    print(f"\nalpha sweep: {NAMES.get(formulation, formulation)} (exact intervals)", file=out)
+    for r in rows:
+        if r["status"] != "solved":
+            print(f"  alpha={r['alpha']:<7g} FAILED: {r['reason']}", file=out)
+        else:
+            print(f"  alpha={r['alpha']:<7g} J {_interval(r, 'J'):<22} episode reward "
+                  f"{_interval(r, 'episode_reward'):<22} {r['certificate']}", file=out)
+
+
+def _parse_alpha(text: str | None):
+    if text is None:
+        return None
+    if "=" in text:
+        out = {}
+        for part in text.split(","):
+            k, v = part.split("=")
+            out[k.strip()] = float(v)
+        return out
+    return float(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bilevel.solve",
                                 description="Exact Stackelberg equilibria of model-based RL on a small MDP.")
     p.add_argument("file", help="MDP YAML file (see README: file format)")
+    p.add_argument("--formulations", default=",".join(FORMULATIONS),
+                   help=f"comma-separated subset of {','.join(FORMULATIONS)}")
+    p.add_argument("--alpha", default=None,
+                   help="alpha of the MAL fixes: one number, or F=A[,F=A] "
+                        f"(defaults: {', '.join(f'{k}={v}' for k, v in DEFAULT_ALPHA.items())})")
+    p.add_argument("--alpha-sweep", action="store_true",
+                   help=f"also print the exact interval of both MAL fixes for alpha in {list(SWEEP_ALPHAS)}")
+    p.add_argument("--solver", choices=("auto", "ipopt", "scip"), default="auto",
+                   help="auto: SCIP (global certificate) on small MDPs, else IPOPT (local)")
+    p.add_argument("--starts", type=int, default=8, help="IPOPT random starts (plus structured ones)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--summary-only", action="store_true", help="only the MDP summary and optimum")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     return p
 
@@ -79,12 +180,48 @@ def main(argv=None) -> int:
     except MDPError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    forms = [f.strip() for f in args.formulations.split(",") if f.strip()]
+    bad = [f for f in forms if f not in FORMULATIONS]
+    if bad:
+        print(f"error: --formulations: unknown {', '.join(bad)} (choose from {', '.join(FORMULATIONS)})",
+              file=sys.stderr)
+        return 2
+    try:
+        alpha = _parse_alpha(args.alpha)
+        for a in ([alpha] if isinstance(alpha, float) else (alpha or {}).values()):
+            if not 0.0 <= a <= 1.0:
+                raise ValueError(f"alpha must lie in [0, 1], got {a}")
+    except ValueError as e:
+        print(f"error: --alpha: {e}", file=sys.stderr)
+        return 2
+    log = (lambda msg: print(f"[solve] {msg}", file=sys.stderr, flush=True))
     opt = optimum(mdp)
-    if args.json:
-        head, _ = summary(mdp)
-        print(json.dumps({"mdp": head, "optimal": {"J": opt["J"], "episode_reward": opt["episode_reward"]}}))
-    else:
+    if args.summary_only:
+        doc = {"mdp": summary(mdp)[0], "optimal": {"J": opt["J"], "episode_reward": opt["episode_reward"]}}
+        print(json.dumps(doc) if args.json else "", end="\n" if args.json else "")
+        if not args.json:
+            print_summary(mdp, opt)
+        return 0
+    if not args.json:
         print_summary(mdp, opt)
+    doc = solve_to_dict(mdp, forms, alpha, args.solver, args.starts, args.seed, log)
+    sweeps = {}
+    if args.alpha_sweep:
+        for f in ("MAL_agent_reward", "MAL_random_noise"):
+            sweeps[f] = alpha_sweep(mdp, f, solver=args.solver, starts=args.starts, seed=args.seed, log=log)
+    if args.json:
+        if sweeps:
+            doc["alpha_sweep"] = sweeps
+        print(json.dumps(doc))
+    else:
+        print_table(mdp, doc)
+        for f, rows in sweeps.items():
+            print_sweep(f, rows)
+    failed = [f for f, d in doc["formulations"].items() if d["status"] != "solved"]
+    if failed:
+        print(f"error: {', '.join(failed)} failed: no equilibrium is reported for "
+              f"{'it' if len(failed) == 1 else 'them'}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -49,7 +49,11 @@ class Scip:
         opt = ScipDirect()
         res = opt.solve(model, time_limit=float(self.time_limit), rel_gap=float(self.gap),
                         load_solutions=False, raise_exception_on_nonoptimal_result=False,
-                        solver_options={"limits/absgap": float(self.abs_gap), **(self.options or {})})
+                        solver_options={"limits/absgap": float(self.abs_gap),
+                                        # silence SCIP: Pyomo captures its log through a pipe, and
+                                        # a long log blocked SCIP on writes (seen: a 30 s time
+                                        # limit overrun by minutes at ~5% CPU)
+                                        "display/verblevel": 0, **(self.options or {})})
         scip = opt._solver_model  # noqa: SLF001 - the pyscipopt Model of this solve
         t1 = time.perf_counter()
         raw = scip.getStatus()
