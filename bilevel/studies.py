@@ -468,42 +468,69 @@ def fixes_mdp(i: int, seed: int) -> TabularMDP:
 
 
 def worst_gap(mdp: TabularMDP, formulation: str, alpha=None, solver="scip",
-              time_limit=10.0) -> FixResult:
+              time_limit=10.0, starts: int = 8) -> FixResult:
     """solve_formulation's interval; gap = J* - low.J (J discounted)."""
     from bilevel.equilibria import solve_formulation
     J_star, _ = optimal_return(mdp.P, mdp.r, mdp.rho0, mdp.gamma)
-    res = solve_formulation(mdp, formulation, alpha=alpha, solver=solver, time_limit=time_limit)
+    res = solve_formulation(mdp, formulation, alpha=alpha, solver=solver, time_limit=time_limit,
+                            starts=starts)
     return FixResult(mdp=mdp.name, formulation=formulation, alpha=res.alpha, ok=res.ok,
                      gap=J_star - res.low.J if res.ok else float("nan"), solver=res.solver,
                      certificate=res.certificate, seconds=res.seconds, reason=res.reason)
 
 
+def pal_closed_form(mdp: TabularMDP) -> FixResult:
+    """PAL's equilibrium from the closed-form best response (see counterexample_row): the greedy
+    policy of the floored fit P_eta; gap J* - J(pi, M). One policy of PAL's optimal set (ties
+    among P_eta-optimal policies are not enumerated)."""
+    t0 = time.perf_counter()
+    J_star, _ = optimal_return(mdp.P, mdp.r, mdp.rho0, mdp.gamma)
+    fit = kl_fit(mdp.P, mdp.K, mdp.floor)
+    _, pi = optimal_return(fit, model_reward(mdp, fit), mdp.rho0, mdp.gamma)
+    gap = J_star - policy_return(mdp.P, mdp.r, mdp.rho0, mdp.gamma, pi)
+    return FixResult(mdp=mdp.name, formulation="PAL_closed_form", alpha=None, ok=True, gap=gap,
+                     solver="value_iteration", certificate="closed_form",
+                     seconds=time.perf_counter() - t0)
+
+
 def run_fixes(n_mdps: int, seed: int, alphas, out: Path, solver: str = "scip",
-              time_limit: float = 10.0, with_pal: bool = True) -> dict:
+              time_limit: float = 10.0, with_pal: bool = True, agent_mdps: int | None = None,
+              agent_solver: str = "ipopt", agent_alphas=None) -> dict:
     """Worst-case gaps of MAL, MAL + agent reward (alpha), MAL + random noise (alpha) and PAL
-    over n_mdps random MDPs, then plain MAL on the deterministic and ergodic hidden goals."""
+    over n_mdps random MDPs, then plain MAL on the deterministic and ergodic hidden goals.
+    MAL + agent reward is the expensive one (SCIP did not certify it within 15 s even on
+    3-state Garnets; IPOPT with one random start takes ~30 s): it is solved with `agent_solver`
+    (one start for IPOPT) on the first `agent_mdps` MDPs only (None: all), at `agent_alphas`."""
+    agent_alphas = alphas if agent_alphas is None else agent_alphas
+    agent_mdps = n_mdps if agent_mdps is None else agent_mdps
     results: list[FixResult] = []
     t0 = time.perf_counter()
     for i in range(n_mdps):
         mdp = fixes_mdp(i, seed)
-        todo = [("MAL", None)] + [(f, a) for a in alphas
-                                  for f in ("MAL_agent_reward", "MAL_random_noise")]
+        todo = [("MAL", None)] + [("MAL_random_noise", a) for a in alphas]
         if with_pal:
             todo.append(("PAL", None))
         for f, a in todo:
             results.append(worst_gap(mdp, f, a, solver, time_limit))
+        if i < agent_mdps:
+            for a in agent_alphas:
+                results.append(worst_gap(mdp, "MAL_agent_reward", a, agent_solver, time_limit,
+                                         starts=1 if agent_solver == "ipopt" else 8))
+        results.append(pal_closed_form(mdp))
         done = [r for r in results if r.mdp == mdp.name]
         print(f"  {mdp.name}: " + ", ".join(
             f"{r.formulation}{'' if r.alpha is None else f'({r.alpha:g})'}="
             f"{r.gap:.3g}" for r in done), flush=True)
     print(f"\nfixes: {n_mdps} random MDPs (S 3..4, A 2, gamma 0.9, start in s0), solver {solver}, "
           f"SCIP time limit {time_limit:g} s per solve, {time.perf_counter() - t0:.0f} s; "
-          "gap = J* - min J over equilibria (discounted)")
+          f"MAL_agent_reward on the first {min(agent_mdps, n_mdps)} MDPs with {agent_solver}; "
+          "gap = J* - min J over equilibria (discounted); failed = not certified (not counted)")
     print(f"{'formulation':>18} {'alpha':>6} {'solved':>7} {'failed':>7} {'max gap':>9} "
           f"{'mean gap':>9} {'#gap>1e-3':>9}")
     table = []
     keys = sorted({(r.formulation, r.alpha) for r in results},
-                  key=lambda k: (["MAL", "MAL_agent_reward", "MAL_random_noise", "PAL"].index(k[0]),
+                  key=lambda k: (["MAL", "MAL_agent_reward", "MAL_random_noise", "PAL",
+                                  "PAL_closed_form"].index(k[0]),
                                  k[1] or 0))
     for f, a in keys:
         rs = [r for r in results if r.formulation == f and r.alpha == a]
@@ -534,10 +561,10 @@ def run_fixes(n_mdps: int, seed: int, alphas, out: Path, solver: str = "scip",
     for f in ("MAL_agent_reward", "MAL_random_noise"):
         rows = [e for e in table if e["formulation"] == f]
         ax.plot([e["alpha"] for e in rows], [e["max_gap"] for e in rows], "o-", label=f"{f} max gap")
-    for f, st in (("MAL", "--"), ("PAL", ":")):
+    for f, st in (("MAL", "--"), ("PAL", ":"), ("PAL_closed_form", "-.")):
         rows = [e for e in table if e["formulation"] == f]
         if rows:
-            ax.axhline(rows[0]["max_gap"], ls=st, color="k" if f == "MAL" else "g", label=f"{f} max gap")
+            ax.axhline(rows[0]["max_gap"], ls=st, color={"MAL": "k", "PAL": "g"}.get(f, "c"), label=f"{f} max gap")
     ax.set_xlabel("alpha")
     ax.set_ylabel("largest J* - min J over equilibria")
     ax.set_title(f"{n_mdps} random MDPs")
@@ -563,7 +590,12 @@ def main(argv=None) -> int:
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--alphas", type=float, nargs="+", default=[0.5, 0.9, 0.99])
     f.add_argument("--time-limit", type=float, default=10.0)
-    f.add_argument("--no-pal", action="store_true")
+    f.add_argument("--agent-mdps", type=int, default=None,
+                   help="solve MAL_agent_reward on the first K MDPs only (default: all)")
+    f.add_argument("--agent-alphas", type=float, nargs="+", default=None)
+    f.add_argument("--agent-solver", default="ipopt", choices=("scip", "ipopt", "auto"))
+    f.add_argument("--no-pal", action="store_true",
+                   help="skip the PAL MPEC (the closed-form PAL column is always computed)")
     for s in (t, c, f):
         s.add_argument("--out", default="studies_out")
         s.add_argument("--solver", default="auto" if s is c else "scip",
@@ -578,7 +610,8 @@ def main(argv=None) -> int:
         run_counterexample(a.scales, out, a.solver, a.time_limit)
         return 0
     if a.cmd == "fixes":
-        res = run_fixes(a.mdps, a.seed, a.alphas, out, a.solver, a.time_limit, not a.no_pal)
+        run_fixes(a.mdps, a.seed, a.alphas, out, a.solver, a.time_limit, not a.no_pal,
+                  a.agent_mdps, a.agent_solver, a.agent_alphas)
         return 0
     return 2
 
