@@ -84,9 +84,9 @@ def hiding(mdp: TabularMDP, doc: dict) -> dict | None:
     """MAL's worst-case (min-J) equilibrium: policy, model, true occupancy, and the state-action
     pairs where the model differs from P while the policy never goes there (occupancy 0)."""
     eq = doc["formulations"].get("MAL", {})
-    if eq.get("status") != "solved":
+    low = (eq.get("equilibria") or {}).get("min") or {}
+    if eq.get("status") != "solved" or "policy" not in low:
         return None
-    low = eq["equilibria"]["min"]
     pi, Phat = np.asarray(low["policy"], float), np.asarray(low["model"], float)
     mu = occupancy(mdp.P, mdp.rho0, mdp.gamma, pi)
     pairs = []
@@ -139,6 +139,8 @@ def runs_data(runs_dir: str, mdp: TabularMDP, doc: dict) -> dict:
 
 def exact_verdict(eq: dict, opt_ep: float | None) -> str:
     """What the exact interval says: the formulation is safe (interval at the optimum) or hides."""
+    if eq.get("status") == "not solved":
+        return "no exact solution given"
     if eq.get("status") != "solved":
         return "exact solve failed"
     ep = eq.get("episode_reward")
@@ -156,9 +158,12 @@ def table_rows(doc: dict, runs: dict | None, reference: dict | None) -> list[dic
     """The results table, one row per formulation, as data."""
     rows = []
     opt_ep = doc["optimal"].get("episode_reward")
-    for f, eq in doc["formulations"].items():
+    run_forms = list((runs or {}).get("formulations", {}))
+    for f in list(doc["formulations"]) + [f for f in run_forms if f not in doc["formulations"]]:
+        eq = doc["formulations"].get(f, {"status": "not solved"})
         g = (runs or {}).get("formulations", {}).get(f)
-        row = {"formulation": f, "name": NAMES.get(f, f), "alpha": eq.get("alpha"),
+        alpha = eq.get("alpha") if eq.get("alpha") is not None else (g or {}).get("alpha")
+        row = {"formulation": f, "name": NAMES.get(f, f), "alpha": alpha,
                "exact_episode_reward": eq.get("episode_reward") if eq.get("status") == "solved" else None,
                "exact_J": eq.get("J") if eq.get("status") == "solved" else None,
                "certificate": eq.get("certificate", "none"), "exact_verdict": exact_verdict(eq, opt_ep),

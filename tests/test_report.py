@@ -1,0 +1,197 @@
+"""bilevel.report: every number shown traces to data.json, and data.json to the solve output and
+run records it came from. Fast tests use hidden_goal with PAL and MAL solved once (a few seconds;
+the MAL fixes take minutes there)."""
+import html as htmlmod
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bilevel import report
+from bilevel.mdp import load_mdp
+from bilevel.occupancy import occupancy
+from bilevel.rl.record import RunRecord
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "mdps" / "hidden_goal.yaml"
+NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])")
+
+
+@pytest.fixture(scope="module")
+def solved(tmp_path_factory):
+    """The solve document for PAL and MAL on hidden_goal, saved as a --equilibria file."""
+    from bilevel.solve import solve_to_dict
+    doc = solve_to_dict(load_mdp(TINY), formulations=["PAL", "MAL"])
+    path = tmp_path_factory.mktemp("eq") / "eq.json"
+    path.write_text(json.dumps(doc))
+    return doc, path
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("runs")
+    for f in ("PAL", "MAL"):
+        subprocess.run([sys.executable, "-m", "bilevel.train", str(TINY), "--formulation", f, "--seeds", "2",
+                        "--iters", "8", "--out", str(d), "--quiet"], check=True, cwd=ROOT,
+                       capture_output=True)
+    return d
+
+
+@pytest.fixture(scope="module")
+def built(solved, runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    assert report.main([str(TINY), "--runs", str(runs), "--equilibria", str(solved[1]), "--no-sweep",
+                        "--out", str(out)]) == 0
+    return out
+
+
+def visible_text(page: str) -> str:
+    page = re.sub(r"<style>.*?</style>", " ", page, flags=re.S)
+    page = re.sub(r"<img[^>]*>", " ", page)
+    return htmlmod.unescape(re.sub(r"<[^>]+>", " ", page))
+
+
+def numbers_in(obj):
+    if isinstance(obj, bool) or obj is None:
+        return
+    if isinstance(obj, (int, float)):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from numbers_in(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from numbers_in(v)
+
+
+def allowed_strings(data) -> set[str]:
+    """Every number of data.json in each of the report's formats."""
+    out = set()
+    for x in numbers_in(data):
+        out |= {report.fmt_er(x), report.fmt_j(x), report.fmt_g(x)}
+        if float(x).is_integer():
+            out.add(str(int(x)))
+    return out
+
+
+def test_every_number_in_html_and_markdown_is_a_data_json_number(built):
+    data = json.loads((built / "data.json").read_text())
+    ok = allowed_strings(data)
+    for text in (visible_text((built / "index.html").read_text()), (built / "report.md").read_text()):
+        for path in (data["mdp_file"], data["runs"]["dir"]):   # file names are not numbers
+            text = text.replace(path, " ")
+        found = NUMBER.findall(text.replace("](", "] ("))
+        assert found, "no numbers rendered"
+        stray = sorted({n for n in found if n not in ok and n.lstrip("-") not in ok})
+        assert not stray, f"numbers not in data.json: {stray}"
+
+
+def test_table_shows_the_data_json_intervals_and_rl_statistics(built):
+    data = json.loads((built / "data.json").read_text())
+    text = visible_text((built / "index.html").read_text())
+    for row in data["table"]:
+        assert report.interval(row["exact_episode_reward"]) in text
+        assert report.interval(row["exact_J"], report.fmt_j) in text
+        rl = row["rl"]
+        assert f"{report.fmt_er(rl['mean'])} ± {report.fmt_er(rl['std'])} (n={rl['n']})" in text
+
+
+def test_data_json_formulations_equal_the_solve_output(built, solved):
+    data = json.loads((built / "data.json").read_text())
+    doc = solved[0]
+    assert data["formulations"] == json.loads(json.dumps(doc["formulations"]))
+    assert data["optimal"] == doc["optimal"] and data["mdp"] == doc["mdp"]
+    for row in data["table"]:
+        eq = doc["formulations"][row["formulation"]]
+        assert row["exact_episode_reward"] == eq["episode_reward"] and row["exact_J"] == eq["J"]
+        assert row["certificate"] == eq["certificate"]
+
+
+def test_data_json_runs_equal_the_run_records(built, runs):
+    data = json.loads((built / "data.json").read_text())
+    n = 0
+    for f, g in data["runs"]["formulations"].items():
+        eps = []
+        for r in g["runs"]:
+            rec = RunRecord.from_json((runs / r["file"]).read_text())
+            assert (rec.formulation, rec.seed) == (f, r["seed"])
+            assert r["final"] == rec.final
+            assert r["curve"]["episode_reward"] == [p.episode_reward for p in rec.curve]
+            assert r["curve"]["env_samples"] == [p.env_samples for p in rec.curve]
+            assert r["check"]["verdict"] in ("verified", "FAILED")
+            eps.append(rec.final["episode_reward"])
+            n += 1
+        assert g["episode_reward"]["mean"] == pytest.approx(np.mean(eps), abs=1e-12)
+        assert g["episode_reward"]["std"] == pytest.approx(np.std(eps, ddof=1), abs=1e-12)
+    assert n == 4
+
+
+def test_html_is_self_contained(built):
+    page = (built / "index.html").read_text()
+    assert "<script" not in page
+    assert not re.search(r"(src|href)=['\"](?!data:)", page), "external resource"
+    assert page.count("data:image/png;base64,") == len(list(built.glob("*.png"))) == 3
+
+
+def test_hiding_pairs_are_unvisited_and_the_model_fits_where_visited(built):
+    """The picture's claim: MAL's worst model lies only where its policy never goes."""
+    data = json.loads((built / "data.json").read_text())
+    mdp = load_mdp(TINY)
+    h = data["hiding"]
+    pi, Phat = np.array(h["policy"]), np.array(h["model"])
+    mu = occupancy(mdp.P, mdp.rho0, mdp.gamma, pi)
+    assert h["pairs"], "no hiding on hidden_goal"
+    for p in h["pairs"]:
+        i, j = mdp.states.index(p["state"]), mdp.actions.index(p["action"])
+        assert mu[i, j] <= 1e-12 and p["tv"] > 0.01
+    visited = mu > 1e-9
+    assert np.allclose(Phat[visited], mdp.P[visited], atol=1e-3)
+
+
+def test_sweep_is_reused_from_data_json_with_the_same_alphas(monkeypatch, solved, tmp_path):
+    calls = []
+    fake = {f: [{"alpha": a, "status": "solved", "certificate": "global", "J": {"min": 1.0, "max": 2.0},
+                 "episode_reward": {"min": 1.0, "max": 2.0}} for a in (0.5, 1.0)]
+            for f in ("MAL_agent_reward", "MAL_random_noise")}
+    monkeypatch.setattr(report, "sweeps", lambda mdp, alphas, log=None: calls.append(alphas) or fake)
+    args = [str(TINY), "--equilibria", str(solved[1]), "--alphas", "0.5,1", "--out", str(tmp_path)]
+    assert report.main(args) == 0 and report.main(args) == 0
+    assert len(calls) == 1
+    data = json.loads((tmp_path / "data.json").read_text())
+    assert data["timings"]["sweep_source"] == "cached" and (tmp_path / "sweeps.png").exists()
+
+
+def test_bad_input_exits_2(tmp_path, capsys):
+    assert report.main([str(tmp_path / "missing.yaml"), "--no-sweep"]) == 2
+    bad = tmp_path / "eq.json"
+    bad.write_text("{}")
+    assert report.main([str(TINY), "--equilibria", str(bad), "--no-sweep", "--out", str(tmp_path)]) == 2
+    assert report.main([str(TINY), "--alphas", "x", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error: ") == 3
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="chromium not installed")
+def test_headless_chromium_screenshot(built, tmp_path):
+    png = tmp_path / "shot.png"
+    subprocess.run(["bash", str(ROOT / "scripts" / "screenshot_report.sh"), str(built / "index.html"), str(png)],
+                   check=True, capture_output=True, timeout=120)
+    assert png.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_hidden_goal_without_runs_under_30_seconds(tmp_path):
+    import time
+    t = time.perf_counter()
+    assert report.main([str(ROOT / "mdps" / "hidden_goal.yaml"), "--no-sweep", "--out", str(tmp_path)]) == 0
+    assert time.perf_counter() - t < 30
+    data = json.loads((tmp_path / "data.json").read_text())
+    from bilevel.solve import solve_to_dict
+    fresh = solve_to_dict(load_mdp(ROOT / "mdps" / "hidden_goal.yaml"))
+    for f, eq in fresh["formulations"].items():
+        assert data["formulations"][f]["episode_reward"] == pytest.approx(eq["episode_reward"], abs=1e-4)
