@@ -40,7 +40,7 @@ def _layout(mdp: TabularMDP) -> tuple[dict, dict]:
             continue
         for j in range(A):
             t = ang[i] + (j - (A - 1) / 2) * spread
-            apos[(i, j)] = spos[i] + 1.4 * np.array([np.cos(t), np.sin(t)])
+            apos[(i, j)] = spos[i] + 1.8 * np.array([np.cos(t), np.sin(t)])
     return spos, apos
 
 
@@ -49,10 +49,11 @@ def _arrow(ax, p, q, color, lw, rad=0.15, shrinkA=14, shrinkB=14, style="-|>"):
                                  connectionstyle=f"arc3,rad={rad}", shrinkA=shrinkA, shrinkB=shrinkB))
 
 
-def _mid(p, q, rad):
-    """Midpoint of matplotlib's arc3 quadratic Bezier from p to q."""
+def _on_arc(p, q, rad, t=0.5):
+    """Point at parameter t of matplotlib's arc3 quadratic Bezier from p to q."""
     d = q - p
-    return (p + q) / 2 + 0.5 * rad * np.array([d[1], -d[0]])
+    c = (p + q) / 2 + rad * np.array([d[1], -d[0]])
+    return (1 - t) ** 2 * p + 2 * t * (1 - t) * c + t ** 2 * q
 
 
 def draw_transitions(ax, mdp: TabularMDP, P: np.ndarray, title: str, policy=None,
@@ -63,33 +64,38 @@ def draw_transitions(ax, mdp: TabularMDP, P: np.ndarray, title: str, policy=None
     spos, apos = _layout(mdp)
     for i, s in enumerate(mdp.states):
         term = bool(mdp.terminal[i])
-        ax.add_patch(Circle(spos[i], 0.32, fc="#dddddd" if term else "white", ec="black", lw=1.5, zorder=3))
-        ax.text(*spos[i], s, ha="center", va="center", fontsize=13, weight="bold", zorder=4)
+        ax.add_patch(Circle(spos[i], 0.5, fc="#dddddd" if term else "white", ec="black", lw=1.5, zorder=6))
+        ax.text(spos[i][0], spos[i][1] + 0.08, s, ha="center", va="center", fontsize=13, weight="bold", zorder=7)
         tag = []
         if mdp.rho0[i] > 0:
             tag.append("start")
         if term:
             tag.append("terminal")
         if tag:
-            ax.text(spos[i][0], spos[i][1] - 0.5, ", ".join(tag), ha="center", va="top", fontsize=9,
-                    style="italic", zorder=4)
+            ax.text(spos[i][0], spos[i][1] - 0.15, "\n".join(tag), ha="center", va="top", fontsize=7,
+                    style="italic", zorder=7)
     for (i, j), pa in apos.items():
         hl = (i, j) in highlight
         w = 1.0 if policy is None else float(policy[i, j])
         col = "crimson" if hl else "black"
         lw = 0.8 + 2.2 * w
-        _arrow(ax, spos[i], pa, col, lw, rad=0.0, shrinkA=16, shrinkB=6, style="-")
-        ax.add_patch(Circle(pa, 0.13, fc="crimson" if hl else ("black" if w > 0.5 else "white"),
-                            ec=col, lw=1.2, zorder=3))
-        ax.text(pa[0], pa[1] + 0.2, mdp.actions[j], ha="center", va="bottom", fontsize=10,
-                color=col, weight="bold", zorder=4)
+        _arrow(ax, spos[i], pa, col, lw, rad=0.0, shrinkA=22, shrinkB=10, style="-")
+        filled = hl or w > 0.5
+        ax.add_patch(Circle(pa, 0.24, fc=("crimson" if hl else "black") if filled else "white",
+                            ec=col, lw=1.2, zorder=6))
+        ax.text(*pa, mdp.actions[j], ha="center", va="center", fontsize=9, weight="bold",
+                color="white" if filled else "black", zorder=7)
         for k in range(mdp.n_states):
             p = float(P[i, j, k])
             if p < PROB_MIN:
                 continue
             rad = 0.2 if k != i else -0.35
-            _arrow(ax, pa, spos[k], col, 0.6 + 1.6 * p, rad=rad, shrinkA=6, shrinkB=16)
-            m = _mid(pa, spos[k], rad)
+            _arrow(ax, pa, spos[k], col, 0.6 + 1.6 * p, rad=rad, shrinkA=10, shrinkB=24)
+            if k == i:      # back to its own state: label beyond the action node
+                u = (pa - spos[i]) / np.linalg.norm(pa - spos[i])
+                m = pa + u * 0.6
+            else:
+                m = _on_arc(pa, spos[k], rad)
             lab = f"{p:.2f}"
             if show_rewards and mdp.R[i, j, k] != 0:
                 lab += f", r={mdp.R[i, j, k]:g}"
