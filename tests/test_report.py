@@ -79,16 +79,22 @@ def allowed_strings(data) -> set[str]:
     return out
 
 
-def test_every_number_in_html_and_markdown_is_a_data_json_number(built):
-    data = json.loads((built / "data.json").read_text())
+def assert_numbers_traced(out: Path) -> None:
+    """Every number token in index.html's visible text and in report.md is a data.json number."""
+    data = json.loads((out / "data.json").read_text())
     ok = allowed_strings(data)
-    for text in (visible_text((built / "index.html").read_text()), (built / "report.md").read_text()):
-        for path in (data["mdp_file"], data["runs"]["dir"]):   # file names are not numbers
+    paths = [data["mdp_file"]] + ([data["runs"]["dir"]] if data["runs"] else [])
+    for text in (visible_text((out / "index.html").read_text()), (out / "report.md").read_text()):
+        for path in paths:   # file names are not numbers
             text = text.replace(path, " ")
         found = NUMBER.findall(text.replace("](", "] ("))
         assert found, "no numbers rendered"
         stray = sorted({n for n in found if n not in ok and n.lstrip("-") not in ok})
         assert not stray, f"numbers not in data.json: {stray}"
+
+
+def test_every_number_in_html_and_markdown_is_a_data_json_number(built):
+    assert_numbers_traced(built)
 
 
 def test_table_shows_the_data_json_intervals_and_rl_statistics(built):
@@ -164,6 +170,8 @@ def test_sweep_is_reused_from_data_json_with_the_same_alphas(monkeypatch, solved
     assert len(calls) == 1
     data = json.loads((tmp_path / "data.json").read_text())
     assert data["timings"]["sweep_source"] == "cached" and (tmp_path / "sweeps.png").exists()
+    assert data["sweeps"] == fake
+    assert_numbers_traced(tmp_path)
 
 
 def test_bad_input_exits_2(tmp_path, capsys):
