@@ -25,8 +25,8 @@ from pyomo.common.collections import ComponentMap
 
 from bilevel.formulations import BilevelModel, build, extract
 from bilevel.mdp import TabularMDP
-from bilevel.mpec import ExactProduct, Scholtes, solve_mpec
-from bilevel.occupancy import (episode_reward, kl_fit, model_loss, occupancy, policy_evaluation,
+from bilevel.mpec import ExactProduct, MPECResult, Scholtes, solve_mpec
+from bilevel.occupancy import (episode_reward, kl_fit, kl_rows, model_loss, occupancy, policy_evaluation,
                                uniform_policy, value_iteration)
 from solvers.base import Status
 from solvers.ipopt import Ipopt
@@ -39,7 +39,9 @@ SCIP_ABS_GAP = 1e-5          # ... or absolute gap (L* ~ 0); either way the prov
 HOMOTOPY = (1e-1, 1e-3, 1e-5, 1e-7, 1e-9)   # Scholtes eps schedule (then an active-set polish)
 SCIP_TIME_LIMIT = 30.0
 FEASIBILITY_SLACK = 1e-5
-WARM_SCHEDULE = (1e-6, 1e-8, 1e-10)   # Scholtes eps for starts that are already complementary     # relative allowance for solver feasibility tolerances in checks       # seconds per SCIP solve; auto falls back to IPOPT past it
+WARM_SCHEDULE = (1e-6, 1e-8, 1e-10)   # Scholtes eps for starts that are already complementary
+WARM_IPOPT = {"warm_start_init_point": "yes", "bound_push": 1e-10, "bound_frac": 1e-10,
+              "mu_init": 1e-8}            # keep IPOPT at a start that is already an equilibrium     # relative allowance for solver feasibility tolerances in checks       # seconds per SCIP solve; auto falls back to IPOPT past it
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,10 @@ def starting_point(bm: BilevelModel, pi: np.ndarray, Phat: np.ndarray | None = N
         for a in range(mdp.n_actions):
             if not m.mu[s, a].fixed:
                 x[m.mu[s, a]] = float(mu[s, a] if not mdp.terminal[s] else mu[s].sum())
+    if hasattr(m, "kl"):
+        kl = kl_rows(mdp.P, Phat)
+        for (s, a) in m.SA:
+            x[m.kl[s, a]] = float(kl[s, a])
     rhat = model_reward(mdp, Phat)
     if hasattr(m, "V"):
         V = policy_evaluation(Phat, rhat, mdp.gamma, pi)
@@ -217,28 +223,34 @@ def _tolerance(bm: BilevelModel, L: float) -> float:
     return tol
 
 
-def _ipopt_interval_end(m, backend, reduction, kw, lead, sense):
-    """min/max J over the leader band with IPOPT: the leader-optimal points of step 1 (already
-    complementary, inside the band) start a short homotopy from a small eps, so the relaxation
-    does not leave the band; random and structured starts run the full schedule. Best of both."""
-    warm = solve_mpec(m, Scholtes(schedule=WARM_SCHEDULE), backend, starts=0,
-                      x0s=[p for _, p in lead.solutions])
+def _ipopt_best(m, backend, reduction, kw, warm_points, sense=pyo.minimize):
+    """Best of two IPOPT runs: `warm_points` (exact equilibria already: the structured starts,
+    then step 1's leader-optimal points) start a short homotopy from a small eps, so the
+    relaxation does not walk away from them; random starts run the full schedule."""
+    warm_backend = Ipopt(tol=backend.tol, max_iter=backend.max_iter, options=WARM_IPOPT)
+    warm = solve_mpec(m, Scholtes(schedule=WARM_SCHEDULE), warm_backend, starts=0, x0s=warm_points)
     cold = solve_mpec(m, reduction, backend, **kw)
     found = [r for r in (warm, cold) if r.ok]
     if not found:
         return cold
     sign = 1.0 if sense == pyo.minimize else -1.0
     best = min(found, key=lambda r: sign * r.objective)
-    if best is warm:  # solve_mpec loaded `cold` last: reload the winner
-        for v, x in best.point.items():
-            v.set_value(x, skip_validation=True)
+    for v, x in best.point.items():        # solve_mpec loaded `cold` last: reload the winner
+        v.set_value(x, skip_validation=True)
+    if best is warm and cold.ok:
+        best = MPECResult(**{**best.__dict__, "solutions": best.solutions + cold.solutions,
+                             "starts_tried": warm.starts_tried + cold.starts_tried,
+                             "starts_succeeded": warm.starts_succeeded + cold.starts_succeeded})
     return best
 
 
-def choose_solver(mdp: TabularMDP, solver: str) -> str:
-    """`auto`: SCIP (global) for MDPs with at most AUTO_SCIP_MAX_PAIRS state-action pairs."""
+def choose_solver(mdp: TabularMDP, solver: str, formulation: str = "") -> str:
+    """`auto`: SCIP (global) for MDPs with at most AUTO_SCIP_MAX_PAIRS state-action pairs, except
+    MAL_agent_reward (SCIP did not close its gap in 30 s on hidden_goal for alpha >= 0.99)."""
     if solver != "auto":
         return solver
+    if formulation == "MAL_agent_reward":
+        return "ipopt"
     live = int((~mdp.terminal).sum()) * mdp.n_actions
     return "scip" if live <= AUTO_SCIP_MAX_PAIRS else "ipopt"
 
@@ -249,7 +261,7 @@ def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = N
                       log=None) -> EquilibriumInterval:
     """The equilibrium interval of `formulation` (see module docstring). With solver="auto",
     a SCIP solve that cannot prove its gap in `time_limit` hands over to IPOPT (local)."""
-    res = _solve_formulation(mdp, formulation, alpha, choose_solver(mdp, solver), starts, seed,
+    res = _solve_formulation(mdp, formulation, alpha, choose_solver(mdp, solver, formulation), starts, seed,
                              time_limit, pal_reduction, log)
     if solver == "auto" and res.solver == "scip" and not res.ok:
         (log or (lambda msg: None))(f"{formulation}: SCIP did not certify ({res.reason}); IPOPT")
@@ -278,10 +290,16 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
     fail = lambda why: EquilibriumInterval(formulation, "failed", reason=why, alpha=bm.alpha,
                                            solver=which, seconds=time.perf_counter() - t0)
     n_starts = 1 if which == "scip" else starts + len(kw.get("x0s", ()))
+    structured = ()
 
     say(f"{formulation}: leader optimum ({which})")
     _objective(m, m.leader)
-    lead = solve_mpec(m, reduction, backend, **kw)
+    if which == "ipopt":
+        structured = kw["x0s"]
+        kw = dict(kw, x0s=())
+        lead = _ipopt_best(m, backend, reduction, kw, structured)
+    else:
+        lead = solve_mpec(m, reduction, backend, **kw)
     if not lead.ok:
         return fail(f"leader optimum: {lead.status.value} ({lead.message})")
     L = float(lead.objective)
@@ -296,7 +314,8 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
         say(f"{formulation}: {name} J(pi, M) over equilibria ({which})")
         _objective(m, m.true_return, sense)
         if which == "ipopt":
-            res = _ipopt_interval_end(m, backend, reduction, kw, lead, sense)
+            res = _ipopt_best(m, backend, reduction, kw,
+                              list(structured) + [p for _, p in lead.solutions], sense)
         else:
             res = solve_mpec(m, reduction, backend, **kw)
         if not res.ok:

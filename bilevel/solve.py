@@ -18,7 +18,7 @@ from bilevel.occupancy import episode_reward, value_iteration
 
 NAMES = {"PAL": "PAL", "MAL": "MAL", "MAL_agent_reward": "MAL + agent reward",
          "MAL_random_noise": "MAL + random noise"}
-SWEEP_ALPHAS = (0.0, 0.5, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0)
+SWEEP_ALPHAS = (0.5, 0.9, 0.99, 0.999, 0.9999)
 
 
 def optimum(mdp: TabularMDP) -> dict:

@@ -97,7 +97,7 @@ def _random(seed):
     return mdp, J_star, 1e-3 * max(1.0, abs(J_star))
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1, pytest.param(2, marks=pytest.mark.slow)])
 def test_random_mdp_mal_properties(seed):
     """MAL's max is J*; MAL + random noise reaches J* when the uniform policy visits every pair
     (rho0 uniform: it does)."""
