@@ -240,24 +240,26 @@ def fig_sweeps(data: dict):
     T = data["mdp"]["horizon"]
     opt = data["optimal"].get("episode_reward")
     for ax, (f, pts) in zip(axes.flat, sw.items()):
+        pos = {p["alpha"]: i for i, p in enumerate(pts)}    # evenly spaced: alphas crowd near 1
         ok = [p for p in pts if p["status"] == "solved"]
-        a = np.array([p["alpha"] for p in ok])
+        a = np.array([pos[p["alpha"]] for p in ok], float)
         lo = np.array([p["episode_reward"]["min"] for p in ok])
         hi = np.array([p["episode_reward"]["max"] for p in ok])
         col = COLORS.get(f, "black")
         if len(ok):
-            ax.fill_between(a, lo, hi, color=col, alpha=0.25, step=None)
+            ax.fill_between(a, lo, hi, color=col, alpha=0.25, label="equilibrium interval")
             ax.plot(a, lo, "v-", color=col, label="worst equilibrium (min)")
             ax.plot(a, hi, "^--", color=col, label="best equilibrium (max)")
-        bad = [p["alpha"] for p in pts if p["status"] != "solved"]
+        bad = [pos[p["alpha"]] for p in pts if p["status"] != "solved"]
         if bad:
             ax.plot(bad, [0] * len(bad), "kx", label="solve failed")
+        ax.set_xticks(range(len(pts)), [f"{p['alpha']:g}" for p in pts])
         if opt is not None:
             ax.axhline(opt, color="black", ls=":", lw=1, label="optimum")
-        ax.set_xlabel("alpha")
+        ax.set_xlabel("alpha (evenly spaced)")
         ax.set_ylabel(f"exact episode reward (T={T})")
         ax.set_title(f"{LABELS.get(f, f)}: equilibrium interval vs alpha")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        ax.legend(fontsize=8, loc="center left")
     fig.tight_layout()
     return fig

@@ -1,7 +1,8 @@
 """`python -m bilevel.report FILE [--runs DIR] [--out reports/NAME]`: a self-contained report.
 
-Writes OUT/index.html (PNGs embedded as base64, no network, no JS), OUT/report.md, OUT/*.png and
-OUT/data.json holding every number shown. The numbers come from `bilevel.solve.solve_to_dict`
+Writes OUT/index.html (PNGs embedded as base64, no network, no JS), OUT/report.md, OUT/*.png,
+OUT/data.json holding every number shown, and OUT/equilibria.json (the solve document, to pass back
+with --equilibria: solving hidden_goal's four formulations takes minutes, rendering seconds). The numbers come from `bilevel.solve.solve_to_dict`
 (exact equilibria), `bilevel.solve.alpha_sweep` (both MAL fixes) and, with --runs, the run records
 of `python -m bilevel.train` checked by `bilevel.verify.verify_runs`. Every number in the HTML
 and markdown is rendered from data.json with the formatters below (`fmt_*`).
@@ -393,6 +394,8 @@ def write_report(path: str, out: str | Path, runs_dir=None, equilibria=None, swe
     pngs = make_figures(data, load_mdp(path), out)
     data["timings"]["figures_seconds"] = time.perf_counter() - t0
     (out / "data.json").write_text(json.dumps(data, indent=1))
+    doc = {k: data[k] for k in ("mdp", "optimal", "formulations")}
+    (out / "equilibria.json").write_text(json.dumps(doc, indent=1))   # reuse with --equilibria
     (out / "index.html").write_text(render_html(data, pngs))
     (out / "report.md").write_text(render_md(data, pngs))
     return data

@@ -203,3 +203,18 @@ def test_hidden_goal_without_runs_under_30_seconds(tmp_path):
     fresh = solve_to_dict(load_mdp(ROOT / "mdps" / "hidden_goal.yaml"))
     for f, eq in fresh["formulations"].items():
         assert data["formulations"][f]["episode_reward"] == pytest.approx(eq["episode_reward"], abs=1e-4)
+
+
+COMMITTED = ROOT / "reports" / "hidden_goal"
+
+
+@pytest.mark.skipif(not (COMMITTED / "data.json").exists(), reason="no committed report")
+def test_committed_report_traces_to_its_equilibria_and_runs():
+    assert_numbers_traced(COMMITTED)
+    data = json.loads((COMMITTED / "data.json").read_text())
+    eq = json.loads((COMMITTED / "equilibria.json").read_text())
+    assert data["formulations"] == eq["formulations"] and data["optimal"] == eq["optimal"]
+    for g in data["runs"]["formulations"].values():
+        for r in g["runs"]:
+            rec = RunRecord.from_json((COMMITTED / "runs" / r["file"]).read_text())
+            assert r["final"] == rec.final and r["seed"] == rec.seed
