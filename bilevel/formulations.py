@@ -50,6 +50,16 @@ DEFAULT_ALPHA = {"MAL_agent_reward": 0.9999, "MAL_random_noise": 0.5}
 PAL_REDUCTIONS = ("closed_form", "kkt")
 
 
+def resolve_alpha(formulation: str, alpha: float | None = None) -> float | None:
+    """The alpha a formulation uses: None for PAL and MAL, else `alpha` or its default."""
+    if formulation not in DEFAULT_ALPHA:
+        return None
+    alpha = DEFAULT_ALPHA[formulation] if alpha is None else float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    return alpha
+
+
 @dataclass(frozen=True, eq=False)
 class BilevelModel:
     """A single-level MPEC for one formulation, with named handles for the chain."""
@@ -75,12 +85,7 @@ def build(mdp: TabularMDP, formulation: str, alpha: float | None = None,
     """The single-level model of `formulation` on `mdp` (no objective set: see equilibria)."""
     if formulation not in FORMULATIONS:
         raise ValueError(f"unknown formulation {formulation!r} (choose from {', '.join(FORMULATIONS)})")
-    if formulation in DEFAULT_ALPHA:
-        alpha = DEFAULT_ALPHA[formulation] if alpha is None else float(alpha)
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
-    else:
-        alpha = None
+    alpha = resolve_alpha(formulation, alpha)
     m = _base(mdp)
     if formulation == "PAL":
         if pal_reduction not in PAL_REDUCTIONS:

@@ -31,7 +31,8 @@ from bilevel.occupancy import kl_fit, model_loss, occupancy, policy_return, valu
 from bilevel.rl import learners as L
 from bilevel.rl.env import BatchStepper, episode_horizon
 from bilevel.rl.inner_outer import _record_point, final_figures, leader_data, model_leader_update
-from bilevel.rl.record import RunRecord, default_alpha
+from bilevel.formulations import resolve_alpha
+from bilevel.rl.record import RunRecord
 
 
 @dataclass(frozen=True)
@@ -220,10 +221,7 @@ def train_contextualized(mdp: TabularMDP, formulation: str, seed: int, cfg: Cont
     import torch
     torch.set_num_threads(1)   # small networks; the machine is shared
     t0 = time.perf_counter()
-    if formulation in ("MAL_agent_reward", "MAL_random_noise"):
-        alpha = default_alpha()[formulation] if alpha is None else float(alpha)
-    else:
-        alpha = None
+    alpha = resolve_alpha(formulation, alpha)
     rng = np.random.default_rng(seed)
     env = BatchStepper.of(mdp, rng=np.random.default_rng(rng.integers(2**63)))
     mrng = np.random.default_rng(rng.integers(2**63))

@@ -29,7 +29,8 @@ from bilevel.mdp import TabularMDP
 from bilevel.occupancy import episode_reward, policy_return, uniform_policy
 from bilevel.rl import learners as L
 from bilevel.rl.env import BatchStepper, episode_horizon
-from bilevel.rl.record import CurvePoint, RunRecord, default_alpha
+from bilevel.formulations import resolve_alpha
+from bilevel.rl.record import CurvePoint, RunRecord
 
 
 @dataclass(frozen=True)
@@ -104,10 +105,7 @@ def train_inner_outer(mdp: TabularMDP, formulation: str, seed: int, cfg: TrainCo
                       alpha: float | None = None, mdp_path: str = "", progress=None) -> RunRecord:
     """One inner-outer run; returns its RunRecord. `progress(i)` is called per leader iteration."""
     t0 = time.perf_counter()
-    if formulation in ("MAL_agent_reward", "MAL_random_noise"):
-        alpha = default_alpha()[formulation] if alpha is None else float(alpha)
-    else:
-        alpha = None
+    alpha = resolve_alpha(formulation, alpha)
     rng = np.random.default_rng(seed)
     T = episode_horizon(mdp)
     env = BatchStepper.of(mdp, rng=np.random.default_rng(rng.integers(2**63)))

@@ -6,17 +6,14 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-FORMULATIONS = ("PAL", "MAL", "MAL_agent_reward", "MAL_random_noise")
+from bilevel.formulations import DEFAULT_ALPHA, FORMULATIONS  # noqa: F401 (re-exported)
+
 ALGORITHMS = ("inner-outer", "contextualized")
 
 
 def default_alpha() -> dict:
-    """Default alphas from bilevel.formulations (the exact solver's), else a local fallback."""
-    try:
-        from bilevel.formulations import DEFAULT_ALPHA
-        return dict(DEFAULT_ALPHA)
-    except ImportError:  # the exact formulations module is not available
-        return {"MAL_agent_reward": 0.5, "MAL_random_noise": 0.5}
+    """The exact solver's default alphas (bilevel.formulations.DEFAULT_ALPHA)."""
+    return dict(DEFAULT_ALPHA)
 
 
 @dataclass(frozen=True)
