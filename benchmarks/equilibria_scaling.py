@@ -1,8 +1,8 @@
 """Exact-equilibria time vs MDP size on gridworlds: IPOPT (MAL) vs SCIP (MAL, time limit) vs
 the HiGHS occupancy LP (the floor: one LP of the same MDP, no bilevel structure).
 
-Gridworlds n x n (n = 3, 4, ...) are generated in code: start top-left, a decoy D (reward 1,
-terminal) next to it, a goal G (0.75 per step) in the far corner, slip 0.1, gamma 0.95, model
+Gridworlds R x C are generated in code: start top-left, a decoy D (reward 1,
+terminal) below it, a goal G (0.75 per step) in the far corner, slip 0.1, gamma 0.95, model
 support `neighbors`. For each size the script measures, in this run:
   - HiGHS: `occupancy_lp` (the MDP's own LP),
   - IPOPT: `solve_formulation(mdp, "MAL", solver="ipopt", starts=1)` (leader optimum + both ends
@@ -33,15 +33,21 @@ from bilevel.mdp import mdp_from_dict
 from bilevel.occupancy import occupancy_lp
 
 
-def grid_mdp(n: int):
-    """n x n gridworld: S at (0,0), decoy D at (0,1), goal G at (n-1,n-1)."""
-    rows = [["."] * n for _ in range(n)]
-    rows[0][0], rows[0][1], rows[n - 1][n - 1] = "S", "D", "G"
-    spec = {"name": f"grid_{n}x{n}", "gamma": 0.95, "horizon": 100,
+def grid_mdp(size: str):
+    """`RxC` gridworld (or `n` for n x n): S at (0,0), goal G at (R-1,C-1), decoy D (terminal,
+    reward 1) at (1,0) when R > 1 and C > 1 (a 1-row corridor has no decoy)."""
+    R, C = (int(x) for x in (size.split("x") if "x" in size else (size, size)))
+    rows = [["."] * C for _ in range(R)]
+    rows[0][0], rows[R - 1][C - 1] = "S", "G"
+    rewards, terminal = {"G": 0.75}, []
+    if R > 1 and C > 1:
+        rows[1][0] = "D"
+        rewards["D"], terminal = 1.0, ["D"]
+    spec = {"name": f"grid_{R}x{C}", "gamma": 0.95, "horizon": 100,
             "gridworld": {"map": ["".join(r) for r in rows], "slip": 0.1,
-                          "rewards": {"D": 1.0, "G": 0.75}, "terminal": ["D"]},
+                          "rewards": rewards, "terminal": terminal},
             "model_support": "neighbors"}
-    return mdp_from_dict(spec, source=f"<grid {n}x{n}>")
+    return mdp_from_dict(spec, source=f"<grid {R}x{C}>")
 
 
 def timed(fn):
@@ -52,7 +58,8 @@ def timed(fn):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[3, 4, 5, 6])
+    p.add_argument("--sizes", nargs="+", default=["1x3", "2x2", "1x6", "2x4", "3x3", "3x4"],
+                   help="RxC grids (or n for n x n)")
     p.add_argument("--scip-limit", type=float, default=60.0)
     p.add_argument("--ipopt-limit", type=float, default=120.0,
                    help="skip larger sizes for IPOPT once one run exceeds this")
@@ -67,7 +74,7 @@ def main(argv=None) -> int:
         mdp = grid_mdp(n)
         S, A = mdp.n_states, mdp.n_actions
         lp, t_lp = timed(lambda: occupancy_lp(mdp.P, mdp.r, mdp.rho0, mdp.gamma))
-        row = {"grid": f"{n}x{n}", "S": S, "A": A, "SA": S * A, "highs_s": t_lp,
+        row = {"grid": mdp.name.removeprefix("grid_"), "S": S, "A": A, "SA": S * A, "highs_s": t_lp,
                "J_star": lp.J}
         if ipopt_on:
             tracemalloc.start()
@@ -101,8 +108,8 @@ def main(argv=None) -> int:
         fit = {"exponent": float(slope), "coef": float(np.exp(icpt)), "points": len(pts)}
         print(f"IPOPT time ~ {fit['coef']:.3g} (S*A)^{slope:.2f}  (least squares on "
               f"{len(pts)} sizes)")
-    largest = {k: max((r["grid"] for r in rows if r.get(f"{k}_ok") and r[f"{k}_s"] <= 60),
-                      default=None, key=lambda g: int(g.split("x")[0]))
+    largest = {k: max((r for r in rows if r.get(f"{k}_ok") and r[f"{k}_s"] <= 60),
+                      default={"grid": None}, key=lambda r: r["S"])["grid"]
                for k in ("ipopt", "scip")}
     print(f"largest grid within 60 s: IPOPT {largest['ipopt']}, SCIP {largest['scip']}, "
           f"HiGHS all sizes run ({rows[-1]['grid']} in {rows[-1]['highs_s']:.4f} s)")
