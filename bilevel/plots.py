@@ -64,7 +64,7 @@ def draw_transitions(ax, mdp: TabularMDP, P: np.ndarray, title: str, policy=None
     spos, apos = _layout(mdp)
     for i, s in enumerate(mdp.states):
         term = bool(mdp.terminal[i])
-        ax.add_patch(Circle(spos[i], 0.5, fc="#dddddd" if term else "white", ec="black", lw=1.5, zorder=6))
+        ax.add_patch(Circle(spos[i], 0.58, fc="#dddddd" if term else "white", ec="black", lw=1.5, zorder=6))
         ax.text(spos[i][0], spos[i][1] + 0.08, s, ha="center", va="center", fontsize=13, weight="bold", zorder=7)
         tag = []
         if mdp.rho0[i] > 0:
@@ -93,16 +93,17 @@ def draw_transitions(ax, mdp: TabularMDP, P: np.ndarray, title: str, policy=None
             _arrow(ax, pa, spos[k], col, 0.6 + 1.6 * p, rad=rad, shrinkA=10, shrinkB=24)
             if k == i:      # back to its own state: label beyond the action node
                 u = (pa - spos[i]) / np.linalg.norm(pa - spos[i])
-                m = pa + u * 0.6
+                m = pa + u * 0.45
+                ha = "right" if u[0] < -0.3 else ("left" if u[0] > 0.3 else "center")
             else:
-                m = _on_arc(pa, spos[k], rad)
+                m, ha = _on_arc(pa, spos[k], rad), "center"
             lab = f"{p:.2f}"
             if show_rewards and mdp.R[i, j, k] != 0:
                 lab += f", r={mdp.R[i, j, k]:g}"
-            ax.text(*m, lab, fontsize=8, ha="center", va="center", color=col, zorder=5,
+            ax.text(*m, lab, fontsize=8, ha=ha, va="center", color=col, zorder=5,
                     bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.85))
     allp = np.array(list(spos.values()) + list(apos.values()))
-    lo, hi = allp.min(0) - 0.8, allp.max(0) + 0.8
+    lo, hi = allp.min(0) - np.array([1.6, 0.9]), allp.max(0) + np.array([1.6, 0.9])
     ax.set_xlim(lo[0], hi[0])
     ax.set_ylim(lo[1], hi[1])
     ax.set_aspect("equal")

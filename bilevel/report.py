@@ -28,7 +28,7 @@ from bilevel.occupancy import occupancy
 REFERENCE = {  # the reference study's published "Avg. Ep. Reward" on hidden_goal (mean ± std)
     "MAL": {"mean": 0.97, "std": 0.05}, "MAL_agent_reward": {"mean": 36.93, "std": 0.57},
     "MAL_random_noise": {"mean": 36.74, "std": 0.67}, "PAL": {"mean": 36.77, "std": 0.64}}
-SWEEP_ALPHAS = (0.0, 0.5, 0.9, 0.99, 0.999, 1.0)
+SWEEP_ALPHAS = (0.0, 0.5, 0.9, 0.99, 0.999, 0.9999, 1.0)
 NAMES = plots.LABELS
 
 
