@@ -119,10 +119,10 @@ def draw_grid(ax, mdp: TabularMDP, title: str, policy=None, highlight_states=())
     for r in range(H):
         for c in range(W):
             ch = rows[r][c] if c < len(rows[r]) else "#"
-            fc = "black" if ch == "#" else "white"
+            fc = {"#": "black", "D": "#ffd9a0", "G": "#b8e6b8", "S": "#dde6ff"}.get(ch, "white")
             ax.add_patch(Rectangle((c, H - 1 - r), 1, 1, fc=fc, ec="gray", lw=0.5))
-            if ch not in ".#":
-                ax.text(c + 0.5, H - 0.5 - r, ch, ha="center", va="center", fontsize=12, weight="bold")
+            if ch not in ".#":   # letter in the cell's corner, clear of the policy arrow
+                ax.text(c + 0.08, H - r - 0.08, ch, ha="left", va="top", fontsize=10, weight="bold")
     index = {s: i for i, s in enumerate(mdp.states)}
     moves = {"up": (0, 1), "down": (0, -1), "left": (-1, 0), "right": (1, 0),
              "N": (0, 1), "S": (0, -1), "W": (-1, 0), "E": (1, 0)}

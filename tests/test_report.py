@@ -218,3 +218,18 @@ def test_committed_report_traces_to_its_equilibria_and_runs():
         for r in g["runs"]:
             rec = RunRecord.from_json((COMMITTED / "runs" / r["file"]).read_text())
             assert r["final"] == rec.final and r["seed"] == rec.seed
+
+
+def test_gridworld_map_and_hiding_figures_draw(tmp_path):
+    from bilevel import plots
+    from bilevel.solve import optimum
+    mdp = load_mdp(ROOT / "mdps" / "grid_hidden_goal.yaml")
+    pi = np.asarray(optimum(mdp)["policy"])
+    Phat = mdp.P.copy()
+    Phat[3, 0] = np.roll(Phat[3, 0], 1)
+    mu = occupancy(mdp.P, mdp.rho0, mdp.gamma, pi)
+    pairs = plots.lying_pairs(mdp, Phat, mu)
+    assert all(mu[i, j] <= 1e-12 for i, j in pairs)
+    plots.save(plots.fig_mdp(mdp, pi), tmp_path / "m.png")
+    plots.save(plots.fig_hiding(mdp, pi, Phat, pairs), tmp_path / "h.png")
+    assert (tmp_path / "m.png").stat().st_size > 5000 and (tmp_path / "h.png").stat().st_size > 5000
