@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,7 +44,7 @@ import numpy as np
 
 from bilevel.garnet import garnet
 from bilevel.mdp import TabularMDP, load_mdp, mdp_from_dict, mdp_to_dict
-from bilevel.occupancy import (kl_fit, kl_rows, model_loss, occupancy, policy_evaluation,
+from bilevel.occupancy import (kl_fit, kl_rows, model_loss, occupancy,
                                policy_return, tv_distance, value_iteration)
 
 ROOT = Path(__file__).resolve().parent.parent
