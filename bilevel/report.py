@@ -62,12 +62,11 @@ def interval(d: dict | None, f=fmt_er) -> str:
 def exact_solution(mdp: TabularMDP, equilibria: str | None, log=None) -> dict:
     """The `bilevel.solve --json` document: read from `equilibria`, else solved now."""
     if equilibria:
+        from bilevel.solve import read_solution
         try:
-            doc = json.loads(Path(equilibria).read_text())
-        except (OSError, ValueError) as e:
-            raise ReportError(f"{equilibria}: not readable JSON ({e.__class__.__name__})") from None
-        if not isinstance(doc, dict) or "formulations" not in doc or "optimal" not in doc:
-            raise ReportError(f"{equilibria}: not a `bilevel.solve --json` output")
+            doc = read_solution(equilibria)
+        except ValueError as e:
+            raise ReportError(str(e)) from None
         if doc.get("mdp", {}).get("name") not in (None, mdp.name):
             raise ReportError(f"{equilibria}: equilibria of MDP {doc['mdp']['name']!r}, not {mdp.name!r}")
         return doc

@@ -70,6 +70,18 @@ def print_summary(mdp: TabularMDP, opt: dict, out=sys.stdout) -> None:
         print(f"  optimal policy: {format_policy(mdp, opt['policy'])}", file=out)
 
 
+def read_solution(path) -> dict:
+    """A saved `python -m bilevel.solve FILE --json` document; ValueError (one line) otherwise."""
+    from pathlib import Path
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not readable JSON ({e.__class__.__name__})") from None
+    if not isinstance(doc, dict) or "formulations" not in doc or "optimal" not in doc:
+        raise ValueError(f"{path}: not a `bilevel.solve --json` output (needs formulations, optimal)")
+    return doc
+
+
 def solve_to_dict(mdp: TabularMDP, formulations=None, alpha=None, solver: str = "auto",
                   starts: int = 8, seed: int = 0, log=None) -> dict:
     """The `--json` document: {"mdp", "optimal", "formulations": {F: interval.to_json()}}.

@@ -181,13 +181,12 @@ def load_runs(path: Path) -> list[tuple[str, RunRecord]]:
 
 
 def load_equilibria(path: Path) -> dict:
+    """A saved `bilevel.solve --json` document (bilevel.solve.read_solution)."""
+    from bilevel.solve import read_solution
     try:
-        d = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise VerifyInputError(f"{path}: not readable JSON ({e.__class__.__name__})") from None
-    if not isinstance(d, dict) or "formulations" not in d or "optimal" not in d:
-        raise VerifyInputError(f"{path}: not a `bilevel.solve --json` output (needs formulations, optimal)")
-    return d
+        return read_solution(path)
+    except ValueError as e:
+        raise VerifyInputError(str(e)) from None
 
 
 def equilibrium_entry(sol: dict, formulation: str, alpha: float | None, where: str) -> dict:
