@@ -256,7 +256,7 @@ def choose_solver(mdp: TabularMDP, solver: str, formulation: str = "") -> str:
 
 
 def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = None,
-                      solver: str = "auto", starts: int = 8, seed: int = 0,
+                      solver: str = "auto", starts: int = 3, seed: int = 0,
                       time_limit: float = SCIP_TIME_LIMIT, pal_reduction: str = "closed_form",
                       log=None) -> EquilibriumInterval:
     """The equilibrium interval of `formulation` (see module docstring). With solver="auto",

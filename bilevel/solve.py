@@ -83,7 +83,7 @@ def read_solution(path) -> dict:
 
 
 def solve_to_dict(mdp: TabularMDP, formulations=None, alpha=None, solver: str = "auto",
-                  starts: int = 8, seed: int = 0, log=None) -> dict:
+                  starts: int = 3, seed: int = 0, log=None) -> dict:
     """The `--json` document: {"mdp", "optimal", "formulations": {F: interval.to_json()}}.
     `alpha` is one number (used by both MAL fixes) or a mapping {formulation: alpha}."""
     head, _ = summary(mdp)
@@ -98,7 +98,7 @@ def solve_to_dict(mdp: TabularMDP, formulations=None, alpha=None, solver: str = 
 
 
 def alpha_sweep(mdp: TabularMDP, formulation: str, alphas=SWEEP_ALPHAS, solver: str = "auto",
-                starts: int = 8, seed: int = 0, log=None) -> list[dict]:
+                starts: int = 3, seed: int = 0, log=None) -> list[dict]:
     """The exact equilibrium interval of a MAL fix for each alpha."""
     rows = []
     for a in alphas:
@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"also print the exact interval of both MAL fixes for alpha in {list(SWEEP_ALPHAS)}")
     p.add_argument("--solver", choices=("auto", "ipopt", "scip"), default="auto",
                    help="auto: SCIP (global certificate) on small MDPs, else IPOPT (local)")
-    p.add_argument("--starts", type=int, default=8, help="IPOPT random starts (plus structured ones)")
+    p.add_argument("--starts", type=int, default=3, help="IPOPT random starts, besides the structured ones (the true optimum with the fitted model, the uniform policy, the fitted model's optimum)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--summary-only", action="store_true", help="only the MDP summary and optimum")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
