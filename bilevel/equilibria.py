@@ -207,6 +207,38 @@ def structured_starts(bm: BilevelModel) -> list[ComponentMap]:
     return starts
 
 
+def random_starts(bm: BilevelModel, n: int, seed: int = 0) -> list[ComponentMap]:
+    """`n` seeded random starts that satisfy every constraint but the leader's, completed by
+    `starting_point` (so IPOPT starts on the flows, never from a box-random point, whose
+    log(Phat) and bilinear terms stall it for thousands of iterations on gridworlds):
+    MAL family: Phat(.|s,a) = (1-l) P_eta + l D, D ~ Dirichlet(1) on K(s,a), l = 0 or U(0,1)
+                with probability 1/2 each, and pi greedy in Phat (an exact follower optimum);
+    PAL:        pi(.|s) one-hot or Dirichlet(1) with probability 1/2 each, Phat = P_eta where
+                mu_pi > 0 (the exact model best response) and D elsewhere."""
+    mdp = bm.mdp
+    S, A = mdp.n_states, mdp.n_actions
+    rng = np.random.default_rng(seed)
+    Peta = kl_fit(mdp.P, mdp.K, mdp.floor)
+    out = []
+    for _ in range(n):
+        D = np.where(mdp.K, rng.gamma(1.0, size=mdp.K.shape), 0.0)
+        D /= np.maximum(D.sum(axis=-1, keepdims=True), 1e-300)
+        if bm.formulation == "PAL":
+            pi = rng.dirichlet(np.ones(A), size=S)
+            onehot = rng.random(S) < 0.5
+            pi[onehot] = np.eye(A)[rng.integers(A, size=int(onehot.sum()))]
+            visited = occupancy(mdp.P, mdp.rho0, mdp.gamma, pi) > 0
+            Phat = np.where(visited[:, :, None], Peta, D)
+        else:
+            lam = np.where(rng.random((S, A)) < 0.5, 0.0, rng.random((S, A)))[:, :, None]
+            Phat = (1.0 - lam) * Peta + lam * D
+            Phat = np.where(mdp.K, np.maximum(Phat, mdp.floor), 0.0)
+            Phat /= Phat.sum(axis=-1, keepdims=True)
+            _, pi = value_iteration(Phat, model_reward(mdp, Phat), mdp.gamma, tol=1e-10)
+        out.append(starting_point(bm, pi, Phat))
+    return out
+
+
 # --------------------------------------------------------------------------- solving
 
 def _objective(m, expr, sense=pyo.minimize):
@@ -232,7 +264,7 @@ def _ipopt_best(m, backend, reduction, kw, warm_points, sense=pyo.minimize):
     cold = solve_mpec(m, reduction, backend, **kw)
     found = [r for r in (warm, cold) if r.ok]
     if not found:
-        return cold
+        return cold if cold.starts_tried else warm
     sign = 1.0 if sense == pyo.minimize else -1.0
     best = min(found, key=lambda r: sign * r.objective)
     for v, x in best.point.items():        # solve_mpec loaded `cold` last: reload the winner
@@ -283,7 +315,7 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
         reduction, kw = ExactProduct(), {}
     elif which == "ipopt":
         backend, reduction = Ipopt(tol=1e-9, max_iter=3000), Scholtes(schedule=HOMOTOPY)
-        kw = {"starts": starts, "seed": seed, "x0s": structured_starts(bm)}
+        kw = {"starts": 0, "x0s": structured_starts(bm)}
     else:
         raise ValueError(f"unknown solver {which!r} (ipopt | scip | auto)")
     say = log or (lambda msg: None)
@@ -296,7 +328,7 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
     _objective(m, m.leader)
     if which == "ipopt":
         structured = kw["x0s"]
-        kw = dict(kw, x0s=())
+        kw = dict(kw, x0s=random_starts(bm, starts, seed))
         lead = _ipopt_best(m, backend, reduction, kw, structured)
     else:
         lead = solve_mpec(m, reduction, backend, **kw)

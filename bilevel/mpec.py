@@ -290,6 +290,15 @@ def _same(a, b, xa, xb, obj_tol, x_tol):
     return float(np.max(np.abs(xa - xb), initial=0)) <= x_tol * scale
 
 
+# IPOPT options of the Scholtes steps before the last: each step only warm-starts the next, so
+# it stops at a loose tolerance and an iteration cap (MPEC multipliers are not unique: IPOPT
+# otherwise spends most of its iterations polishing inf_pr/inf_du of a point the next step moves)
+HOMOTOPY_STEP = {"tol": 1e-6, "acceptable_tol": 1e-4, "acceptable_iter": 5, "max_iter": 1000}
+# the polish is a warm-started smooth NLP: it converges in a few dozen iterations or not at all
+# (a wrong side fixed to 0 makes it infeasible), so it is capped
+POLISH = {"max_iter": 200}
+
+
 def polish(nlp, inv: InverseData):
     """Active-set polish after a Scholtes homotopy: for each pair fix the smaller side to 0 by
     bounds (eps = 0), re-solve the now smooth NLP warm-started, restore the bounds.
@@ -303,15 +312,16 @@ def polish(nlp, inv: InverseData):
         side.set_value(0.0, skip_validation=True)
     Scholtes.set_eps(inv, 0.0)
     try:
-        return nlp.solve(load="always")
+        return nlp.solve(load="always", options=POLISH)
     finally:
         for side, lb, ub in saved:
             side.setlb(lb)
             side.setub(ub)
 
 
+
 def solve_mpec(model, reduction, backend, starts: int = 1, seed: int = 0, x0s=(),
-               keep_distinct: bool = True, *, box: float = 10.0, comp_tol: float = 1e-6,
+               keep_distinct: bool = True, *, box: float = 10.0, comp_tol: float | None = None,
                obj_tol: float = 1e-6, x_tol: float = 1e-4, polish_active_set: bool = True
                ) -> MPECResult:
     """Reduce the complementarity pairs of `model`, solve, load the best point, restore.
@@ -321,9 +331,12 @@ def solve_mpec(model, reduction, backend, starts: int = 1, seed: int = 0, x0s=()
     `starts - 1` seeded random points (`random_start`, width `box`). With Scholtes, each start
     runs the eps homotopy on one compiled NLP, each step warm-started from the last iterate.
     A start succeeds when its final solve is a KKT point and the complementarity violation
-    max|min(a, b)| <= comp_tol. Two solutions are the same when objectives agree to
+    max|min(a, b)| <= comp_tol (default: sqrt of the last Scholtes eps, which is what a*b <= eps
+    guarantees, and at least 1e-6; callers check the follower's optimality independently).
+    Two solutions are the same when objectives agree to
     obj_tol*(1+|f|) and points (original model variables) to x_tol*(1+max|x|) in max-norm.
-    With `polish_active_set` (Scholtes only), each start ends with `polish`: the final point
+    With `polish_active_set` (Scholtes only), each start ends with `polish` (also after a last
+    step that stopped at its iteration limit): the final point
     then satisfies a*b = 0 exactly when the polished solve converges; otherwise the homotopy's
     last iterate is judged as it is.
     SCIP: one global solve; certificate "global" iff it proved the gap.
@@ -347,16 +360,22 @@ def solve_mpec(model, reduction, backend, starts: int = 1, seed: int = 0, x0s=()
         points += [base] if starts >= 1 else []
         points += [np.clip(np.where(lb == ub, base, random_start(lb, ub, rng, box)), lb, ub)
                    for _ in range(max(0, starts - 1))]
+        if not points:
+            return MPECResult(Status.SOLVER_ERROR, None, None, (), 0, 0, None,
+                              time.perf_counter() - t0, "none", message="no starting point given")
         schedule = reduction.schedule if isinstance(reduction, Scholtes) else (None,)
+        if comp_tol is None:
+            comp_tol = max(1e-6, float(np.sqrt(schedule[-1]))) if schedule[-1] is not None else 1e-6
         found, failures = [], Counter()
         for x0 in points:
             _set_values(nlp.variables, x0)
             res = None
-            for eps in schedule:
+            for k, eps in enumerate(schedule):
                 if eps is not None:
                     Scholtes.set_eps(inv, eps)
-                res = nlp.solve(load="always")
-            if polish_active_set and isinstance(reduction, Scholtes) and res.ok:
+                last = k == len(schedule) - 1
+                res = nlp.solve(load="always", options=None if last else HOMOTOPY_STEP)
+            if polish_active_set and isinstance(reduction, Scholtes):
                 before = np.array([v.value for v in nlp.variables], dtype=float)
                 pres = polish(nlp, inv)
                 if pres.ok and complementarity_violation(inv.pairs) <= comp_tol:
