@@ -246,3 +246,10 @@ def test_unrelaxed_form_stalls_where_homotopy_succeeds():
     kkt_reduce(m, f)
     homotopy = solve_mpec(m, Scholtes(), Ipopt(), starts=1)
     assert homotopy.ok and homotopy.objective == pytest.approx(published, abs=1e-4)
+
+
+def test_no_starting_point_is_a_failed_result_not_a_crash():
+    m, f = infeasible_bilevel()
+    kkt_reduce(m, f)
+    res = solve_mpec(m, Scholtes(), Ipopt(), starts=0)
+    assert not res.ok and res.starts_tried == 0 and "no starting point" in res.message
