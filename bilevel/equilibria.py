@@ -98,6 +98,8 @@ class EquilibriumInterval:
         d.update({"certificate": self.certificate, "solver": self.solver, "starts": self.starts,
                   "leader_objective": self.leader_objective, "tolerance": self.tolerance,
                   "solver_gap": self.details.get("solver_gap"),
+                  **({"ends_at_leader_optimum": self.details["ends_at_leader_optimum"]}
+                     if "ends_at_leader_optimum" in self.details else {}),
                   "J": {"min": self.low.J, "max": self.high.J},
                   "episode_reward": ep,
                   "equilibria": {"min": self.low.to_json(), "max": self.high.to_json()}})
@@ -315,7 +317,9 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
         reduction, kw = ExactProduct(), {}
     elif which == "ipopt":
         backend, reduction = Ipopt(tol=1e-9, max_iter=3000), Scholtes(schedule=HOMOTOPY)
-        kw = {"starts": 0, "x0s": structured_starts(bm)}
+        # cold starts: the model's current values (the build's start; in the interval steps the
+        # leader-optimal point) and starts - 1 random follower-optimal points
+        kw = {"starts": min(starts, 1), "x0s": structured_starts(bm)}
     else:
         raise ValueError(f"unknown solver {which!r} (ipopt | scip | auto)")
     say = log or (lambda msg: None)
@@ -328,7 +332,7 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
     _objective(m, m.leader)
     if which == "ipopt":
         structured = kw["x0s"]
-        kw = dict(kw, x0s=random_starts(bm, starts, seed))
+        kw = dict(kw, x0s=random_starts(bm, max(0, starts - 1), seed))
         lead = _ipopt_best(m, backend, reduction, kw, structured)
     else:
         lead = solve_mpec(m, reduction, backend, **kw)
@@ -341,7 +345,7 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
     m.eq_leader_bound = pyo.Constraint(expr=m.leader <= L + tol)
     certificate = lead.certificate
     gaps = [lead.gap] if lead.gap is not None else []
-    ends = {}
+    ends, fallbacks = {}, {}
     for name, sense in (("min", pyo.minimize), ("max", pyo.maximize)):
         say(f"{formulation}: {name} J(pi, M) over equilibria ({which})")
         _objective(m, m.true_return, sense)
@@ -350,6 +354,14 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
                               list(structured) + [p for _, p in lead.solutions], sense)
         else:
             res = solve_mpec(m, reduction, backend, **kw)
+        if not res.ok and which == "ipopt":
+            # no start of this step converged: the leader-optimal point is itself an
+            # equilibrium in the band, so it stands as this end (local, and said so)
+            say(f"{formulation}: {name} J step failed ({res.message}); the leader optimum stands")
+            fallbacks[name] = f"{res.status.value}: {res.message}"
+            for v, x in lead.point.items():
+                v.set_value(x, skip_validation=True)
+            res = lead
         if not res.ok:
             return fail(f"{name} J over equilibria: {res.status.value} ({res.message})")
         if res.certificate != "global":
@@ -370,6 +382,8 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
         low, high = high, low
     details = {"solver_gap": max((g for g in gaps if math.isfinite(g)), default=None),
                "leader_objective_recomputed": L_check}
+    if fallbacks:
+        details["ends_at_leader_optimum"] = fallbacks
     return EquilibriumInterval(formulation, "solved", alpha=bm.alpha, certificate=certificate,
                                solver=which, starts=n_starts, leader_objective=L, tolerance=tol,
                                low=low, high=high, seconds=time.perf_counter() - t0,

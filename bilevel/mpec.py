@@ -291,9 +291,10 @@ def _same(a, b, xa, xb, obj_tol, x_tol):
 
 
 # IPOPT options of the Scholtes steps before the last: each step only warm-starts the next, so
-# it stops at a loose tolerance and an iteration cap (MPEC multipliers are not unique: IPOPT
-# otherwise spends most of its iterations polishing inf_pr/inf_du of a point the next step moves)
-HOMOTOPY_STEP = {"tol": 1e-6, "acceptable_tol": 1e-4, "acceptable_iter": 5, "max_iter": 1000}
+# it is capped (MPEC multipliers are not unique and IPOPT can spend thousands of iterations on a
+# point the next step moves anyway). Its tolerance stays tight: a step stopped at tol 1e-6 left
+# the next step, under a tight leader bound, infeasible (fixes study, MAL + agent reward).
+HOMOTOPY_STEP = {"max_iter": 1000}
 # the polish is a warm-started smooth NLP: it converges in a few dozen iterations or not at all
 # (a wrong side fixed to 0 makes it infeasible), so it is capped
 POLISH = {"max_iter": 200}

@@ -138,6 +138,9 @@ def print_table(mdp: TabularMDP, doc: dict, out=sys.stdout) -> None:
         print(f"{NAMES.get(f, f):<24} {a:>6}  {_interval(d, 'J'):<22} "
               f"{_interval(d, 'episode_reward'):<26} {d['leader_objective']:>12.6g}  "
               f"{cert:<18} {d['seconds']:>7.1f}", file=out)
+        for end, why in d.get("ends_at_leader_optimum", {}).items():
+            print(f"{'':<24} {'':>6}  note: the {end} end is the leader optimum (its own search "
+                  f"failed: {why})", file=out)
     opt = doc["optimal"]
     ep = "" if opt["episode_reward"] is None else f", episode reward {opt['episode_reward']:.4g}"
     print(f"{'unconstrained optimum':<24} {'':>6}  J* = {opt['J']:.6g}{ep}", file=out)

@@ -184,3 +184,25 @@ def test_random_starts_are_follower_optimal_points(formulation):
         assert follower_gap(formulation, mdp, x["policy"], x["model"]) < 1e-8
         policies.append(x["policy"])
     assert max(np.abs(policies[0] - p).max() for p in policies[1:]) > 1e-3
+
+
+def test_failed_end_search_falls_back_to_the_leader_optimum(monkeypatch):
+    """If no IPOPT start of an interval step converges, the end is the leader-optimal point
+    (an equilibrium in the band), re-certified, and the fallback is reported."""
+    import bilevel.equilibria as eq
+    from bilevel.mpec import MPECResult
+    from solvers.base import Status
+    real = eq._ipopt_best
+
+    def failing_ends(*args):
+        if len(args) == 6:   # the min / max steps pass a sense
+            return MPECResult(Status.INFEASIBLE, None, None, message="forced failure")
+        return real(*args)
+
+    monkeypatch.setattr(eq, "_ipopt_best", failing_ends)
+    mdp = garnet(4, 2, 2, seed=1, gamma=0.9)
+    r = eq.solve_formulation(mdp, "MAL", solver="ipopt", starts=1)
+    assert r.ok and r.low.J == pytest.approx(r.high.J)
+    assert r.low.follower_gap < 1e-6
+    assert set(r.details["ends_at_leader_optimum"]) == {"min", "max"}
+    assert "forced failure" in r.to_json()["ends_at_leader_optimum"]["min"]
