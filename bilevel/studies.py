@@ -45,7 +45,7 @@ import numpy as np
 from bilevel.garnet import garnet
 from bilevel.mdp import TabularMDP, load_mdp, mdp_from_dict, mdp_to_dict
 from bilevel.occupancy import (kl_fit, kl_rows, model_loss, occupancy,
-                               policy_return, tv_distance, value_iteration)
+                               policy_return, tv_distance, uniform_policy, value_iteration)
 
 ROOT = Path(__file__).resolve().parent.parent
 VIOLATION_TOL = 1e-9
@@ -96,9 +96,9 @@ class TheoremInstance:
     n_states: int
     n_actions: int
     gamma: float
-    model_kind: str          # "perturbed_fit" | "samples"
-    model_param: float       # lam or n
-    policy_kind: str         # "optimal" | "mixture" | "flip"
+    model_kind: str          # "perturbed_fit" | "samples" | "early_stopped"
+    model_param: float       # lam, n or IPOPT iterations
+    policy_kind: str         # "optimal" | "mixture" | "flip" | "mpec_iterate"
     policy_param: float
     eps_pi: float
     eps_M: float
@@ -191,6 +191,34 @@ def theorem_instances(mdp: TabularMDP, rng: np.random.Generator,
                                       model_kind=mk, model_param=mp, policy_kind=pk,
                                       policy_param=pp))
     return out
+
+
+def early_stopped_instances(mdp: TabularMDP, iters=(1, 3, 10, 30)) -> list[TheoremInstance]:
+    """Approximate PAL solutions as an optimizer leaves them: IPOPT on PAL's MPEC (Scholtes
+    eps = 1e-2, from the uniform policy with the fitted model) stopped after k iterations; the
+    iterate's (pi, Phat), projected on the simplices, is checked with its measured premises."""
+    from bilevel.equilibria import _objective, starting_point
+    from bilevel.formulations import build, extract
+    from bilevel.mpec import Scholtes
+    from solvers.ipopt import Ipopt
+    J_star, _ = optimal_return(mdp.P, mdp.r, mdp.rho0, mdp.gamma)
+    bm = build(mdp, "PAL")
+    _objective(bm.model, bm.leader)
+    red = Scholtes(schedule=(1e-2,))
+    model, inv = red.apply(bm.model)
+    try:
+        nlp = Ipopt(tol=1e-9).compile(model)
+        x0 = starting_point(bm, uniform_policy(mdp.n_states, mdp.n_actions))
+        out = []
+        for k in iters:
+            nlp.solve(x0=x0, load="always", options={"max_iter": int(k)})
+            x = extract(bm)
+            out.append(check_instance(mdp, x["model"], x["policy"], J_star,
+                                      model_kind="early_stopped", model_param=float(k),
+                                      policy_kind="mpec_iterate", policy_param=float(k)))
+        return out
+    finally:
+        red.invert(model, inv)
 
 
 # --------------------------------------------------------------------------- Rajeswaran terms
@@ -320,16 +348,20 @@ def quantiles(x, qs=(0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)) -> dict:
 # --------------------------------------------------------------------------- subcommands
 
 def run_theorem(n_mdps: int, seed: int, out: Path, mal_mdps: int = 3, solver: str = "scip",
-                mal_floor: float = 1e-9) -> dict:
-    """PAL theorem check on n_mdps random MDPs, then Rajeswaran's terms at MAL's worst
+                mal_floor: float = 1e-9, early_mdps: int | None = None) -> dict:
+    """PAL theorem check on n_mdps random MDPs (early-stopped MPEC iterates on the first
+    `early_mdps`, None: all), then Rajeswaran's terms at MAL's worst
     equilibria. The MAL MDPs use the floor `mal_floor`: with the default floor 1e-6 and
     gamma = 0.99 the solver tolerance band alone (loss ~ 5e-6) makes 4 gamma sqrt(eps_M) R_max /
     (1-gamma)^2 larger than the whole return range, which would hide the comparison."""
     t0 = time.perf_counter()
+    early_mdps = n_mdps if early_mdps is None else early_mdps
     rows: list[TheoremInstance] = []
     for i in range(n_mdps):
         mdp = random_study_mdp(i, seed)
         rows.extend(theorem_instances(mdp, np.random.default_rng([seed, i, 1])))
+        if i < early_mdps:
+            rows.extend(early_stopped_instances(mdp))
     viol = [r for r in rows if r.violation]
     tight = np.array([r.tightness for r in rows])
     q = quantiles(tight)
@@ -581,6 +613,8 @@ def main(argv=None) -> int:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--mal-mdps", type=int, default=3, help="extra random 3-state MDPs for MAL terms")
     t.add_argument("--mal-floor", type=float, default=1e-9)
+    t.add_argument("--early-mdps", type=int, default=None,
+                   help="early-stopped PAL MPEC iterates on the first K MDPs (default: all)")
     c = sub.add_parser("counterexample", help="MAL gap on the k-scaled hidden goal")
     c.add_argument("--scales", type=float, nargs="+", default=[1, 10, 100, 1000])
     c.add_argument("--time-limit", type=float, default=30.0)
@@ -603,7 +637,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     out = Path(a.out)
     if a.cmd == "theorem":
-        res = run_theorem(a.mdps, a.seed, out, a.mal_mdps, a.solver, a.mal_floor)
+        res = run_theorem(a.mdps, a.seed, out, a.mal_mdps, a.solver, a.mal_floor, a.early_mdps)
         return 1 if res["violations"] else 0
     if a.cmd == "counterexample":
         run_counterexample(a.scales, out, a.solver, a.time_limit)
