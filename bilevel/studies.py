@@ -631,7 +631,7 @@ def main(argv=None) -> int:
                    help="skip the PAL MPEC (the closed-form PAL column is always computed)")
     for s in (t, c, f):
         s.add_argument("--out", default="studies_out")
-        s.add_argument("--solver", default="auto" if s is c else "scip",
+        s.add_argument("--solver", default="scip" if s is f else "auto",
                        choices=("scip", "ipopt", "auto"),
                        help="auto: SCIP, and IPOPT (local) where SCIP does not certify")
     a = p.parse_args(argv)
