@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"also print the exact interval of both MAL fixes for alpha in {list(SWEEP_ALPHAS)}")
     p.add_argument("--solver", choices=("auto", "ipopt", "scip"), default="auto",
                    help="auto: SCIP (global certificate) on small MDPs, else IPOPT (local)")
-    p.add_argument("--starts", type=int, default=3, help="IPOPT random starts, besides the structured ones (the true optimum with the fitted model, the uniform policy, the fitted model's optimum)")
+    p.add_argument("--starts", type=int, default=3, help="IPOPT cold starts: the model's initial point and N-1 random follower-optimal (policy, model) pairs, besides the structured ones (the true optimum with the fitted model, the uniform policy, the fitted model's optimum)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--summary-only", action="store_true", help="only the MDP summary and optimum")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
