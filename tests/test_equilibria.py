@@ -206,3 +206,25 @@ def test_failed_end_search_falls_back_to_the_leader_optimum(monkeypatch):
     assert r.low.follower_gap < 1e-6
     assert set(r.details["ends_at_leader_optimum"]) == {"min", "max"}
     assert "forced failure" in r.to_json()["ends_at_leader_optimum"]["min"]
+
+
+def test_snap_to_best_response_makes_pal_follower_exact():
+    """A PAL model that deviates from the fit on a visited pair has a positive follower gap; the
+    snap replaces visited rows by the closed-form best response (gap 0) and keeps the others."""
+    from bilevel.equilibria import snap_to_best_response, starting_point
+    from bilevel.formulations import build, extract
+    from bilevel.occupancy import kl_fit
+    mdp = garnet(5, 2, 3, seed=3, gamma=0.9)
+    bm = build(mdp, "PAL")
+    pi = np.zeros((5, 2))
+    pi[:, 0] = 1.0
+    Phat = kl_fit(mdp.P, mdp.K, mdp.floor)
+    Phat[:, 1] = np.roll(Phat[:, 1], 1, axis=-1)       # unvisited action: free for PAL
+    Phat[0, 0] = np.roll(Phat[0, 0], 1)                 # a visited pair: not a best response
+    for v, val in starting_point(bm, pi, Phat).items():
+        v.set_value(val, skip_validation=True)
+    assert follower_gap("PAL", mdp, pi, extract(bm)["model"]) > 1e-3
+    snap_to_best_response(bm)
+    after = extract(bm)["model"]
+    assert follower_gap("PAL", mdp, pi, after) < 1e-12
+    assert np.allclose(after[:, 1], Phat[:, 1])         # unvisited rows kept
