@@ -98,8 +98,8 @@ class EquilibriumInterval:
         d.update({"certificate": self.certificate, "solver": self.solver, "starts": self.starts,
                   "leader_objective": self.leader_objective, "tolerance": self.tolerance,
                   "solver_gap": self.details.get("solver_gap"),
-                  **({"ends_at_leader_optimum": self.details["ends_at_leader_optimum"]}
-                     if "ends_at_leader_optimum" in self.details else {}),
+                  **{k: self.details[k] for k in ("ends_at_leader_optimum", "snapped_to_best_response")
+                     if k in self.details},
                   "J": {"min": self.low.J, "max": self.high.J},
                   "episode_reward": ep,
                   "equilibria": {"min": self.low.to_json(), "max": self.high.to_json()}})
@@ -144,8 +144,9 @@ def snap_to_best_response(bm: BilevelModel) -> None:
     """PAL only: the model follower's best response is known in closed form (Phat = P_eta on
     every pair with mu_M^pi(s,a) > 0, anything elsewhere), so the solver's model is replaced by
     it on those rows. A relaxed complementarity leaves deviations of order eps / mu on rarely
-    visited pairs; the snapped point is an exact equilibrium with the same policy, and the
-    leader-objective check that follows bounds what the snap changed."""
+    visited pairs; the snapped point is an exact equilibrium with the same policy (so the same
+    J(pi, M)). Used on an interval end that fails its follower certificate; the band check
+    stays on the solver's point and the change of the leader objective is reported."""
     if bm.formulation != "PAL":
         return
     mdp, m = bm.mdp, bm.model
@@ -362,7 +363,7 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
     m.eq_leader_bound = pyo.Constraint(expr=m.leader <= L + tol)
     certificate = lead.certificate
     gaps = [lead.gap] if lead.gap is not None else []
-    ends, fallbacks = {}, {}
+    ends, fallbacks, snapped = {}, {}, {}
     for name, sense in (("min", pyo.minimize), ("max", pyo.maximize)):
         say(f"{formulation}: {name} J(pi, M) over equilibria ({which})")
         _objective(m, m.true_return, sense)
@@ -385,15 +386,20 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
             certificate = "local"
         if res.gap is not None:
             gaps.append(res.gap)
-        snap_to_best_response(bm)
         eq = certify(bm, res.complementarity_violation)
+        leader_at_solution = eq.leader_objective
+        if eq.follower_gap > FOLLOWER_GAP_TOL and bm.formulation == "PAL":
+            snap_to_best_response(bm)
+            eq = certify(bm, res.complementarity_violation)
+            snapped[name] = {"leader_objective_before": leader_at_solution,
+                             "leader_objective_after": eq.leader_objective}
         if eq.follower_gap > FOLLOWER_GAP_TOL:
             return fail(f"{name} end fails its certificate: follower gap {eq.follower_gap:.3g} "
                         f"> {FOLLOWER_GAP_TOL:g}")
         # recomputed from arrays; the allowance covers the solvers' feasibility tolerance
-        if eq.leader_objective > max(L, L_check) + tol + FEASIBILITY_SLACK * max(1.0, abs(L)):
+        if leader_at_solution > max(L, L_check) + tol + FEASIBILITY_SLACK * max(1.0, abs(L)):
             return fail(f"{name} end fails its certificate: leader objective "
-                        f"{eq.leader_objective:.9g} above L* + tol = {L + tol:.9g}")
+                        f"{leader_at_solution:.9g} above L* + tol = {L + tol:.9g}")
         ends[name] = eq
     low, high = ends["min"], ends["max"]
     if low.J > high.J:  # numerical noise: recomputed values decide the order
@@ -402,6 +408,8 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
                "leader_objective_recomputed": L_check}
     if fallbacks:
         details["ends_at_leader_optimum"] = fallbacks
+    if snapped:
+        details["snapped_to_best_response"] = snapped
     return EquilibriumInterval(formulation, "solved", alpha=bm.alpha, certificate=certificate,
                                solver=which, starts=n_starts, leader_objective=L, tolerance=tol,
                                low=low, high=high, seconds=time.perf_counter() - t0,
