@@ -201,6 +201,9 @@ def main(argv=None) -> int:
         print(f"error: --formulations: unknown {', '.join(bad)} (choose from {', '.join(FORMULATIONS)})",
               file=sys.stderr)
         return 2
+    if args.starts < 0:
+        print(f"error: --starts: must be >= 0, got {args.starts}", file=sys.stderr)
+        return 2
     try:
         alpha = _parse_alpha(args.alpha)
         for a in ([alpha] if isinstance(alpha, float) else (alpha or {}).values()):

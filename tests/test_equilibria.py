@@ -228,3 +228,9 @@ def test_snap_to_best_response_makes_pal_follower_exact():
     after = extract(bm)["model"]
     assert follower_gap("PAL", mdp, pi, after) < 1e-12
     assert np.allclose(after[:, 1], Phat[:, 1])         # unvisited rows kept
+
+
+def test_cli_rejects_negative_starts():
+    out = subprocess.run([sys.executable, "-m", "bilevel.solve", str(MDPS / "hidden_goal.yaml"),
+                          "--starts", "-1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--starts" in out.stderr and "Traceback" not in out.stderr
