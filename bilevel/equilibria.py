@@ -34,6 +34,10 @@ from solvers.scip import Scip
 
 FOLLOWER_GAP_TOL = 1e-6
 AUTO_SCIP_MAX_PAIRS = 16     # --solver auto: SCIP (global) up to this many state-action pairs
+# IPOPT past this many live pairs: no Scholtes homotopy (hundreds to thousands of iterations per
+# step at ~26 ms each on a 10x10 grid); every start is follower-optimal and goes straight to the
+# active-set polish, a smooth NLP on the start's complementarity branch (1 s on the 10x10 grid)
+POLISH_ONLY_PAIRS = 200
 SCIP_GAP = 1e-3              # relative gap at which SCIP stops ...
 SCIP_ABS_GAP = 1e-5          # ... or absolute gap (L* ~ 0); either way the proven gap widens tol
 HOMOTOPY = (1e-1, 1e-3, 1e-5, 1e-7, 1e-9)   # Scholtes eps schedule (then an active-set polish)
@@ -275,12 +279,12 @@ def _tolerance(bm: BilevelModel, L: float) -> float:
     return tol
 
 
-def _ipopt_best(m, backend, reduction, kw, warm_points, sense=pyo.minimize):
+def _ipopt_best(m, backend, reduction, kw, warm_points, sense=pyo.minimize, warm_schedule=WARM_SCHEDULE):
     """Best of two IPOPT runs: `warm_points` (exact equilibria already: the structured starts,
     then step 1's leader-optimal points) start a short homotopy from a small eps, so the
     relaxation does not walk away from them; random starts run the full schedule."""
     warm_backend = Ipopt(tol=backend.tol, max_iter=backend.max_iter, options=WARM_IPOPT)
-    warm = solve_mpec(m, Scholtes(schedule=WARM_SCHEDULE), warm_backend, starts=0, x0s=warm_points)
+    warm = solve_mpec(m, Scholtes(schedule=warm_schedule), warm_backend, starts=0, x0s=warm_points)
     cold = solve_mpec(m, reduction, backend, **kw)
     found = [r for r in (warm, cold) if r.ok]
     if not found:
@@ -303,22 +307,28 @@ def choose_solver(mdp: TabularMDP, solver: str, formulation: str = "") -> str:
         return solver
     if formulation == "MAL_agent_reward":
         return "ipopt"
-    live = int((~mdp.terminal).sum()) * mdp.n_actions
-    return "scip" if live <= AUTO_SCIP_MAX_PAIRS else "ipopt"
+    return "scip" if live_pairs(mdp) <= AUTO_SCIP_MAX_PAIRS else "ipopt"
+
+
+def live_pairs(mdp: TabularMDP) -> int:
+    """Number of non-terminal state-action pairs (= policy-side complementarity pairs)."""
+    return int((~mdp.terminal).sum()) * mdp.n_actions
 
 
 def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = None,
                       solver: str = "auto", starts: int = 3, seed: int = 0,
                       time_limit: float = SCIP_TIME_LIMIT, pal_reduction: str = "closed_form",
-                      log=None) -> EquilibriumInterval:
+                      log=None, ipopt_mode: str = "auto") -> EquilibriumInterval:
     """The equilibrium interval of `formulation` (see module docstring). With solver="auto",
-    a SCIP solve that cannot prove its gap in `time_limit` hands over to IPOPT (local)."""
+    a SCIP solve that cannot prove its gap in `time_limit` hands over to IPOPT (local).
+    ipopt_mode: "homotopy" (Scholtes eps schedule, then polish), "polish" (active-set polish
+    from follower-optimal starts only), "auto" (polish past POLISH_ONLY_PAIRS live pairs)."""
     res = _solve_formulation(mdp, formulation, alpha, choose_solver(mdp, solver, formulation), starts, seed,
-                             time_limit, pal_reduction, log)
+                             time_limit, pal_reduction, log, ipopt_mode)
     if solver == "auto" and res.solver == "scip" and not res.ok:
         (log or (lambda msg: None))(f"{formulation}: SCIP did not certify ({res.reason}); IPOPT")
         local = _solve_formulation(mdp, formulation, alpha, "ipopt", starts, seed, time_limit,
-                                   pal_reduction, log)
+                                   pal_reduction, log, ipopt_mode)
         details = dict(local.details, scip=res.reason)
         return EquilibriumInterval(**{**local.__dict__, "details": details,
                                       "seconds": local.seconds + res.seconds})
@@ -326,7 +336,9 @@ def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = N
 
 
 def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit, pal_reduction,
-                       log) -> EquilibriumInterval:
+                       log, ipopt_mode="auto") -> EquilibriumInterval:
+    if ipopt_mode not in ("auto", "homotopy", "polish"):
+        raise ValueError(f"unknown ipopt_mode {ipopt_mode!r} (auto | homotopy | polish)")
     t0 = time.perf_counter()
     bm = build(mdp, formulation, alpha=alpha, pal_reduction=pal_reduction)
     m = bm.model
@@ -334,7 +346,9 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
         backend = Scip(time_limit=time_limit, gap=SCIP_GAP, abs_gap=SCIP_ABS_GAP)
         reduction, kw = ExactProduct(), {}
     elif which == "ipopt":
-        backend, reduction = Ipopt(tol=1e-9, max_iter=3000), Scholtes(schedule=HOMOTOPY)
+        polish_only = ipopt_mode == "polish" or (ipopt_mode == "auto" and live_pairs(mdp) > POLISH_ONLY_PAIRS)
+        schedule, warm_schedule = ((), ()) if polish_only else (HOMOTOPY, WARM_SCHEDULE)
+        backend, reduction = Ipopt(tol=1e-9, max_iter=3000), Scholtes(schedule=schedule)
         # cold starts: the model's current values (the build's start; in the interval steps the
         # leader-optimal point) and starts - 1 random follower-optimal points
         kw = {"starts": min(starts, 1), "x0s": structured_starts(bm)}
@@ -351,7 +365,7 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
     if which == "ipopt":
         structured = kw["x0s"]
         kw = dict(kw, x0s=random_starts(bm, max(0, starts - 1), seed))
-        lead = _ipopt_best(m, backend, reduction, kw, structured)
+        lead = _ipopt_best(m, backend, reduction, kw, structured, pyo.minimize, warm_schedule)
     else:
         lead = solve_mpec(m, reduction, backend, **kw)
     if not lead.ok:
@@ -369,7 +383,7 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
         _objective(m, m.true_return, sense)
         if which == "ipopt":
             res = _ipopt_best(m, backend, reduction, kw,
-                              list(structured) + [p for _, p in lead.solutions], sense)
+                              list(structured) + [p for _, p in lead.solutions], sense, warm_schedule)
         else:
             res = solve_mpec(m, reduction, backend, **kw)
         if not res.ok and which == "ipopt":
@@ -406,6 +420,8 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
         low, high = high, low
     details = {"solver_gap": max((g for g in gaps if math.isfinite(g)), default=None),
                "leader_objective_recomputed": L_check}
+    if which == "ipopt":
+        details["ipopt_mode"] = "polish" if not reduction.schedule else "homotopy"
     if fallbacks:
         details["ends_at_leader_optimum"] = fallbacks
     if snapped:

@@ -173,13 +173,15 @@ class _Reduction:
 
 @dataclass(frozen=True)
 class Scholtes(_Reduction):
-    """a*b <= eps with eps -> 0 along `schedule` (one Var `eps`, lb = ub = current step)."""
+    """a*b <= eps with eps -> 0 along `schedule` (one Var `eps`, lb = ub = current step).
+    An empty schedule means no relaxed solve at all: each start goes straight to the active-set
+    polish (for starts that are already complementary, e.g. follower-optimal points)."""
 
     schedule: tuple = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9)
     name = "scholtes"
 
     def _build(self, blk, sides, inv):
-        e0 = float(self.schedule[0])
+        e0 = float(self.schedule[0]) if self.schedule else 0.0   # () = polish only
         blk.eps = pyo.Var(bounds=(e0, e0), initialize=e0)
         blk.relaxed = pyo.Constraint(range(len(sides)),
                                      rule=lambda b, i: sides[i][0] * sides[i][1] <= b.eps)
@@ -366,10 +368,12 @@ def solve_mpec(model, reduction, backend, starts: int = 1, seed: int = 0, x0s=()
                               time.perf_counter() - t0, "none", message="no starting point given")
         schedule = reduction.schedule if isinstance(reduction, Scholtes) else (None,)
         if comp_tol is None:
-            comp_tol = max(1e-6, float(np.sqrt(schedule[-1]))) if schedule[-1] is not None else 1e-6
+            last_eps = schedule[-1] if schedule else None
+            comp_tol = max(1e-6, float(np.sqrt(last_eps))) if last_eps is not None else 1e-6
         found, failures = [], Counter()
         for x0 in points:
             _set_values(nlp.variables, x0)
+            _sync_slacks(inv)
             res = None
             for k, eps in enumerate(schedule):
                 if eps is not None:
@@ -383,6 +387,7 @@ def solve_mpec(model, reduction, backend, starts: int = 1, seed: int = 0, x0s=()
                     res = pres
                 else:
                     _set_values(nlp.variables, before)
+                    res = res or pres     # polish only (empty schedule): its failure stands
             viol = complementarity_violation(inv.pairs)
             if res.ok and viol <= comp_tol:
                 xfull = np.array([v.value for v in nlp.variables], dtype=float)
@@ -411,6 +416,17 @@ def solve_mpec(model, reduction, backend, starts: int = 1, seed: int = 0, x0s=()
                           message=f"IPOPT, {len(found)}/{len(points)} starts succeeded")
     finally:
         reduction.invert(model, inv)
+
+
+def _sync_slacks(inv: InverseData) -> None:
+    """Set each lifted slack to the value of the side it stands for (s = a), so that a start
+    given on the model's own variables is consistent (the polish reads the sides' values)."""
+    for p, (sa, sb) in zip(inv.pairs, inv.sides):
+        for e, side in ((p.a, sa), (p.b, sb)):
+            if side is not e:
+                val = pvalue(e, exception=False)
+                if val is not None:
+                    side.set_value(max(0.0, float(val)), skip_validation=True)
 
 
 def _inside(v, blk) -> bool:
