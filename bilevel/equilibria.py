@@ -196,6 +196,11 @@ def starting_point(bm: BilevelModel, pi: np.ndarray, Phat: np.ndarray | None = N
         for a in range(mdp.n_actions):
             if not m.mu[s, a].fixed:
                 x[m.mu[s, a]] = float(mu[s, a] if not mdp.terminal[s] else mu[s].sum())
+    if hasattr(m, "fit_up"):
+        diff = Phat - kl_fit(mdp.P, mdp.K, mdp.floor)
+        for (s, a, t) in m.KSET:
+            x[m.fit_up[s, a, t]] = float(max(diff[s, a, t], 0.0))
+            x[m.fit_down[s, a, t]] = float(max(-diff[s, a, t], 0.0))
     if hasattr(m, "kl"):
         kl = kl_rows(mdp.P, Phat)
         for (s, a) in m.SA:
@@ -340,13 +345,17 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
     if ipopt_mode not in ("auto", "homotopy", "polish"):
         raise ValueError(f"unknown ipopt_mode {ipopt_mode!r} (auto | homotopy | polish)")
     t0 = time.perf_counter()
+    polish_only = which == "ipopt" and (
+        ipopt_mode == "polish" or (ipopt_mode == "auto" and live_pairs(mdp) > POLISH_ONLY_PAIRS))
+    if polish_only and pal_reduction == "closed_form":
+        # the polish fixes one side of each pair to 0; a squared-norm side is degenerate there
+        pal_reduction = "closed_form_split"
     bm = build(mdp, formulation, alpha=alpha, pal_reduction=pal_reduction)
     m = bm.model
     if which == "scip":
         backend = Scip(time_limit=time_limit, gap=SCIP_GAP, abs_gap=SCIP_ABS_GAP)
         reduction, kw = ExactProduct(), {}
     elif which == "ipopt":
-        polish_only = ipopt_mode == "polish" or (ipopt_mode == "auto" and live_pairs(mdp) > POLISH_ONLY_PAIRS)
         schedule, warm_schedule = ((), ()) if polish_only else (HOMOTOPY, WARM_SCHEDULE)
         backend, reduction = Ipopt(tol=1e-9, max_iter=3000), Scholtes(schedule=schedule)
         # cold starts: the model's current values (the build's start; in the interval steps the

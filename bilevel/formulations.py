@@ -47,7 +47,7 @@ FORMULATIONS = ("PAL", "MAL", "MAL_agent_reward", "MAL_random_noise")
 # MAL_random_noise: any alpha < 1 removes the hiding equilibrium when the uniform policy visits
 # every reachable pair; 0.5 is at the optimum on hidden_goal (SCIP, global).
 DEFAULT_ALPHA = {"MAL_agent_reward": 0.9999, "MAL_random_noise": 0.5}
-PAL_REDUCTIONS = ("closed_form", "kkt")
+PAL_REDUCTIONS = ("closed_form", "closed_form_split", "kkt")
 
 
 def resolve_alpha(formulation: str, alpha: float | None = None) -> float | None:
@@ -68,7 +68,7 @@ class BilevelModel:
     mdp: TabularMDP
     model: pyo.ConcreteModel
     alpha: float | None
-    reduction: str              # MAL family: "bellman"; PAL: "closed_form" | "kkt"
+    reduction: str              # MAL family: "bellman"; PAL: "closed_form" | "closed_form_split" | "kkt"
 
     @property
     def leader(self):
@@ -228,6 +228,18 @@ def _pal(m, mdp: TabularMDP, reduction: str) -> None:
             (m_.Phat[s, a, t] - float(p_eta[s, a, t])) ** 2 for t in range(S) if mdp.K[s, a, t]))
         m.best_response = Complementarity(m.SA, rule=lambda m_, s, a:
                                           complements(m_.mu[s, a] >= 0, m_.fit_error[s, a] >= 0))
+    elif reduction == "closed_form_split":
+        # the same best-response set with linear sides: Phat - P_eta = up - down, and per entry
+        # mu(s,a) ⊥ up(s,a,s'), mu(s,a) ⊥ down(s,a,s'). Nondegenerate, so an active-set polish
+        # can fix a branch (up = down = 0 is Phat = P_eta); more pairs, so not for SCIP
+        m.fit_up = pyo.Var(m.KSET, bounds=(0.0, 1.0), initialize=0.0)
+        m.fit_down = pyo.Var(m.KSET, bounds=(0.0, 1.0), initialize=0.0)
+        m.fit_split = pyo.Constraint(m.KSET, rule=lambda m_, s, a, t: m_.Phat[s, a, t] - float(p_eta[s, a, t])
+                                     == m_.fit_up[s, a, t] - m_.fit_down[s, a, t])
+        m.best_response_up = Complementarity(m.KSET, rule=lambda m_, s, a, t:
+                                             complements(m_.mu[s, a] >= 0, m_.fit_up[s, a, t] >= 0))
+        m.best_response_down = Complementarity(m.KSET, rule=lambda m_, s, a, t:
+                                               complements(m_.mu[s, a] >= 0, m_.fit_down[s, a, t] >= 0))
     else:
         n_k = int(mdp.K.sum(axis=-1).max())
         lam_hi = 1.0 / max(1e-12, 1.0 - n_k * eta)
