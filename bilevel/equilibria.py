@@ -102,8 +102,8 @@ class EquilibriumInterval:
         d.update({"certificate": self.certificate, "solver": self.solver, "starts": self.starts,
                   "leader_objective": self.leader_objective, "tolerance": self.tolerance,
                   "solver_gap": self.details.get("solver_gap"),
-                  **{k: self.details[k] for k in ("ends_at_leader_optimum", "snapped_to_best_response")
-                     if k in self.details},
+                  **{k: self.details[k] for k in ("ipopt_mode", "ends_at_leader_optimum",
+                                                  "snapped_to_best_response") if k in self.details},
                   "J": {"min": self.low.J, "max": self.high.J},
                   "episode_reward": ep,
                   "equilibria": {"min": self.low.to_json(), "max": self.high.to_json()}})
