@@ -27,7 +27,7 @@ from bilevel.formulations import BilevelModel, build, extract
 from bilevel.mdp import TabularMDP
 from bilevel.mpec import ExactProduct, MPECResult, Scholtes, solve_mpec
 from bilevel.occupancy import (episode_reward, kl_fit, kl_rows, model_loss, occupancy, policy_evaluation,
-                               uniform_policy, value_iteration)
+                               random_model, uniform_policy, value_iteration)
 from solvers.base import Status
 from solvers.ipopt import Ipopt
 from solvers.scip import Scip
@@ -240,8 +240,9 @@ def random_starts(bm: BilevelModel, n: int, seed: int = 0) -> list[ComponentMap]
     """`n` seeded random starts that satisfy every constraint but the leader's, completed by
     `starting_point` (so IPOPT starts on the flows, never from a box-random point, whose
     log(Phat) and bilinear terms stall it for thousands of iterations on gridworlds):
-    MAL family: Phat(.|s,a) = (1-l) P_eta + l D, D ~ Dirichlet(1) on K(s,a), l = 0 or U(0,1)
-                with probability 1/2 each, and pi greedy in Phat (an exact follower optimum);
+    MAL family: Phat(.|s,a) = (1-l) P_eta + l D, D = `random_model` (floored Dirichlet(1) on
+                K(s,a)), l = 0 or U(0,1) with probability 1/2 each, and pi greedy in Phat (an
+                exact follower optimum);
     PAL:        pi(.|s) one-hot or Dirichlet(1) with probability 1/2 each, Phat = P_eta where
                 mu_pi > 0 (the exact model best response) and D elsewhere."""
     mdp = bm.mdp
@@ -250,8 +251,7 @@ def random_starts(bm: BilevelModel, n: int, seed: int = 0) -> list[ComponentMap]
     Peta = kl_fit(mdp.P, mdp.K, mdp.floor)
     out = []
     for _ in range(n):
-        D = np.where(mdp.K, rng.gamma(1.0, size=mdp.K.shape), 0.0)
-        D /= np.maximum(D.sum(axis=-1, keepdims=True), 1e-300)
+        D = random_model(mdp.K, mdp.floor, rng)
         if bm.formulation == "PAL":
             pi = rng.dirichlet(np.ones(A), size=S)
             onehot = rng.random(S) < 0.5
@@ -260,9 +260,7 @@ def random_starts(bm: BilevelModel, n: int, seed: int = 0) -> list[ComponentMap]
             Phat = np.where(visited[:, :, None], Peta, D)
         else:
             lam = np.where(rng.random((S, A)) < 0.5, 0.0, rng.random((S, A)))[:, :, None]
-            Phat = (1.0 - lam) * Peta + lam * D
-            Phat = np.where(mdp.K, np.maximum(Phat, mdp.floor), 0.0)
-            Phat /= Phat.sum(axis=-1, keepdims=True)
+            Phat = (1.0 - lam) * Peta + lam * D     # both floored on K: so is the mixture
             _, pi = value_iteration(Phat, model_reward(mdp, Phat), mdp.gamma, tol=1e-10)
         out.append(starting_point(bm, pi, Phat))
     return out
@@ -286,8 +284,9 @@ def _tolerance(bm: BilevelModel, L: float) -> float:
 
 def _ipopt_best(m, backend, reduction, kw, warm_points, sense=pyo.minimize, warm_schedule=WARM_SCHEDULE):
     """Best of two IPOPT runs: `warm_points` (exact equilibria already: the structured starts,
-    then step 1's leader-optimal points) start a short homotopy from a small eps, so the
-    relaxation does not walk away from them; random starts run the full schedule."""
+    then step 1's leader-optimal points) run `warm_schedule` (a short homotopy from a small eps,
+    so the relaxation does not walk away from them; () in polish mode) with WARM_IPOPT; the
+    cold starts in `kw` run `reduction`'s full schedule."""
     warm_backend = Ipopt(tol=backend.tol, max_iter=backend.max_iter, options=WARM_IPOPT)
     warm = solve_mpec(m, Scholtes(schedule=warm_schedule), warm_backend, starts=0, x0s=warm_points)
     cold = solve_mpec(m, reduction, backend, **kw)

@@ -322,7 +322,6 @@ def polish(nlp, inv: InverseData):
             side.setub(ub)
 
 
-
 def solve_mpec(model, reduction, backend, starts: int = 1, seed: int = 0, x0s=(),
                keep_distinct: bool = True, *, box: float = 10.0, comp_tol: float | None = None,
                obj_tol: float = 1e-6, x_tol: float = 1e-4, polish_active_set: bool = True

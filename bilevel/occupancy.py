@@ -186,6 +186,14 @@ def model_loss(P: np.ndarray, Phat: np.ndarray, mu: np.ndarray) -> float:
     return float(np.sum(np.where(mu > 0, mu * kl, 0.0)))
 
 
+def random_model(K: np.ndarray, floor: float, rng: np.random.Generator) -> np.ndarray:
+    """N(.|s,a) ~ Dirichlet(1) over the support K(s,a), floored at `floor` and renormalized
+    (rows with an empty support stay 0)."""
+    N = np.where(K, rng.gamma(1.0, size=K.shape), 0.0)
+    N = np.where(K, np.maximum(N / np.maximum(N.sum(-1, keepdims=True), 1e-300), floor), 0.0)
+    return N / np.maximum(N.sum(-1, keepdims=True), 1e-300)
+
+
 def kl_fit(P: np.ndarray, K: np.ndarray, floor: float) -> np.ndarray:
     """Closed-form best response of the model follower, per (s,a):
         argmin_Q KL(P || Q)  s.t.  sum Q = 1,  Q >= floor on K,  Q = 0 off K.

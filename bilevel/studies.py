@@ -45,7 +45,8 @@ import numpy as np
 from bilevel.garnet import garnet
 from bilevel.mdp import TabularMDP, load_mdp, mdp_from_dict, mdp_to_dict
 from bilevel.occupancy import (kl_fit, kl_rows, model_loss, occupancy,
-                               policy_return, tv_distance, uniform_policy, value_iteration)
+                               policy_return, random_model, tv_distance, uniform_policy,
+                               value_iteration)
 
 ROOT = Path(__file__).resolve().parent.parent
 VIOLATION_TOL = 1e-9
@@ -128,13 +129,6 @@ def check_instance(mdp: TabularMDP, Q: np.ndarray, pi: np.ndarray, J_star: float
                            **labels)
 
 
-def random_model(mdp: TabularMDP, rng: np.random.Generator) -> np.ndarray:
-    """N(.|s,a) ~ Dirichlet(1) over K(s,a), floored at eta and renormalized."""
-    N = np.where(mdp.K, rng.gamma(1.0, size=mdp.P.shape), 0.0)
-    N = np.where(mdp.K, np.maximum(N / N.sum(-1, keepdims=True), mdp.floor), 0.0)
-    return N / N.sum(-1, keepdims=True)
-
-
 def sample_fit(mdp: TabularMDP, n: int, rng: np.random.Generator) -> np.ndarray:
     """Q = (counts + 1) / (n_sa + |K(s,a)|) over K from n transitions with (s,a) ~ mu_M^uniform,
     s' ~ P(.|s,a) (add-one smoothing; unvisited pairs get the uniform row over K)."""
@@ -178,7 +172,7 @@ def theorem_instances(mdp: TabularMDP, rng: np.random.Generator,
                       lams=(0.0, 0.01, 0.1, 0.5), ns=(50, 500, 5000)) -> list[TheoremInstance]:
     """All (model, policy) combinations on one MDP, each checked."""
     J_star, _ = optimal_return(mdp.P, mdp.r, mdp.rho0, mdp.gamma)
-    fit, N = kl_fit(mdp.P, mdp.K, mdp.floor), random_model(mdp, rng)
+    fit, N = kl_fit(mdp.P, mdp.K, mdp.floor), random_model(mdp.K, mdp.floor, rng)
     models = [("perturbed_fit", lam, (1 - lam) * fit + lam * N) for lam in lams]
     models += [("samples", float(n), sample_fit(mdp, n, rng)) for n in ns]
     out = []
