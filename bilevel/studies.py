@@ -518,40 +518,84 @@ def pal_closed_form(mdp: TabularMDP) -> FixResult:
                      seconds=time.perf_counter() - t0)
 
 
+def fixes_settings(seed, alphas, solver, time_limit, with_pal, agent_solver, agent_alphas) -> dict:
+    """What a cached per-MDP result of the fixes study depends on (besides the MDP index)."""
+    return {"seed": seed, "alphas": [float(a) for a in alphas], "solver": solver,
+            "time_limit": float(time_limit), "with_pal": bool(with_pal),
+            "agent_solver": agent_solver, "agent_alphas": [float(a) for a in agent_alphas]}
+
+
+def fixes_for_mdp(i: int, settings: dict, with_agent: bool, cache: Path | None = None,
+                  fresh: bool = False) -> list[FixResult]:
+    """All formulations of the fixes study on MDP number i. With a cache directory, the results
+    are stored in cache/fixes{i}.json with their settings and reused by a later run with the
+    same settings (so a long study can be resumed, or split across processes with --shard)."""
+    f_cache = None if cache is None else cache / f"fixes{i}.json"
+    if f_cache is not None and f_cache.exists() and not fresh:
+        stored = json.loads(f_cache.read_text())
+        if stored["settings"] == settings and stored["with_agent"] >= with_agent:
+            return [FixResult(**r) for r in stored["results"]
+                    if with_agent or r["formulation"] != "MAL_agent_reward"]
+    mdp = fixes_mdp(i, settings["seed"])
+    solver, tl = settings["solver"], settings["time_limit"]
+    todo = [("MAL", None)] + [("MAL_random_noise", a) for a in settings["alphas"]]
+    if settings["with_pal"]:
+        todo.append(("PAL", None))
+    results = [worst_gap(mdp, f, a, solver, tl) for f, a in todo]
+    if with_agent:
+        agent_solver = settings["agent_solver"]
+        results += [worst_gap(mdp, "MAL_agent_reward", a, agent_solver, tl,
+                              starts=1 if agent_solver == "ipopt" else 8)
+                    for a in settings["agent_alphas"]]
+    results.append(pal_closed_form(mdp))
+    if f_cache is not None:
+        f_cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f_cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"settings": settings, "with_agent": with_agent,
+                                   "results": [asdict(r) for r in results]}, default=float))
+        tmp.replace(f_cache)
+    return results
+
+
 def run_fixes(n_mdps: int, seed: int, alphas, out: Path, solver: str = "scip",
               time_limit: float = 10.0, with_pal: bool = True, agent_mdps: int | None = None,
-              agent_solver: str = "ipopt", agent_alphas=None) -> dict:
+              agent_solver: str = "ipopt", agent_alphas=None, shard: tuple[int, int] = (0, 1),
+              cache: bool = True, fresh: bool = False) -> dict | None:
     """Worst-case gaps of MAL, MAL + agent reward (alpha), MAL + random noise (alpha) and PAL
     over n_mdps random MDPs, then plain MAL on the deterministic and ergodic hidden goals.
     MAL + agent reward is the expensive one (SCIP did not certify it within 15 s even on
     3-state Garnets; IPOPT with one random start takes ~30 s): it is solved with `agent_solver`
-    (one start for IPOPT) on the first `agent_mdps` MDPs only (None: all), at `agent_alphas`."""
+    (one start for IPOPT) on the first `agent_mdps` MDPs only (None: all), at `agent_alphas`.
+    Per-MDP results are cached under out/fixes_cache (reused when the settings match, unless
+    `fresh`). shard = (k, n) solves only the MDPs i with i % n == k and returns None without the
+    summary: run n shards in parallel, then once unsharded to print the table from the cache."""
     agent_alphas = alphas if agent_alphas is None else agent_alphas
     agent_mdps = n_mdps if agent_mdps is None else agent_mdps
+    settings = fixes_settings(seed, alphas, solver, time_limit, with_pal, agent_solver,
+                              agent_alphas)
+    cache_dir = out / "fixes_cache" if cache else None
     results: list[FixResult] = []
     t0 = time.perf_counter()
+    k, n_shards = shard
     for i in range(n_mdps):
-        mdp = fixes_mdp(i, seed)
-        todo = [("MAL", None)] + [("MAL_random_noise", a) for a in alphas]
-        if with_pal:
-            todo.append(("PAL", None))
-        for f, a in todo:
-            results.append(worst_gap(mdp, f, a, solver, time_limit))
-        if i < agent_mdps:
-            for a in agent_alphas:
-                results.append(worst_gap(mdp, "MAL_agent_reward", a, agent_solver, time_limit,
-                                         starts=1 if agent_solver == "ipopt" else 8))
-        results.append(pal_closed_form(mdp))
-        done = [r for r in results if r.mdp == mdp.name]
-        print(f"  {mdp.name}: " + ", ".join(
+        if i % n_shards != k:
+            continue
+        done = fixes_for_mdp(i, settings, i < agent_mdps, cache_dir, fresh)
+        results += done
+        print(f"  {done[0].mdp}: " + ", ".join(
             f"{r.formulation}{'' if r.alpha is None else f'({r.alpha:g})'}="
             f"{r.gap:.3g}" for r in done), flush=True)
+    if n_shards > 1:
+        return None
     print(f"\nfixes: {n_mdps} random MDPs (S 3..4, A 2, gamma 0.9, start in s0), solver {solver}, "
-          f"SCIP time limit {time_limit:g} s per solve, {time.perf_counter() - t0:.0f} s; "
+          f"SCIP time limit {time_limit:g} s per solve; "
           f"MAL_agent_reward on the first {min(agent_mdps, n_mdps)} MDPs with {agent_solver}; "
-          "gap = J* - min J over equilibria (discounted); failed = not certified (not counted)")
-    print(f"{'formulation':>18} {'alpha':>6} {'solved':>7} {'failed':>7} {'max gap':>9} "
-          f"{'mean gap':>9} {'#gap>1e-3':>9}")
+          f"solver time {sum(r.seconds for r in results):.0f} s (this run "
+          f"{time.perf_counter() - t0:.0f} s, the rest cached); "
+          "gap = J* - min J over equilibria found (discounted); global = SCIP-certified, "
+          "the other solved ones are local (IPOPT); failed = no certified end (not counted)")
+    print(f"{'formulation':>18} {'alpha':>6} {'solved':>7} {'global':>7} {'failed':>7} "
+          f"{'max gap':>9} {'mean gap':>9} {'#gap>1e-3':>9}")
     table = []
     keys = sorted({(r.formulation, r.alpha) for r in results},
                   key=lambda k: (["MAL", "MAL_agent_reward", "MAL_random_noise", "PAL",
@@ -561,12 +605,13 @@ def run_fixes(n_mdps: int, seed: int, alphas, out: Path, solver: str = "scip",
         rs = [r for r in results if r.formulation == f and r.alpha == a]
         g = np.array([r.gap for r in rs if r.ok])
         e = dict(formulation=f, alpha=a, solved=int(g.size), failed=len(rs) - int(g.size),
+                 n_global=sum(r.ok and r.certificate in ("global", "closed_form") for r in rs),
                  max_gap=float(g.max()) if g.size else float("nan"),
                  mean_gap=float(g.mean()) if g.size else float("nan"),
                  n_bad=int((g > 1e-3).sum()))
         table.append(e)
-        print(f"{f:>18} {'-' if a is None else f'{a:g}':>6} {e['solved']:>7} {e['failed']:>7} "
-              f"{e['max_gap']:>9.4g} {e['mean_gap']:>9.4g} {e['n_bad']:>9}")
+        print(f"{f:>18} {'-' if a is None else f'{a:g}':>6} {e['solved']:>7} {e['n_global']:>7} "
+              f"{e['failed']:>7} {e['max_gap']:>9.4g} {e['mean_gap']:>9.4g} {e['n_bad']:>9}")
     named = []
     print("\nplain MAL on the named hidden-goal variants:")
     for f in ("hidden_goal_deterministic.yaml", "hidden_goal_ergodic.yaml"):
@@ -623,6 +668,11 @@ def main(argv=None) -> int:
     f.add_argument("--agent-solver", default="ipopt", choices=("scip", "ipopt", "auto"))
     f.add_argument("--no-pal", action="store_true",
                    help="skip the PAL MPEC (the closed-form PAL column is always computed)")
+    f.add_argument("--shard", default="0/1", metavar="K/N",
+                   help="solve only the MDPs i with i %% N == K (no summary); run the N shards in "
+                        "parallel, then once without --shard to print the table from the cache")
+    f.add_argument("--fresh", action="store_true",
+                   help="ignore per-MDP results cached under OUT/fixes_cache")
     for s in (t, c, f):
         s.add_argument("--out", default="studies_out")
         s.add_argument("--solver", default="scip" if s is f else "auto",
@@ -637,8 +687,14 @@ def main(argv=None) -> int:
         run_counterexample(a.scales, out, a.solver, a.time_limit)
         return 0
     if a.cmd == "fixes":
+        try:
+            k, n = (int(x) for x in a.shard.split("/"))
+            assert 0 <= k < n
+        except (ValueError, AssertionError):
+            print(f"error: --shard: expected K/N with 0 <= K < N, got {a.shard!r}")
+            return 2
         run_fixes(a.mdps, a.seed, a.alphas, out, a.solver, a.time_limit, not a.no_pal,
-                  a.agent_mdps, a.agent_solver, a.agent_alphas)
+                  a.agent_mdps, a.agent_solver, a.agent_alphas, shard=(k, n), fresh=a.fresh)
         return 0
     return 2
 

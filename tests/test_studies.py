@@ -103,3 +103,39 @@ def test_early_stopped_mpec_iterates_are_checked_and_approach_the_optimum():
     assert not any(r.violation for r in rows)
     assert all(r.bound > 0 and r.eps_M > 0 for r in rows)
     assert rows[1].gap < rows[0].gap
+
+
+def test_fixes_shards_cache_and_summary(tmp_path, monkeypatch):
+    """Shards solve disjoint MDPs into the cache; the unsharded run then solves nothing new
+    (only the two named MDPs), and a changed setting invalidates the cache."""
+    import bilevel.studies as st
+    calls = []
+
+    def fake_gap(mdp, f, a=None, solver="scip", time_limit=10.0, starts=8):
+        calls.append((mdp.name, f, a))
+        return st.FixResult(mdp=mdp.name, formulation=f, alpha=a, ok=f != "MAL_random_noise",
+                            gap=2.0 if f == "MAL" else 0.1, solver=solver,
+                            certificate="global", seconds=0.0)
+
+    monkeypatch.setattr(st, "worst_gap", fake_gap)
+    kw = dict(with_pal=False, agent_mdps=1, agent_alphas=[0.9])
+    assert st.run_fixes(3, 0, [0.5], tmp_path, shard=(0, 2), **kw) is None
+    assert {c[0].split("_")[0] for c in calls} == {"fixes0", "fixes2"}
+    st.run_fixes(3, 0, [0.5], tmp_path, shard=(1, 2), **kw)
+    assert sorted(p.name for p in (tmp_path / "fixes_cache").iterdir()) == [
+        "fixes0.json", "fixes1.json", "fixes2.json"]
+    calls.clear()
+    pay = st.run_fixes(3, 0, [0.5], tmp_path, **kw)
+    assert [c[0] for c in calls] == ["hidden_goal_deterministic", "hidden_goal_ergodic"]
+    rows = {(e["formulation"], e["alpha"]): e for e in pay["table"]}
+    assert rows[("MAL", None)]["max_gap"] == 2.0 and rows[("MAL", None)]["n_bad"] == 3
+    assert rows[("MAL_agent_reward", 0.9)]["solved"] == 1          # first MDP only
+    assert rows[("MAL_random_noise", 0.5)]["failed"] == 3          # failed ones are not counted
+    calls.clear()
+    st.run_fixes(3, 0, [0.5, 0.9], tmp_path, shard=(0, 2), **kw)  # new alphas: recomputed
+    assert len(calls) == 4 + 3                 # MAL, 2 noise (+ agent reward on MDP 0)
+
+
+def test_fixes_cli_rejects_a_bad_shard(tmp_path):
+    from bilevel.studies import main
+    assert main(["fixes", "--shard", "2/2", "--out", str(tmp_path)]) == 2
