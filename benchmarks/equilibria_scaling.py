@@ -1,21 +1,28 @@
-"""Exact-equilibria time vs MDP size on gridworlds: IPOPT (MAL) vs SCIP (MAL, time limit) vs
-the HiGHS occupancy LP (the floor: one LP of the same MDP, no bilevel structure).
+"""Exact-equilibria time and memory vs MDP size on gridworlds: IPOPT vs SCIP (time limit) vs the
+HiGHS occupancy LP (the floor: one LP of the same MDP, no bilevel structure).
 
-Gridworlds R x C are generated in code: start top-left, a decoy D (reward 1,
-terminal) below it, a goal G (0.75 per step) in the far corner, slip 0.1, gamma 0.95, model
-support `neighbors`. For each size the script measures, in this run:
-  - HiGHS: `occupancy_lp` (the MDP's own LP),
-  - IPOPT: `solve_formulation(mdp, "MAL", solver="ipopt", starts=1)` (leader optimum + both ends
-    of the equilibrium interval, Scholtes homotopy, local certificate),
-  - SCIP:  `solve_formulation(mdp, "MAL", solver="scip", time_limit=T)` (global; "timeout" when
-    it does not certify within T per solve),
-plus peak memory (tracemalloc, Python allocations only) of the IPOPT run, the ratios to HiGHS,
-and a least-squares fit of log(IPOPT time) on log(S*A): time ~ c (S*A)^p.
+Gridworlds n x n are generated in code: start top-left, a decoy D (reward 1, terminal) below it,
+a goal G (0.75 per step) in the far corner, slip 0.1, gamma 0.95, model support `neighbors`.
+The formulation is MAL. Every measurement runs in its own subprocess, so its peak resident
+memory (ru_maxrss: Python, Pyomo, CasADi, IPOPT/MUMPS, SCIP; ~150 MB of it is the interpreter
+with the imports) belongs to that solve alone. Per size:
+  - HiGHS:  `occupancy_lp` (the MDP's own LP);
+  - IPOPT:  one MPEC solve, MAL's leader optimum min_{Phat, pi} loss s.t. the follower's KKT
+            conditions, from one structured start (the floored fit's greedy policy), in the
+            engine's large-MDP mode: the active-set polish of that start's complementarity
+            branch (`--ipopt-reduction homotopy` runs the Scholtes homotopy first);
+  - interval: `solve_formulation(mdp, "MAL", solver="ipopt", starts=1, ipopt_mode=...)`, the
+            whole equilibrium interval (leader optimum + min and max J ends, 3 structured
+            starts + 1 cold start each), local;
+  - SCIP:   the same leader-optimum MPEC, globally (ExactProduct reduction), with `--scip-limit`;
+            "timeout" when it does not prove optimality within the limit.
+A solver stops growing after its first size over `--limit` seconds (that size is reported).
+Printed: times, ratios to HiGHS measured in this run, peak RSS, the largest grid each solver
+finishes within `--limit` (default 60 s), and the least-squares fit log t = p log(S*A) + c of
+the IPOPT leader time, over all sizes and over the largest half. Timings are figures of one run
+on this machine, never test assertions.
 
-    python benchmarks/equilibria_scaling.py [--sizes 3 4 5 6] [--scip-limit 60] [--ipopt-limit 120]
-
-Sizes stop growing for a solver once it exceeds its limit (that size is reported, larger
-ones skipped). Timings are figures of one run on this machine, never test assertions.
+    python benchmarks/equilibria_scaling.py [--sizes 3 4 5 6 8 10 12 15 20] [--limit 60]
 """
 from __future__ import annotations
 
@@ -23,14 +30,18 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
+import threading
 import time
-import tracemalloc
+from pathlib import Path
 
 import numpy as np
 
-from bilevel.equilibria import solve_formulation
-from bilevel.mdp import mdp_from_dict
-from bilevel.occupancy import occupancy_lp
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bilevel.mdp import mdp_from_dict  # noqa: E402
 
 
 def grid_mdp(size: str):
@@ -50,96 +61,136 @@ def grid_mdp(size: str):
     return mdp_from_dict(spec, source=f"<grid {R}x{C}>")
 
 
-def ipopt_leader_only(mdp):
-    """One MPEC solve: MAL's leader optimum from one structured start (the floored fit's greedy
-    policy), Scholtes homotopy + polish, IPOPT. Returns the MPECResult."""
+def leader_mpec(mdp, solver: str, reduction: str, time_limit: float):
+    """One MPEC solve of MAL's leader optimum: IPOPT from the first structured start (polish
+    only, or the Scholtes homotopy then polish), or SCIP globally. Returns the MPECResult."""
     import pyomo.environ as pyo
-    from bilevel.equilibria import structured_starts
+    from bilevel.equilibria import HOMOTOPY, structured_starts
     from bilevel.formulations import build
-    from bilevel.mpec import Scholtes, solve_mpec
-    from solvers.ipopt import Ipopt
+    from bilevel.mpec import ExactProduct, Scholtes, solve_mpec
     bm = build(mdp, "MAL")
     m = bm.model
     for obj in list(m.component_objects(pyo.Objective, active=True)):
         obj.deactivate()
     m.bench_obj = pyo.Objective(expr=m.leader, sense=pyo.minimize)
-    return solve_mpec(m, Scholtes(), Ipopt(tol=1e-9, max_iter=3000), starts=0,
+    if solver == "scip":
+        from solvers.scip import Scip
+        return solve_mpec(m, ExactProduct(), Scip(time_limit=time_limit, gap=1e-6, abs_gap=1e-9))
+    from solvers.ipopt import Ipopt
+    schedule = () if reduction == "polish" else HOMOTOPY
+    return solve_mpec(m, Scholtes(schedule=schedule), Ipopt(tol=1e-9, max_iter=3000), starts=0,
                       x0s=structured_starts(bm)[:1])
 
 
-def timed(fn):
+def worker(size: str, what: str, reduction: str, time_limit: float) -> dict:
+    """One measurement (run in a subprocess by `measure`); the clock starts after the imports."""
+    import bilevel.equilibria  # noqa: F401 - imports Pyomo, CasADi, cyipopt, pyscipopt
+    from bilevel.equilibria import solve_formulation
+    from bilevel.occupancy import occupancy_lp
+    mdp = grid_mdp(size)
     t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
+    if what == "highs":
+        lp = occupancy_lp(mdp.P, mdp.r, mdp.rho0, mdp.gamma)
+        return {"s": time.perf_counter() - t0, "ok": True, "J": lp.J, "status": "optimal"}
+    if what == "interval":
+        res = solve_formulation(mdp, "MAL", solver="ipopt", starts=1, ipopt_mode=reduction)
+        return {"s": time.perf_counter() - t0, "ok": res.ok,
+                "J": [res.low.J, res.high.J] if res.ok else None,
+                "status": res.certificate if res.ok else res.reason}
+    res = leader_mpec(mdp, what, reduction, time_limit)
+    status = ("global" if res.certificate == "global" else "local") if res.ok else (
+        "timeout" if what == "scip" and "time" in res.message.lower() else res.status.value)
+    return {"s": time.perf_counter() - t0, "ok": res.ok, "status": status,
+            "L": float(res.objective) if res.ok else None}
+
+
+def measure(size: str, what: str, reduction: str, time_limit: float, kill_after: float) -> dict:
+    """Run `worker` in a fresh interpreter; add its peak RSS (MB). Killed after kill_after s."""
+    cmd = [sys.executable, __file__, "--worker", size, what, "--ipopt-reduction", reduction,
+           "--scip-limit", str(time_limit)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                         cwd=ROOT)
+    timer = threading.Timer(kill_after, p.kill)
+    timer.start()
+    out = p.stdout.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    timer.cancel()
+    rss = usage.ru_maxrss / 1024
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+    if status != 0 or not lines:
+        return {"s": kill_after, "ok": False, "status": f"killed after {kill_after:.0f} s"
+                if status == 9 or os.WIFSIGNALED(status) else f"exit {status}", "rss_mb": rss}
+    return {**json.loads(lines[-1]), "rss_mb": rss}
+
+
+def fit(points) -> tuple[float, float] | None:
+    """Least squares log t = p log(SA) + log c; returns (p, c)."""
+    if len(points) < 2:
+        return None
+    x, y = np.log([q[0] for q in points]), np.log([q[1] for q in points])
+    p, c = np.polyfit(x, y, 1)
+    return float(p), float(np.exp(c))
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sizes", nargs="+", default=["1x3", "2x2", "1x6", "2x4", "3x3", "3x4"],
-                   help="RxC grids (or n for n x n)")
-    p.add_argument("--scip-limit", type=float, default=60.0)
-    p.add_argument("--ipopt-limit", type=float, default=120.0,
-                   help="skip larger sizes for IPOPT once one run exceeds this")
+    p.add_argument("--sizes", nargs="+", default=["3", "4", "5", "6", "8", "10", "12", "15", "20"],
+                   help="n (n x n grid) or RxC")
+    p.add_argument("--limit", type=float, default=60.0,
+                   help="a solver stops growing after its first size over this many seconds")
+    p.add_argument("--scip-limit", type=float, default=60.0, help="SCIP time limit per solve")
+    p.add_argument("--kill-after", type=float, default=600.0,
+                   help="kill a measurement after this many seconds")
+    p.add_argument("--ipopt-reduction", choices=("polish", "homotopy"), default="polish")
+    p.add_argument("--no-interval", action="store_true", help="skip the full-interval column")
     p.add_argument("--json", default=None)
-    p.add_argument("--ipopt-mode", choices=("interval", "leader"), default="interval",
-                   help="interval: solve_formulation (3 MPEC solves, 1 random + structured "
-                        "starts); leader: one MPEC solve of the leader optimum from one start")
+    p.add_argument("--worker", nargs=2, metavar=("SIZE", "WHAT"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
-          f"(shared), python {platform.python_version()}")
-    print(f"{'grid':>6} {'S':>4} {'S*A':>5} {'HiGHS s':>8} {'IPOPT s':>8} {'IPOPT/LP':>9} "
-          f"{'peak MB':>8} {'J_low':>7} {'SCIP s':>8} {'SCIP/LP':>8} {'SCIP status':>12}")
-    rows, ipopt_on, scip_on = [], True, True
+    if a.worker:
+        print(json.dumps(worker(*a.worker, a.ipopt_reduction, a.scip_limit), default=float))
+        return 0
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"python {platform.python_version()}; IPOPT reduction: {a.ipopt_reduction}; "
+          f"SCIP limit {a.scip_limit:g} s; growth stops past {a.limit:g} s")
+    cols = ["ipopt"] + ([] if a.no_interval else ["interval"]) + ["scip"]
+    print(f"{'grid':>6} {'S':>4} {'S*A':>5} {'HiGHS s':>8} {'MB':>5} | "
+          + " | ".join(f"{c + ' s':>11} {'/LP':>7} {'MB':>5} {'status':>9}" for c in cols))
+    rows, growing = [], dict.fromkeys(cols, True)
     for n in a.sizes:
         mdp = grid_mdp(n)
-        S, A = mdp.n_states, mdp.n_actions
-        lp, t_lp = timed(lambda: occupancy_lp(mdp.P, mdp.r, mdp.rho0, mdp.gamma))
-        row = {"grid": mdp.name.removeprefix("grid_"), "S": S, "A": A, "SA": S * A, "highs_s": t_lp,
-               "J_star": lp.J}
-        if ipopt_on:
-            tracemalloc.start()
-            if a.ipopt_mode == "interval":
-                res, t = timed(lambda: solve_formulation(mdp, "MAL", solver="ipopt", starts=1))
-                ok, J_low, why = res.ok, (res.low.J if res.ok else None), res.reason
-            else:
-                res, t = timed(lambda: ipopt_leader_only(mdp))
-                ok, J_low, why = res.ok, None, str(res.status.value)
-            peak = tracemalloc.get_traced_memory()[1] / 2**20
-            tracemalloc.stop()
-            row.update(ipopt_s=t, ipopt_ok=ok, ipopt_peak_mb=peak, ipopt_J_low=J_low,
-                       ipopt_reason=why, ipopt_mode=a.ipopt_mode)
-            ipopt_on = t <= a.ipopt_limit
-        if scip_on:
-            res, t = timed(lambda: solve_formulation(mdp, "MAL", solver="scip",
-                                                     time_limit=a.scip_limit))
-            row.update(scip_s=t, scip_ok=res.ok,
-                       scip_status="global" if res.ok else ("timeout" if "timelimit" in res.reason
-                                                            else "failed"),
-                       scip_reason=res.reason)
-            scip_on = "timelimit" not in res.reason   # stop growing only on a timeout
+        row = {"grid": mdp.name.removeprefix("grid_"), "S": mdp.n_states, "A": mdp.n_actions,
+               "SA": mdp.n_states * mdp.n_actions,
+               "highs": measure(n, "highs", a.ipopt_reduction, a.scip_limit, a.kill_after)}
+        for c in cols:
+            if growing[c]:
+                row[c] = measure(n, c, a.ipopt_reduction, a.scip_limit, a.kill_after)
+                growing[c] = row[c]["ok"] and row[c]["s"] <= a.limit
         rows.append(row)
-        f = lambda k, w, fmt: (format(row[k], fmt) if row.get(k) is not None else "-").rjust(w)
-        ratio = lambda k: (format(row[k] / t_lp, ".0f") if row.get(k) else "-")
-        print(f"{row['grid']:>6} {S:>4} {S * A:>5} {t_lp:>8.4f} {f('ipopt_s', 8, '.2f')} "
-              f"{ratio('ipopt_s'):>9} {f('ipopt_peak_mb', 8, '.1f')} {f('ipopt_J_low', 7, '.3f')} "
-              f"{f('scip_s', 8, '.2f')} {ratio('scip_s'):>8} {row.get('scip_status', '-'):>12}",
-              flush=True)
-    pts = [(r["SA"], r["ipopt_s"]) for r in rows if r.get("ipopt_ok")]
-    fit = None
-    if len(pts) >= 2:
-        x, y = np.log([p_[0] for p_ in pts]), np.log([p_[1] for p_ in pts])
-        slope, icpt = np.polyfit(x, y, 1)
-        fit = {"exponent": float(slope), "coef": float(np.exp(icpt)), "points": len(pts)}
-        print(f"IPOPT time ~ {fit['coef']:.3g} (S*A)^{slope:.2f}  (least squares on "
-              f"{len(pts)} sizes)")
-    largest = {k: max((r for r in rows if r.get(f"{k}_ok") and r[f"{k}_s"] <= 60),
+        lp = row["highs"]["s"]
+
+        def cell(c):
+            r = row.get(c)
+            if r is None:
+                return f"{'-':>11} {'-':>7} {'-':>5} {'(skipped)':>9}"
+            return (f"{r['s']:>11.2f} {r['s'] / lp:>7.0f} {r['rss_mb']:>5.0f} "
+                    f"{str(r['status'])[:9]:>9}")
+        print(f"{row['grid']:>6} {row['S']:>4} {row['SA']:>5} {lp:>8.4f} "
+              f"{row['highs']['rss_mb']:>5.0f} | " + " | ".join(cell(c) for c in cols), flush=True)
+
+    pts = [(r["SA"], r["ipopt"]["s"]) for r in rows if r.get("ipopt", {}).get("ok")]
+    fits = {"all": fit(pts), "largest_half": fit(pts[len(pts) // 2:])}
+    for k, f in fits.items():
+        if f:
+            print(f"IPOPT leader time ~ {f[1]:.3g} (S*A)^{f[0]:.2f}  (least squares, {k} of the "
+                  f"{len(pts)} solved sizes)")
+    largest = {c: max((r for r in rows if r.get(c, {}).get("ok") and r[c]["s"] <= a.limit),
                       default={"grid": None}, key=lambda r: r["S"])["grid"]
-               for k in ("ipopt", "scip")}
-    print(f"largest grid within 60 s: IPOPT {largest['ipopt']}, SCIP {largest['scip']}, "
-          f"HiGHS all sizes run ({rows[-1]['grid']} in {rows[-1]['highs_s']:.4f} s)")
+               for c in ["highs"] + cols}
+    print(f"largest grid within {a.limit:g} s: " + ", ".join(f"{c} {g}" for c, g in largest.items()))
     if a.json:
-        with open(a.json, "w") as fh:
-            json.dump({"rows": rows, "fit": fit, "largest_60s": largest}, fh, indent=1)
+        Path(a.json).write_text(json.dumps({"rows": rows, "fits": fits, "largest": largest,
+                                            "limit": a.limit}, indent=1, default=float))
     return 0
 
 
