@@ -64,15 +64,12 @@ def grid_mdp(size: str):
 def leader_mpec(mdp, solver: str, reduction: str, time_limit: float):
     """One MPEC solve of MAL's leader optimum: IPOPT from the first structured start (polish
     only, or the Scholtes homotopy then polish), or SCIP globally. Returns the MPECResult."""
-    import pyomo.environ as pyo
-    from bilevel.equilibria import HOMOTOPY, structured_starts
+    from bilevel.equilibria import HOMOTOPY, set_objective, structured_starts
     from bilevel.formulations import build
     from bilevel.mpec import ExactProduct, Scholtes, solve_mpec
     bm = build(mdp, "MAL")
     m = bm.model
-    for obj in list(m.component_objects(pyo.Objective, active=True)):
-        obj.deactivate()
-    m.bench_obj = pyo.Objective(expr=m.leader, sense=pyo.minimize)
+    set_objective(m, m.leader)
     if solver == "scip":
         from solvers.scip import Scip
         return solve_mpec(m, ExactProduct(), Scip(time_limit=time_limit, gap=1e-6, abs_gap=1e-9))

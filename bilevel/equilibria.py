@@ -268,7 +268,8 @@ def random_starts(bm: BilevelModel, n: int, seed: int = 0) -> list[ComponentMap]
 
 # --------------------------------------------------------------------------- solving
 
-def _objective(m, expr, sense=pyo.minimize):
+def set_objective(m, expr, sense=pyo.minimize):
+    """Make `sense expr` the model's one objective (m.eq_objective), replacing the previous."""
     if m.component("eq_objective") is not None:
         m.del_component("eq_objective")
     m.eq_objective = pyo.Objective(expr=expr, sense=sense)
@@ -369,7 +370,7 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
     structured = ()
 
     say(f"{formulation}: leader optimum ({which})")
-    _objective(m, m.leader)
+    set_objective(m, m.leader)
     if which == "ipopt":
         structured = kw["x0s"]
         kw = dict(kw, x0s=random_starts(bm, max(0, starts - 1), seed))
@@ -388,7 +389,7 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
     ends, fallbacks, snapped = {}, {}, {}
     for name, sense in (("min", pyo.minimize), ("max", pyo.maximize)):
         say(f"{formulation}: {name} J(pi, M) over equilibria ({which})")
-        _objective(m, m.true_return, sense)
+        set_objective(m, m.true_return, sense)
         if which == "ipopt":
             res = _ipopt_best(m, backend, reduction, kw,
                               list(structured) + [p for _, p in lead.solutions], sense, warm_schedule)

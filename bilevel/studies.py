@@ -191,13 +191,13 @@ def early_stopped_instances(mdp: TabularMDP, iters=(1, 3, 10, 30)) -> list[Theor
     """Approximate PAL solutions as an optimizer leaves them: IPOPT on PAL's MPEC (Scholtes
     eps = 1e-2, from the uniform policy with the fitted model) stopped after k iterations; the
     iterate's (pi, Phat), projected on the simplices, is checked with its measured premises."""
-    from bilevel.equilibria import _objective, starting_point
+    from bilevel.equilibria import set_objective, starting_point
     from bilevel.formulations import build, extract
     from bilevel.mpec import Scholtes
     from solvers.ipopt import Ipopt
     J_star, _ = optimal_return(mdp.P, mdp.r, mdp.rho0, mdp.gamma)
     bm = build(mdp, "PAL")
-    _objective(bm.model, bm.leader)
+    set_objective(bm.model, bm.leader)
     red = Scholtes(schedule=(1e-2,))
     model, inv = red.apply(bm.model)
     try:
