@@ -1,4 +1,4 @@
-"""`python -m bilevel.report FILE [--runs DIR] [--out reports/NAME]`: a self-contained report.
+"""`python -m bilevel.report FILE [--runs DIR] [--studies DIR] [--out reports/NAME]`: a self-contained report.
 
 Writes OUT/index.html (PNGs embedded as base64, no network, no JS), OUT/report.md, OUT/*.png,
 OUT/data.json holding every number shown, and OUT/equilibria.json (the solve document, to pass back
@@ -24,6 +24,7 @@ import numpy as np
 from bilevel import plots
 from bilevel.mdp import MDPError, TabularMDP, load_mdp
 from bilevel.occupancy import occupancy
+from bilevel.studies import BAD_GAP
 
 REFERENCE = {  # the reference study's published "Avg. Ep. Reward" on hidden_goal (mean ± std)
     "MAL": {"mean": 0.97, "std": 0.05}, "MAL_agent_reward": {"mean": 36.93, "std": 0.57},
@@ -51,6 +52,11 @@ def fmt_j(x) -> str:
 def fmt_g(x) -> str:
     """Parameters (alpha, gamma) and counts."""
     return "n/a" if x is None else f"{x:g}"
+
+
+def fmt_s(x) -> str:
+    """Study quantities spanning orders of magnitude (eps, tightness, gaps near 0)."""
+    return "n/a" if x is None else f"{x:.3g}"
 
 
 def interval(d: dict | None, f=fmt_er) -> str:
@@ -176,7 +182,8 @@ def table_rows(doc: dict, runs: dict | None, reference: dict | None) -> list[dic
 
 
 def build_data(path: str, runs_dir: str | None = None, equilibria: str | None = None,
-               sweep_alphas=SWEEP_ALPHAS, cached: dict | None = None, log=None) -> dict:
+               sweep_alphas=SWEEP_ALPHAS, cached: dict | None = None, log=None,
+               studies_dir: str | None = None) -> dict:
     """Everything the report shows. `cached`: a previous data.json whose sweeps are reused when
     they are of the same MDP and alphas."""
     try:
@@ -203,8 +210,39 @@ def build_data(path: str, runs_dir: str | None = None, equilibria: str | None = 
             "formulations": doc["formulations"], "hiding": hiding(mdp, doc),
             "reference_study": reference, "runs": runs, "sweeps": sw,
             "table": table_rows(doc, runs, reference),
+            "studies": studies_data(studies_dir) if studies_dir else None,
             "timings": {"solve_seconds": t_solve, "sweep_seconds": t_sweep, "sweep_source": sweep_source,
                         "runs_seconds": time.perf_counter() - t2}}
+
+
+def studies_data(studies_dir: str) -> dict:
+    """Summaries of the saved studies (`python -m bilevel.studies ... --out DIR`: theorem.json,
+    counterexample.json, fixes.json; any of them may be missing), without per-instance rows."""
+    d, out = Path(studies_dir), {"dir": str(studies_dir)}
+    if not d.is_dir():
+        raise ReportError(f"{studies_dir}: --studies: not a directory")
+
+    def load(name):
+        f = d / f"{name}.json"
+        try:
+            return json.loads(f.read_text()) if f.exists() else None
+        except ValueError as e:
+            raise ReportError(f"{f}: not valid JSON ({e})") from None
+
+    if (t := load("theorem")) is not None:
+        out["theorem"] = {k: t[k] for k in ("n_mdps", "seed", "n_instances", "tightness_quantiles",
+                                            "by_model", "mal_terms")}
+        out["theorem"]["n_violations"] = len(t["violations"])
+    if (c := load("counterexample")) is not None:
+        out["counterexample"] = {**c, "rows": [{**r, "gap_per_k": r["mal_gap"] / r["k"]}
+                                               for r in c["rows"]]}
+    if (f := load("fixes")) is not None:
+        out["fixes"] = {k: f[k] for k in ("n_mdps", "seed", "solver", "time_limit", "table", "named")}
+        out["fixes"]["bad_gap"] = BAD_GAP
+    if len(out) == 1:
+        raise ReportError(f"{studies_dir}: --studies: no theorem.json, counterexample.json or "
+                          "fixes.json (write them with python -m bilevel.studies ... --out DIR)")
+    return out
 
 
 # --------------------------------------------------------------------------- rendering
@@ -307,6 +345,68 @@ def sections(data: dict, figures: dict) -> list[tuple[str, list]]:
         for f in data["sweeps"]:
             blocks += [("p", NAMES.get(f, f)), ("table", sweep_cells(data, f))]
         out.append(("Alpha sweeps", blocks))
+    return out + study_sections(data.get("studies"), figures)
+
+
+def study_sections(st: dict | None, figures: dict) -> list[tuple[str, list]]:
+    """Sections for the saved studies (issue 7), rendered from their summaries in data.json."""
+    if not st:
+        return []
+    out = []
+    if t := st.get("theorem"):
+        q = t["tightness_quantiles"]
+        blocks = [("p", f"{t['n_instances']} approximate PAL solutions on {t['n_mdps']} random MDPs "
+                        f"(seed {t['seed']}); violations of J(pi*,M) - J(pi,M) <= eps_pi + 4 gamma "
+                        f"sqrt(eps_M) R_max/(1-gamma)^2: {t['n_violations']}. Tightness (gap / "
+                        f"bound) quantiles: " + ", ".join(f"{k} {fmt_s(v)}" for k, v in q.items()) + "."),
+                  ("table", (["model map", "param", "n", "median eps_M", "median eps_pi",
+                              "median tightness", "max tightness"],
+                             [[e["model"], fmt_g(e["param"]), str(e["n"]), fmt_s(e['eps_M_median']),
+                               fmt_s(e['eps_pi_median']), fmt_s(e['tightness_median']),
+                               fmt_s(e['tightness_max'])] for e in t["by_model"]]))]
+        if "theorem" in figures:
+            blocks.append(("img", "theorem"))
+        if t["mal_terms"]:
+            blocks += [("p", "Rajeswaran et al. Theorem 1 terms at MAL's worst equilibrium: MAL's "
+                             "premises hold (small eps_pi, small loss on its own occupancy), and only the "
+                             "distribution-shift term 2 R_max D_TV(mu_M^pi*, mu_Mhat^pi*)/(1-gamma) covers "
+                             "the gap."),
+                       ("table", (["MDP", "J* - min J", "eps_pi", "eps_M (own policy)",
+                                   "sup_pi eps_M", "model term", "D_TV", "shift term", "certificate"],
+                                  [[m["mdp"], fmt_j(m["gap"]), fmt_s(m['eps_pi']),
+                                    fmt_s(m['eps_M']), fmt_s(m['eps_M_all']),
+                                    fmt_s(m['model_term']), fmt_j(m['occupancy_tv']),
+                                    fmt_s(m['shift_term']), m["certificate"]]
+                                   for m in t["mal_terms"]]))]
+        out.append(("Study: the PAL theorem", blocks))
+    if c := st.get("counterexample"):
+        blocks = [("p", "The hidden goal with its hidden rewards scaled by k: MAL's worst gap J* - min J "
+                        "grows in proportion to k, PAL's stays 0."),
+                  ("table", (["k", "J*", "MAL gap", "gap / k", "PAL gap (MPEC)", "PAL gap (closed form)",
+                              "MAL / PAL certificate"],
+                             [[fmt_g(r["k"]), fmt_j(r["J_star"]), fmt_j(r["mal_gap"]),
+                               fmt_j(r["gap_per_k"]), fmt_s(r['pal_gap']),
+                               fmt_s(r['pal_closed_form_gap']),
+                               f"{r['mal_certificate']} / {r['pal_certificate']}"] for r in c["rows"]]))]
+        if "counterexample" in figures:
+            blocks.append(("img", "counterexample"))
+        out.append(("Study: MAL can be made arbitrarily bad", blocks))
+    if f := st.get("fixes"):
+        blocks = [("p", f"Worst gap J* - min J over the equilibria found, on {f['n_mdps']} random MDPs "
+                        f"(solver {f['solver']}; global = certified by SCIP, the other solved ones are "
+                        "local IPOPT results, so their gaps are lower bounds on the worst gap)."),
+                  ("table", (["formulation", "alpha", "solved", "global", "failed", "max gap",
+                              "mean gap", f"# gap > {fmt_s(f['bad_gap'])}"],
+                             [[NAMES.get(e["formulation"], e["formulation"]), fmt_g(e["alpha"]),
+                               str(e["solved"]), str(e.get("n_global", "n/a")), str(e["failed"]),
+                               fmt_s(e['max_gap']), fmt_s(e['mean_gap']), str(e["n_bad"])]
+                              for e in f["table"]])),
+                  ("p", "Plain MAL on the named MDPs: " + "; ".join(
+                      f"{r['mdp']}: worst gap {fmt_j(r['gap'])} ({r['certificate']})"
+                      for r in f["named"]) + ".")]
+        if "fixes" in figures:
+            blocks.append(("img", "fixes"))
+        out.append(("Study: the MAL fixes", blocks))
     return out
 
 
@@ -374,11 +474,16 @@ def make_figures(data: dict, mdp: TabularMDP, out: Path) -> dict:
         p = out / f"{name}.png"
         plots.save(fig, p)
         pngs[name] = p.read_bytes()
+    for name in ("theorem", "counterexample", "fixes"):   # the studies' own figures
+        src = Path(data["studies"]["dir"]) / f"{name}.png" if data.get("studies") else None
+        if src is not None and name in data["studies"] and src.exists():
+            pngs[name] = src.read_bytes()
+            (out / f"{name}.png").write_bytes(pngs[name])
     return pngs
 
 
 def write_report(path: str, out: str | Path, runs_dir=None, equilibria=None, sweep_alphas=SWEEP_ALPHAS,
-                 log=None) -> dict:
+                 log=None, studies_dir=None) -> dict:
     """Build data, figures, index.html and report.md under `out`; return the data."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -388,7 +493,8 @@ def write_report(path: str, out: str | Path, runs_dir=None, equilibria=None, swe
             cached = json.loads((out / "data.json").read_text())
         except ValueError:
             cached = None
-    data = build_data(path, runs_dir, equilibria, sweep_alphas, cached, log=log)
+    data = build_data(path, runs_dir, equilibria, sweep_alphas, cached, log=log,
+                      studies_dir=studies_dir)
     t0 = time.perf_counter()
     pngs = make_figures(data, load_mdp(path), out)
     data["timings"]["figures_seconds"] = time.perf_counter() - t0
@@ -406,6 +512,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", help="directory of run records (python -m bilevel.train --out DIR)")
     ap.add_argument("--out", help="output directory (default reports/<mdp name>/)")
     ap.add_argument("--equilibria", help="saved `python -m bilevel.solve FILE --json` output (else solved now)")
+    ap.add_argument("--studies", help="directory of saved studies (python -m bilevel.studies "
+                                      "theorem|counterexample|fixes --out DIR) to add to the report")
     ap.add_argument("--no-sweep", action="store_true", help="skip the alpha sweeps")
     ap.add_argument("--alphas", help=f"comma-separated sweep alphas (default {','.join(map(str, SWEEP_ALPHAS))}); "
                                      "a sweep in OUT/data.json with the same alphas is reused")
@@ -420,7 +528,8 @@ def main(argv=None) -> int:
         name = load_mdp(args.file).name
         out = Path(args.out or f"reports/{name}")
         t0 = time.perf_counter()
-        data = write_report(args.file, out, args.runs, args.equilibria, alphas)
+        data = write_report(args.file, out, args.runs, args.equilibria, alphas,
+                            studies_dir=args.studies)
     except (MDPError, ReportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

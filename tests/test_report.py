@@ -19,7 +19,7 @@ from bilevel.rl.record import RunRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "mdps" / "hidden_goal.yaml"
-NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])")
+NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[-+]\d+)?(?![\w.])")
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def allowed_strings(data) -> set[str]:
     """Every number of data.json in each of the report's formats."""
     out = set()
     for x in numbers_in(data):
-        out |= {report.fmt_er(x), report.fmt_j(x), report.fmt_g(x)}
+        out |= {report.fmt_er(x), report.fmt_j(x), report.fmt_g(x), report.fmt_s(x)}
         if float(x).is_integer():
             out.add(str(int(x)))
     return out
@@ -236,3 +236,42 @@ def test_gridworld_map_and_hiding_figures_draw(tmp_path):
     plots.save(plots.fig_mdp(mdp, pi), tmp_path / "m.png")
     plots.save(plots.fig_hiding(mdp, pi, Phat, pairs), tmp_path / "h.png")
     assert (tmp_path / "m.png").stat().st_size > 5000 and (tmp_path / "h.png").stat().st_size > 5000
+
+
+@pytest.fixture(scope="module")
+def studies_dir(tmp_path_factory):
+    """A small theorem study, and a counterexample and fixes file in the studies' own format."""
+    from bilevel.studies import run_theorem
+    d = tmp_path_factory.mktemp("studies")
+    run_theorem(4, 0, d, mal_mdps=0, early_mdps=0)
+    (d / "counterexample.json").write_text(json.dumps({"solver": "scip", "rows": [
+        {"k": 10.0, "J_star": 740.05, "mal_min_J": 0.985, "mal_gap": 739.06, "pal_min_J": 740.05,
+         "pal_gap": 0.0019, "pal_closed_form_gap": -6e-12, "mal_certificate": "global",
+         "pal_certificate": "local", "seconds": 3.0}]}))
+    (d / "fixes.json").write_text(json.dumps({
+        "n_mdps": 2, "seed": 0, "solver": "auto", "time_limit": 5.0, "table": [
+            {"formulation": "MAL", "alpha": None, "solved": 2, "n_global": 1, "failed": 0,
+             "max_gap": 3.75, "mean_gap": 2.87, "n_bad": 2}],
+        "named": [{"mdp": "hidden_goal_ergodic", "gap": 64.34, "certificate": "global"}]}))
+    return d
+
+
+def test_report_with_studies_traces_every_number(solved, studies_dir, tmp_path):
+    assert report.main([str(TINY), "--equilibria", str(solved[1]), "--no-sweep", "--studies",
+                        str(studies_dir), "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "data.json").read_text())
+    theorem = json.loads((studies_dir / "theorem.json").read_text())
+    assert data["studies"]["theorem"]["n_violations"] == len(theorem["violations"]) == 0
+    assert data["studies"]["counterexample"]["rows"][0]["gap_per_k"] == pytest.approx(73.906)
+    md = (tmp_path / "report.md").read_text()
+    for title in ("Study: the PAL theorem", "Study: MAL can be made arbitrarily bad",
+                  "Study: the MAL fixes"):
+        assert f"## {title}" in md
+    assert (tmp_path / "theorem.png").exists() and "![theorem](theorem.png)" in md
+    assert_numbers_traced(tmp_path)
+
+
+def test_report_rejects_a_studies_dir_without_studies(solved, tmp_path, capsys):
+    assert report.main([str(TINY), "--equilibria", str(solved[1]), "--no-sweep", "--studies",
+                        str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "no theorem.json" in capsys.readouterr().err
