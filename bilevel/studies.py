@@ -520,40 +520,50 @@ def pal_closed_form(mdp: TabularMDP) -> FixResult:
 
 
 def fixes_settings(seed, alphas, solver, time_limit, with_pal, agent_solver, agent_alphas) -> dict:
-    """What a cached per-MDP result of the fixes study depends on (besides the MDP index)."""
+    """The fixes study's settings; the keys in FIXES_CACHE_KEYS are what a cached result
+    depends on besides its MDP, formulation and alpha."""
     return {"seed": seed, "alphas": [float(a) for a in alphas], "solver": solver,
             "time_limit": float(time_limit), "with_pal": bool(with_pal),
             "agent_solver": agent_solver, "agent_alphas": [float(a) for a in agent_alphas]}
 
 
+FIXES_CACHE_KEYS = ("seed", "solver", "time_limit", "agent_solver")
+
+
 def fixes_for_mdp(i: int, settings: dict, with_agent: bool, cache: Path | None = None,
                   fresh: bool = False) -> list[FixResult]:
-    """All formulations of the fixes study on MDP number i. With a cache directory, the results
-    are stored in cache/fixes{i}.json with their settings and reused by a later run with the
-    same settings (so a long study can be resumed, or split across processes with --shard)."""
+    """All formulations of the fixes study on MDP number i. With a cache directory, each
+    (formulation, alpha) result is stored in cache/fixes{i}.json and reused by a later run whose
+    settings agree on FIXES_CACHE_KEYS (so a long study can be resumed, extended with more
+    alphas, or split across processes with --shard)."""
     f_cache = None if cache is None else cache / f"fixes{i}.json"
+    stored: dict = {}
     if f_cache is not None and f_cache.exists() and not fresh:
-        stored = json.loads(f_cache.read_text())
-        if stored["settings"] == settings and stored["with_agent"] >= with_agent:
-            return [FixResult(**r) for r in stored["results"]
-                    if with_agent or r["formulation"] != "MAL_agent_reward"]
+        doc = json.loads(f_cache.read_text())
+        if all(doc["settings"].get(k) == settings[k] for k in FIXES_CACHE_KEYS):
+            stored = {(r["formulation"], r["alpha"]): FixResult(**r) for r in doc["results"]}
     mdp = fixes_mdp(i, settings["seed"])
-    solver, tl = settings["solver"], settings["time_limit"]
-    todo = [("MAL", None)] + [("MAL_random_noise", a) for a in settings["alphas"]]
+    solver, tl, agent_solver = settings["solver"], settings["time_limit"], settings["agent_solver"]
+    todo = [("MAL", None, solver)] + [("MAL_random_noise", a, solver) for a in settings["alphas"]]
     if settings["with_pal"]:
-        todo.append(("PAL", None))
-    results = [worst_gap(mdp, f, a, solver, tl) for f, a in todo]
+        todo.append(("PAL", None, solver))
     if with_agent:
-        agent_solver = settings["agent_solver"]
-        results += [worst_gap(mdp, "MAL_agent_reward", a, agent_solver, tl,
-                              starts=1 if agent_solver == "ipopt" else 8)
-                    for a in settings["agent_alphas"]]
-    results.append(pal_closed_form(mdp))
+        todo += [("MAL_agent_reward", a, agent_solver) for a in settings["agent_alphas"]]
+    results = []
+    for f, a, which in todo:
+        if (f, a) not in stored:
+            stored[f, a] = worst_gap(mdp, f, a, which, tl,
+                                     starts=1 if which == "ipopt" and f == "MAL_agent_reward" else 8)
+        results.append(stored[f, a])
+    if ("PAL_closed_form", None) not in stored:
+        stored["PAL_closed_form", None] = pal_closed_form(mdp)
+    results.append(stored["PAL_closed_form", None])
     if f_cache is not None:
         f_cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = f_cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"settings": settings, "with_agent": with_agent,
-                                   "results": [asdict(r) for r in results]}, default=float))
+        tmp.write_text(json.dumps({"settings": {k: settings[k] for k in FIXES_CACHE_KEYS},
+                                   "results": [asdict(r) for r in stored.values()]},
+                                  default=float))
         tmp.replace(f_cache)
     return results
 
@@ -567,8 +577,8 @@ def run_fixes(n_mdps: int, seed: int, alphas, out: Path, solver: str = "scip",
     MAL + agent reward is the expensive one (SCIP did not certify it within 15 s even on
     3-state Garnets; IPOPT with one random start takes ~30 s): it is solved with `agent_solver`
     (one start for IPOPT) on the first `agent_mdps` MDPs only (None: all), at `agent_alphas`.
-    Per-MDP results are cached under out/fixes_cache (reused when the settings match, unless
-    `fresh`). shard = (k, n) solves only the MDPs i with i % n == k and returns None without the
+    Results are cached per MDP, formulation and alpha under out/fixes_cache (see fixes_for_mdp;
+    ignored with `fresh`). shard = (k, n) solves only the MDPs i with i % n == k and returns None without the
     summary: run n shards in parallel, then once unsharded to print the table from the cache."""
     agent_alphas = alphas if agent_alphas is None else agent_alphas
     agent_mdps = n_mdps if agent_mdps is None else agent_mdps

@@ -132,8 +132,12 @@ def test_fixes_shards_cache_and_summary(tmp_path, monkeypatch):
     assert rows[("MAL_agent_reward", 0.9)]["solved"] == 1          # first MDP only
     assert rows[("MAL_random_noise", 0.5)]["failed"] == 3          # failed ones are not counted
     calls.clear()
-    st.run_fixes(3, 0, [0.5, 0.9], tmp_path, shard=(0, 2), **kw)  # new alphas: recomputed
-    assert len(calls) == 4 + 3                 # MAL, 2 noise (+ agent reward on MDP 0)
+    st.run_fixes(3, 0, [0.5, 0.9], tmp_path, shard=(0, 2), **kw)  # a new alpha: only it is solved
+    assert sorted(calls) == [("fixes0_S4_A2", "MAL_random_noise", 0.9),
+                             ("fixes2_S4_A2", "MAL_random_noise", 0.9)]
+    calls.clear()
+    st.run_fixes(3, 0, [0.5], tmp_path, shard=(0, 2), solver="ipopt", **kw)  # new solver: all
+    assert len(calls) == 2 + 2 + 1
 
 
 def test_fixes_cli_rejects_a_bad_shard(tmp_path):
