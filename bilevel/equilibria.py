@@ -41,11 +41,11 @@ POLISH_ONLY_PAIRS = 200
 SCIP_GAP = 1e-3              # relative gap at which SCIP stops ...
 SCIP_ABS_GAP = 1e-5          # ... or absolute gap (L* ~ 0); either way the proven gap widens tol
 HOMOTOPY = (1e-1, 1e-3, 1e-5, 1e-7, 1e-9)   # Scholtes eps schedule (then an active-set polish)
-SCIP_TIME_LIMIT = 30.0
-FEASIBILITY_SLACK = 1e-5
+SCIP_TIME_LIMIT = 30.0       # seconds per SCIP solve; auto falls back to IPOPT past it
+FEASIBILITY_SLACK = 1e-5     # relative allowance for solver feasibility tolerances in checks
 WARM_SCHEDULE = (1e-6, 1e-8, 1e-10)   # Scholtes eps for starts that are already complementary
 WARM_IPOPT = {"warm_start_init_point": "yes", "bound_push": 1e-10, "bound_frac": 1e-10,
-              "mu_init": 1e-8}            # keep IPOPT at a start that is already an equilibrium     # relative allowance for solver feasibility tolerances in checks       # seconds per SCIP solve; auto falls back to IPOPT past it
+              "mu_init": 1e-8}            # keep IPOPT at a start that is already an equilibrium
 
 
 @dataclass(frozen=True)
@@ -275,7 +275,9 @@ def set_objective(m, expr, sense=pyo.minimize):
     m.eq_objective = pyo.Objective(expr=expr, sense=sense)
 
 
-def _tolerance(bm: BilevelModel, L: float) -> float:
+def equilibrium_tolerance(bm: BilevelModel, L: float) -> float:
+    """The band: (pi, Phat) is an equilibrium when leader <= L* + tol, tol = 1e-6 max(1, |L*|)
+    plus, for the MAL family, what the model floor can cost (2 floor |K(s,a)|)."""
     mdp = bm.mdp
     tol = 1e-6 * max(1.0, abs(L))
     if bm.formulation != "PAL":
@@ -381,7 +383,7 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
         return fail(f"leader optimum: {lead.status.value} ({lead.message})")
     L = float(lead.objective)
     proven_gap = abs(L - lead.bound) if (lead.bound is not None and math.isfinite(lead.bound)) else 0.0
-    tol = _tolerance(bm, L) + proven_gap
+    tol = equilibrium_tolerance(bm, L) + proven_gap
     L_check = certify(bm, lead.complementarity_violation).leader_objective
     m.eq_leader_bound = pyo.Constraint(expr=m.leader <= L + tol)
     certificate = lead.certificate

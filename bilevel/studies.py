@@ -495,11 +495,16 @@ def fixes_mdp(i: int, seed: int) -> TabularMDP:
 
 def worst_gap(mdp: TabularMDP, formulation: str, alpha=None, solver="scip",
               time_limit=10.0, starts: int = 8) -> FixResult:
-    """solve_formulation's interval; gap = J* - low.J (J discounted)."""
+    """The equilibrium interval by solve_formulation, or with solver="enumerate" by
+    bilevel.enumeration (time_limit per policy); gap = J* - low.J (J discounted)."""
+    from bilevel.enumeration import enumerate_interval
     from bilevel.equilibria import solve_formulation
     J_star, _ = optimal_return(mdp.P, mdp.r, mdp.rho0, mdp.gamma)
-    res = solve_formulation(mdp, formulation, alpha=alpha, solver=solver, time_limit=time_limit,
-                            starts=starts)
+    if solver == "enumerate":
+        res = enumerate_interval(mdp, formulation, alpha, time_limit=time_limit)
+    else:
+        res = solve_formulation(mdp, formulation, alpha=alpha, solver=solver,
+                                time_limit=time_limit, starts=starts)
     return FixResult(mdp=mdp.name, formulation=formulation, alpha=res.alpha, ok=res.ok,
                      gap=J_star - res.low.J if res.ok else float("nan"), solver=res.solver,
                      certificate=res.certificate, seconds=res.seconds, reason=res.reason)
@@ -520,28 +525,30 @@ def pal_closed_form(mdp: TabularMDP) -> FixResult:
 
 
 def fixes_settings(seed, alphas, solver, time_limit, with_pal, agent_solver, agent_alphas) -> dict:
-    """The fixes study's settings; the keys in FIXES_CACHE_KEYS are what a cached result
-    depends on besides its MDP, formulation and alpha."""
+    """The fixes study's settings."""
     return {"seed": seed, "alphas": [float(a) for a in alphas], "solver": solver,
             "time_limit": float(time_limit), "with_pal": bool(with_pal),
             "agent_solver": agent_solver, "agent_alphas": [float(a) for a in agent_alphas]}
 
 
-FIXES_CACHE_KEYS = ("seed", "solver", "time_limit", "agent_solver")
-
-
 def fixes_for_mdp(i: int, settings: dict, with_agent: bool, cache: Path | None = None,
                   fresh: bool = False) -> list[FixResult]:
-    """All formulations of the fixes study on MDP number i. With a cache directory, each
-    (formulation, alpha) result is stored in cache/fixes{i}.json and reused by a later run whose
-    settings agree on FIXES_CACHE_KEYS (so a long study can be resumed, extended with more
-    alphas, or split across processes with --shard)."""
+    """All formulations of the fixes study on MDP number i. With a cache directory, each result
+    is stored in cache/fixes{i}.json under (formulation, alpha, requested solver, time limit)
+    and reused by a later run that asks for the same (so a long study can be resumed, extended
+    with more alphas or solvers, or split across processes with --shard)."""
     f_cache = None if cache is None else cache / f"fixes{i}.json"
     stored: dict = {}
     if f_cache is not None and f_cache.exists() and not fresh:
         doc = json.loads(f_cache.read_text())
-        if all(doc["settings"].get(k) == settings[k] for k in FIXES_CACHE_KEYS):
-            stored = {(r["formulation"], r["alpha"]): FixResult(**r) for r in doc["results"]}
+        if doc["settings"]["seed"] == settings["seed"]:
+            for r in doc["results"]:
+                r = dict(r)
+                # files of the first format: one solver per study, agent_solver for agent reward
+                which = r.pop("requested", None) or doc["settings"][
+                    "agent_solver" if r["formulation"] == "MAL_agent_reward" else "solver"]
+                tl = r.pop("time_limit", doc["settings"].get("time_limit"))
+                stored[r["formulation"], r["alpha"], which, tl] = FixResult(**r)
     mdp = fixes_mdp(i, settings["seed"])
     solver, tl, agent_solver = settings["solver"], settings["time_limit"], settings["agent_solver"]
     todo = [("MAL", None, solver)] + [("MAL_random_noise", a, solver) for a in settings["alphas"]]
@@ -549,21 +556,20 @@ def fixes_for_mdp(i: int, settings: dict, with_agent: bool, cache: Path | None =
         todo.append(("PAL", None, solver))
     if with_agent:
         todo += [("MAL_agent_reward", a, agent_solver) for a in settings["agent_alphas"]]
+    todo.append(("PAL_closed_form", None, "closed_form"))
     results = []
     for f, a, which in todo:
-        if (f, a) not in stored:
-            stored[f, a] = worst_gap(mdp, f, a, which, tl,
-                                     starts=1 if which == "ipopt" and f == "MAL_agent_reward" else 8)
-        results.append(stored[f, a])
-    if ("PAL_closed_form", None) not in stored:
-        stored["PAL_closed_form", None] = pal_closed_form(mdp)
-    results.append(stored["PAL_closed_form", None])
+        key = (f, a, which, None if f == "PAL_closed_form" else tl)
+        if key not in stored:
+            stored[key] = pal_closed_form(mdp) if f == "PAL_closed_form" else worst_gap(
+                mdp, f, a, which, tl, starts=1 if which == "ipopt" and f == "MAL_agent_reward" else 8)
+        results.append(stored[key])
     if f_cache is not None:
         f_cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = f_cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"settings": {k: settings[k] for k in FIXES_CACHE_KEYS},
-                                   "results": [asdict(r) for r in stored.values()]},
-                                  default=float))
+        tmp.write_text(json.dumps({"settings": {"seed": settings["seed"]}, "results": [
+            {**asdict(r), "requested": k[2], "time_limit": k[3]} for k, r in stored.items()]},
+            default=float))
         tmp.replace(f_cache)
     return results
 
@@ -577,8 +583,8 @@ def run_fixes(n_mdps: int, seed: int, alphas, out: Path, solver: str = "scip",
     MAL + agent reward is the expensive one (SCIP did not certify it within 15 s even on
     3-state Garnets; IPOPT with one random start takes ~30 s): it is solved with `agent_solver`
     (one start for IPOPT) on the first `agent_mdps` MDPs only (None: all), at `agent_alphas`.
-    Results are cached per MDP, formulation and alpha under out/fixes_cache (see fixes_for_mdp;
-    ignored with `fresh`). shard = (k, n) solves only the MDPs i with i % n == k and returns None without the
+    Results are cached per MDP, formulation, alpha and solver under out/fixes_cache (see
+    fixes_for_mdp; ignored with `fresh`). shard = (k, n) solves only the MDPs i with i % n == k and returns None without the
     summary: run n shards in parallel, then once unsharded to print the table from the cache."""
     agent_alphas = alphas if agent_alphas is None else agent_alphas
     agent_mdps = n_mdps if agent_mdps is None else agent_mdps
@@ -676,7 +682,8 @@ def main(argv=None) -> int:
     f.add_argument("--agent-mdps", type=int, default=None,
                    help="solve MAL_agent_reward on the first K MDPs only (default: all)")
     f.add_argument("--agent-alphas", type=float, nargs="+", default=None)
-    f.add_argument("--agent-solver", default="ipopt", choices=("scip", "ipopt", "auto"))
+    f.add_argument("--agent-solver", default="ipopt",
+                   choices=("scip", "ipopt", "auto", "enumerate"))
     f.add_argument("--no-pal", action="store_true",
                    help="skip the PAL MPEC (the closed-form PAL column is always computed)")
     f.add_argument("--shard", default="0/1", metavar="K/N",
@@ -687,8 +694,10 @@ def main(argv=None) -> int:
     for s in (t, c, f):
         s.add_argument("--out", default="studies_out")
         s.add_argument("--solver", default="scip" if s is f else "auto",
-                       choices=("scip", "ipopt", "auto"),
-                       help="auto: SCIP, and IPOPT (local) where SCIP does not certify")
+                       choices=("scip", "ipopt", "auto") + (("enumerate",) if s is f else ()),
+                       help="auto: SCIP, and IPOPT (local) where SCIP does not certify; "
+                            "enumerate (fixes): SCIP per deterministic follower policy "
+                            "(bilevel.enumeration), --time-limit per policy")
     a = p.parse_args(argv)
     out = Path(a.out)
     if a.cmd == "theorem":

@@ -136,8 +136,8 @@ def test_fixes_shards_cache_and_summary(tmp_path, monkeypatch):
     assert sorted(calls) == [("fixes0_S4_A2", "MAL_random_noise", 0.9),
                              ("fixes2_S4_A2", "MAL_random_noise", 0.9)]
     calls.clear()
-    st.run_fixes(3, 0, [0.5], tmp_path, shard=(0, 2), solver="ipopt", **kw)  # new solver: all
-    assert len(calls) == 2 + 2 + 1
+    st.run_fixes(3, 0, [0.5], tmp_path, shard=(0, 2), solver="ipopt", **kw)
+    assert len(calls) == 4 and all(c[1] != "MAL_agent_reward" for c in calls)  # its solver is kept
 
 
 def test_fixes_cli_rejects_a_bad_shard(tmp_path):
