@@ -16,7 +16,8 @@ So L* lies in [min lb, min ub], and with the equilibrium band tol of `equilibria
     otherwise undecided.
 J(pi, M) does not depend on Phat, so the interval over deterministic equilibria is
 [min, max] of J(pi, M) over the sure ones; an end is proved ("global") when no undecided policy
-lies beyond it. Policies mixing tied actions inside the band are not enumerated: their J lies
+lies beyond it. When the bounds do not resolve L* (no policy is sure), the policy with the best
+value found stands, "local". Policies mixing tied actions inside the band are not enumerated: their J lies
 within the band's reach of these ends.
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ from solvers.scip import Scip
 MAX_POLICIES = 4096
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PolicyBound:
     """SCIP's result for one fixed deterministic policy."""
 
@@ -74,7 +75,8 @@ def policy_bounds(mdp: TabularMDP, formulation: str, alpha=None, time_limit: flo
     bm = build(mdp, formulation, alpha=alpha)
     m = bm.model
     set_objective(m, m.leader)
-    backend = Scip(time_limit=time_limit, gap=1e-6, abs_gap=1e-9)
+    # the bounds need only resolve the equilibrium band: SCIP stops at a tenth of its width
+    backend = Scip(time_limit=time_limit, gap=1e-9, abs_gap=equilibrium_tolerance(bm, 0.0) / 10)
     out = []
     for acts, pi, live in deterministic_policies(mdp):
         for s in live:
@@ -115,18 +117,24 @@ def enumerate_interval(mdp: TabularMDP, formulation: str, alpha=None, time_limit
                                    seconds=time.perf_counter() - t0)
     tol = equilibrium_tolerance(bm, L_up)
     sure = [b for b in bounds if b.ub <= L_low + tol]
+    resolved = bool(sure)
+    if not resolved:   # the bounds do not resolve L*: the best point found stands (local)
+        sure = [min(bounds, key=lambda b: b.ub)]
     undecided = [b for b in bounds if b not in sure and b.lb <= L_up + tol]
     low = min(sure, key=lambda b: b.J)
     high = max(sure, key=lambda b: b.J)
     proved_low = not any(b.J < low.J for b in undecided)
     proved_high = not any(b.J > high.J for b in undecided)
-    details = {"policies": len(bounds), "infeasible": sum(b.lb == math.inf for b in bounds),
-               "equilibria": len(sure), "undecided": len(undecided),
+    summary = {"policies": len(bounds), "infeasible": sum(b.lb == math.inf for b in bounds),
+               "leader_optimum_resolved": resolved,
+               "equilibria": len(sure) if resolved else 0, "undecided": len(undecided),
                "leader_bounds": [L_low, L_up],
                "unproved_ends": [e for e, ok in (("min", proved_low), ("max", proved_high))
                                  if not ok]}
+    details = {"enumeration": summary}
     return EquilibriumInterval(formulation, "solved", alpha=bm.alpha,
-                               certificate="global" if proved_low and proved_high else "local",
+                               certificate="global" if resolved and proved_low and proved_high
+                               else "local",
                                solver="enumerate", starts=len(bounds), leader_objective=L_up,
                                tolerance=tol, low=low.eq, high=high.eq,
                                seconds=time.perf_counter() - t0, details=details)

@@ -38,6 +38,10 @@ AUTO_SCIP_MAX_PAIRS = 16     # --solver auto: SCIP (global) up to this many stat
 # step at ~26 ms each on a 10x10 grid); every start is follower-optimal and goes straight to the
 # active-set polish, a smooth NLP on the start's complementarity branch (1 s on the 10x10 grid)
 POLISH_ONLY_PAIRS = 200
+# --solver auto for MAL_agent_reward (whose MPEC SCIP does not close): enumerate the follower's
+# deterministic policies (bilevel.enumeration, global) when there are at most this many ...
+ENUMERATE_AUTO_MAX_POLICIES = 16
+ENUMERATE_TIME_LIMIT = 5.0   # ... with at most this many seconds per policy; else IPOPT
 SCIP_GAP = 1e-3              # relative gap at which SCIP stops ...
 SCIP_ABS_GAP = 1e-5          # ... or absolute gap (L* ~ 0); either way the proven gap widens tol
 HOMOTOPY = (1e-1, 1e-3, 1e-5, 1e-7, 1e-9)   # Scholtes eps schedule (then an active-set polish)
@@ -103,7 +107,8 @@ class EquilibriumInterval:
                   "leader_objective": self.leader_objective, "tolerance": self.tolerance,
                   "solver_gap": self.details.get("solver_gap"),
                   **{k: self.details[k] for k in ("ipopt_mode", "ends_at_leader_optimum",
-                                                  "snapped_to_best_response") if k in self.details},
+                                                  "snapped_to_best_response", "enumeration")
+                     if k in self.details},
                   "J": {"min": self.low.J, "max": self.high.J},
                   "episode_reward": ep,
                   "equilibria": {"min": self.low.to_json(), "max": self.high.to_json()}})
@@ -309,11 +314,16 @@ def _ipopt_best(m, backend, reduction, kw, warm_points, sense=pyo.minimize, warm
 
 def choose_solver(mdp: TabularMDP, solver: str, formulation: str = "") -> str:
     """`auto`: SCIP (global) for MDPs with at most AUTO_SCIP_MAX_PAIRS state-action pairs, except
-    MAL_agent_reward (SCIP did not close its gap in 30 s on hidden_goal for alpha >= 0.99)."""
+    MAL_agent_reward (SCIP did not close its gap in 30 s on hidden_goal for alpha >= 0.99):
+    enumeration of the follower's policies when there are at most ENUMERATE_AUTO_MAX_POLICIES,
+    else IPOPT. `enumerate` covers the MAL family; PAL then takes the `auto` route."""
+    if solver == "enumerate":
+        return "enumerate" if formulation != "PAL" else choose_solver(mdp, "auto", formulation)
     if solver != "auto":
         return solver
     if formulation == "MAL_agent_reward":
-        return "ipopt"
+        n_policies = mdp.n_actions ** int((~mdp.terminal).sum())
+        return "enumerate" if n_policies <= ENUMERATE_AUTO_MAX_POLICIES else "ipopt"
     return "scip" if live_pairs(mdp) <= AUTO_SCIP_MAX_PAIRS else "ipopt"
 
 
@@ -329,10 +339,17 @@ def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = N
     """The equilibrium interval of `formulation` (see module docstring). With solver="auto",
     a SCIP solve that cannot prove its gap in `time_limit` hands over to IPOPT (local).
     ipopt_mode: "homotopy" (Scholtes eps schedule, then polish), "polish" (active-set polish
-    from follower-optimal starts only), "auto" (polish past POLISH_ONLY_PAIRS live pairs)."""
-    res = _solve_formulation(mdp, formulation, alpha, choose_solver(mdp, solver, formulation), starts, seed,
+    from follower-optimal starts only), "auto" (polish past POLISH_ONLY_PAIRS live pairs).
+    solver="enumerate" (MAL family, tiny MDPs): bilevel.enumeration, at most
+    min(time_limit, ENUMERATE_TIME_LIMIT) s per policy (the bounds need only resolve the band)."""
+    which = choose_solver(mdp, solver, formulation)
+    if which == "enumerate":
+        from bilevel.enumeration import enumerate_interval
+        return enumerate_interval(mdp, formulation, alpha,
+                                  time_limit=min(time_limit, ENUMERATE_TIME_LIMIT), log=log)
+    res = _solve_formulation(mdp, formulation, alpha, which, starts, seed,
                              time_limit, pal_reduction, log, ipopt_mode)
-    if solver == "auto" and res.solver == "scip" and not res.ok:
+    if solver in ("auto", "enumerate") and res.solver == "scip" and not res.ok:
         (log or (lambda msg: None))(f"{formulation}: SCIP did not certify ({res.reason}); IPOPT")
         local = _solve_formulation(mdp, formulation, alpha, "ipopt", starts, seed, time_limit,
                                    pal_reduction, log, ipopt_mode)

@@ -134,7 +134,10 @@ def print_table(mdp: TabularMDP, doc: dict, out=sys.stdout) -> None:
         if d["status"] != "solved":
             print(f"{NAMES.get(f, f):<24} {a:>6}  FAILED: {d['reason']}", file=out)
             continue
-        cert = d["certificate"] + (f" ({d['starts']} starts)" if d["certificate"] == "local" else "")
+        if d.get("solver") == "enumerate":
+            cert = f"{d['certificate']} ({d['starts']} policies)"
+        else:
+            cert = d["certificate"] + (f" ({d['starts']} starts)" if d["certificate"] == "local" else "")
         print(f"{NAMES.get(f, f):<24} {a:>6}  {_interval(d, 'J'):<22} "
               f"{_interval(d, 'episode_reward'):<26} {d['leader_objective']:>12.6g}  "
               f"{cert:<18} {d['seconds']:>7.1f}", file=out)
@@ -179,8 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(defaults: {', '.join(f'{k}={v}' for k, v in DEFAULT_ALPHA.items())})")
     p.add_argument("--alpha-sweep", action="store_true",
                    help=f"also print the exact interval of both MAL fixes for alpha in {list(SWEEP_ALPHAS)}")
-    p.add_argument("--solver", choices=("auto", "ipopt", "scip"), default="auto",
-                   help="auto: SCIP (global certificate) on small MDPs, else IPOPT (local)")
+    p.add_argument("--solver", choices=("auto", "ipopt", "scip", "enumerate"), default="auto",
+                   help="auto: SCIP (global certificate) on small MDPs (MAL + agent reward: "
+                        "enumeration of the follower's policies when at most 16), else IPOPT "
+                        "(local); enumerate: SCIP per deterministic follower policy, global, tiny "
+                        "MDPs, MAL family (PAL takes the auto route)")
     p.add_argument("--starts", type=int, default=3, help="IPOPT cold starts: the model's initial point and N-1 random follower-optimal (policy, model) pairs, besides the structured ones (the true optimum with the fitted model, the uniform policy, the fitted model's optimum)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--summary-only", action="store_true", help="only the MDP summary and optimum")

@@ -58,7 +58,7 @@ def test_mal_worst_equilibrium_hides_and_agent_reward_is_certified_at_the_optimu
     assert ar.low.J == pytest.approx(J_star, abs=1e-9)
     for end in (ar.low, ar.high):   # recomputed numbers: follower optimal, leader in the band
         assert end.follower_gap <= 1e-6
-        assert end.leader_objective <= ar.details["leader_bounds"][0] + ar.tolerance
+        assert end.leader_objective <= ar.details["enumeration"]["leader_bounds"][0] + ar.tolerance
 
 
 def test_policy_bounds_bracket_every_policy_and_the_optimum_is_deterministic(mdp):
@@ -73,3 +73,19 @@ def test_policy_bounds_bracket_every_policy_and_the_optimum_is_deterministic(mdp
 def test_pal_and_large_mdps_are_refused(mdp):
     with pytest.raises(ValueError, match="MAL family"):
         policy_bounds(mdp, "PAL")
+
+
+def test_auto_certifies_agent_reward_on_hidden_goal_and_ipopt_agrees():
+    """--solver auto enumerates the 4 follower policies of hidden_goal for MAL + agent reward
+    (global), and IPOPT's local interval (independent route) is the same."""
+    from pathlib import Path
+
+    from bilevel.mdp import load_mdp
+    mdp = load_mdp(Path(__file__).resolve().parent.parent / "mdps" / "hidden_goal.yaml")
+    auto = solve_formulation(mdp, "MAL_agent_reward")
+    assert auto.solver == "enumerate" and auto.certificate == "global"
+    assert auto.to_json()["enumeration"]["policies"] == 4
+    local = solve_formulation(mdp, "MAL_agent_reward", solver="ipopt")
+    assert local.certificate == "local"
+    assert auto.low.J == pytest.approx(local.low.J, abs=1e-4)
+    assert auto.high.J == pytest.approx(local.high.J, abs=1e-4)
