@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bilevel.equilibria import (FOLLOWER_GAP_TOL, Equilibrium, EquilibriumInterval, certify,
-                                equilibrium_tolerance, set_objective)
+                                equilibrium_tolerance, n_policies, set_objective)
 from bilevel.formulations import FORMULATIONS, build
 from bilevel.mdp import TabularMDP
 from bilevel.mpec import ExactProduct, solve_mpec
@@ -68,7 +68,7 @@ def policy_bounds(mdp: TabularMDP, formulation: str, alpha=None, time_limit: flo
     """[PolicyBound per deterministic policy], and the BilevelModel used."""
     if formulation not in FORMULATIONS or formulation == "PAL":
         raise ValueError(f"enumeration covers the MAL family, not {formulation!r}")
-    n = mdp.n_actions ** int((~mdp.terminal).sum())
+    n = n_policies(mdp)
     if n > MAX_POLICIES:
         raise ValueError(f"{n} deterministic policies: enumeration is for tiny MDPs "
                          f"(at most {MAX_POLICIES})")

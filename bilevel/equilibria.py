@@ -316,15 +316,21 @@ def choose_solver(mdp: TabularMDP, solver: str, formulation: str = "") -> str:
     """`auto`: SCIP (global) for MDPs with at most AUTO_SCIP_MAX_PAIRS state-action pairs, except
     MAL_agent_reward (SCIP did not close its gap in 30 s on hidden_goal for alpha >= 0.99):
     enumeration of the follower's policies when there are at most ENUMERATE_AUTO_MAX_POLICIES,
-    else IPOPT. `enumerate` covers the MAL family; PAL then takes the `auto` route."""
+    else IPOPT. (solve_formulation: a SCIP solve that does not certify hands over to the
+    enumeration when it applies and proves both ends, else to IPOPT.) `enumerate` covers the
+    MAL family; PAL then takes the `auto` route."""
     if solver == "enumerate":
         return "enumerate" if formulation != "PAL" else choose_solver(mdp, "auto", formulation)
     if solver != "auto":
         return solver
     if formulation == "MAL_agent_reward":
-        n_policies = mdp.n_actions ** int((~mdp.terminal).sum())
-        return "enumerate" if n_policies <= ENUMERATE_AUTO_MAX_POLICIES else "ipopt"
+        return "enumerate" if n_policies(mdp) <= ENUMERATE_AUTO_MAX_POLICIES else "ipopt"
     return "scip" if live_pairs(mdp) <= AUTO_SCIP_MAX_PAIRS else "ipopt"
+
+
+def n_policies(mdp: TabularMDP) -> int:
+    """Number of deterministic policies (one action per live state)."""
+    return mdp.n_actions ** int((~mdp.terminal).sum())
 
 
 def live_pairs(mdp: TabularMDP) -> int:
@@ -349,6 +355,16 @@ def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = N
                                   time_limit=min(time_limit, ENUMERATE_TIME_LIMIT), log=log)
     res = _solve_formulation(mdp, formulation, alpha, which, starts, seed,
                              time_limit, pal_reduction, log, ipopt_mode)
+    if solver == "auto" and res.solver == "scip" and not res.ok and formulation != "PAL" and \
+            n_policies(mdp) <= ENUMERATE_AUTO_MAX_POLICIES:
+        (log or (lambda msg: None))(f"{formulation}: SCIP did not certify ({res.reason}); "
+                                    "enumerating the follower's policies")
+        from bilevel.enumeration import enumerate_interval
+        enum = enumerate_interval(mdp, formulation, alpha,
+                                  time_limit=min(time_limit, ENUMERATE_TIME_LIMIT), log=log)
+        if enum.ok and enum.certificate == "global":
+            return EquilibriumInterval(**{**enum.__dict__, "seconds": enum.seconds + res.seconds,
+                                          "details": dict(enum.details, scip=res.reason)})
     if solver in ("auto", "enumerate") and res.solver == "scip" and not res.ok:
         (log or (lambda msg: None))(f"{formulation}: SCIP did not certify ({res.reason}); IPOPT")
         local = _solve_formulation(mdp, formulation, alpha, "ipopt", starts, seed, time_limit,

@@ -557,20 +557,25 @@ def fixes_for_mdp(i: int, settings: dict, with_agent: bool, cache: Path | None =
     if with_agent:
         todo += [("MAL_agent_reward", a, agent_solver) for a in settings["agent_alphas"]]
     todo.append(("PAL_closed_form", None, "closed_form"))
-    results = []
-    for f, a, which in todo:
-        key = (f, a, which, None if f == "PAL_closed_form" else tl)
-        if key not in stored:
-            stored[key] = pal_closed_form(mdp) if f == "PAL_closed_form" else worst_gap(
-                mdp, f, a, which, tl, starts=1 if which == "ipopt" and f == "MAL_agent_reward" else 8)
-        results.append(stored[key])
-    if f_cache is not None:
+
+    def save():
+        if f_cache is None:
+            return
         f_cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = f_cache.with_suffix(".tmp")
         tmp.write_text(json.dumps({"settings": {"seed": settings["seed"]}, "results": [
             {**asdict(r), "requested": k[2], "time_limit": k[3]} for k, r in stored.items()]},
             default=float))
         tmp.replace(f_cache)
+
+    results = []
+    for f, a, which in todo:
+        key = (f, a, which, None if f == "PAL_closed_form" else tl)
+        if key not in stored:
+            stored[key] = pal_closed_form(mdp) if f == "PAL_closed_form" else worst_gap(
+                mdp, f, a, which, tl, starts=1 if which == "ipopt" and f == "MAL_agent_reward" else 8)
+            save()        # after every solve: a stopped run loses at most the current one
+        results.append(stored[key])
     return results
 
 

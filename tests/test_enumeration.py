@@ -89,3 +89,22 @@ def test_auto_certifies_agent_reward_on_hidden_goal_and_ipopt_agrees():
     assert local.certificate == "local"
     assert auto.low.J == pytest.approx(local.low.J, abs=1e-4)
     assert auto.high.J == pytest.approx(local.high.J, abs=1e-4)
+
+
+def test_auto_hands_an_uncertified_scip_solve_to_the_enumeration(monkeypatch, mdp):
+    """auto: SCIP on the MPEC first; when it does not certify, the enumeration (global) takes
+    over before IPOPT, and SCIP's reason is kept in the details."""
+    import bilevel.equilibria as eq
+    real = eq._solve_formulation
+
+    def scip_fails(mdp_, formulation, alpha, which, *args):
+        if which == "scip":
+            return eq.EquilibriumInterval(formulation, "failed", reason="timelimit (forced)",
+                                          solver="scip")
+        return real(mdp_, formulation, alpha, which, *args)
+
+    monkeypatch.setattr(eq, "_solve_formulation", scip_fails)
+    r = eq.solve_formulation(mdp, "MAL", solver="auto", time_limit=2.0)
+    assert r.solver == "enumerate" and r.certificate == "global"
+    assert r.details["scip"] == "timelimit (forced)"
+    assert r.low.J == pytest.approx(solved(mdp, "MAL", None, "enumerate").low.J, abs=1e-9)
