@@ -524,11 +524,14 @@ def pal_closed_form(mdp: TabularMDP) -> FixResult:
                      seconds=time.perf_counter() - t0)
 
 
-def fixes_settings(seed, alphas, solver, time_limit, with_pal, agent_solver, agent_alphas) -> dict:
+def fixes_settings(seed, alphas, solver, time_limit, with_pal, agent_solver, agent_alphas,
+                   agent_time_limit=None) -> dict:
     """The fixes study's settings."""
     return {"seed": seed, "alphas": [float(a) for a in alphas], "solver": solver,
             "time_limit": float(time_limit), "with_pal": bool(with_pal),
-            "agent_solver": agent_solver, "agent_alphas": [float(a) for a in agent_alphas]}
+            "agent_solver": agent_solver, "agent_alphas": [float(a) for a in agent_alphas],
+            "agent_time_limit": float(time_limit if agent_time_limit is None
+                                      else agent_time_limit)}
 
 
 def fixes_for_mdp(i: int, settings: dict, with_agent: bool, cache: Path | None = None,
@@ -551,12 +554,14 @@ def fixes_for_mdp(i: int, settings: dict, with_agent: bool, cache: Path | None =
                 stored[r["formulation"], r["alpha"], which, tl] = FixResult(**r)
     mdp = fixes_mdp(i, settings["seed"])
     solver, tl, agent_solver = settings["solver"], settings["time_limit"], settings["agent_solver"]
-    todo = [("MAL", None, solver)] + [("MAL_random_noise", a, solver) for a in settings["alphas"]]
+    agent_tl = settings.get("agent_time_limit", tl)
+    todo = [("MAL", None, solver, tl)] + [("MAL_random_noise", a, solver, tl)
+                                          for a in settings["alphas"]]
     if settings["with_pal"]:
-        todo.append(("PAL", None, solver))
+        todo.append(("PAL", None, solver, tl))
     if with_agent:
-        todo += [("MAL_agent_reward", a, agent_solver) for a in settings["agent_alphas"]]
-    todo.append(("PAL_closed_form", None, "closed_form"))
+        todo += [("MAL_agent_reward", a, agent_solver, agent_tl) for a in settings["agent_alphas"]]
+    todo.append(("PAL_closed_form", None, "closed_form", None))
 
     def save():
         if f_cache is None:
@@ -569,11 +574,12 @@ def fixes_for_mdp(i: int, settings: dict, with_agent: bool, cache: Path | None =
         tmp.replace(f_cache)
 
     results = []
-    for f, a, which in todo:
-        key = (f, a, which, None if f == "PAL_closed_form" else tl)
+    for f, a, which, limit in todo:
+        key = (f, a, which, limit)
         if key not in stored:
             stored[key] = pal_closed_form(mdp) if f == "PAL_closed_form" else worst_gap(
-                mdp, f, a, which, tl, starts=1 if which == "ipopt" and f == "MAL_agent_reward" else 8)
+                mdp, f, a, which, limit,
+                starts=1 if which == "ipopt" and f == "MAL_agent_reward" else 8)
             save()        # after every solve: a stopped run loses at most the current one
         results.append(stored[key])
     return results
@@ -582,7 +588,8 @@ def fixes_for_mdp(i: int, settings: dict, with_agent: bool, cache: Path | None =
 def run_fixes(n_mdps: int, seed: int, alphas, out: Path, solver: str = "scip",
               time_limit: float = 10.0, with_pal: bool = True, agent_mdps: int | None = None,
               agent_solver: str = "ipopt", agent_alphas=None, shard: tuple[int, int] = (0, 1),
-              cache: bool = True, fresh: bool = False) -> dict | None:
+              cache: bool = True, fresh: bool = False,
+              agent_time_limit: float | None = None) -> dict | None:
     """Worst-case gaps of MAL, MAL + agent reward (alpha), MAL + random noise (alpha) and PAL
     over n_mdps random MDPs, then plain MAL on the deterministic and ergodic hidden goals.
     MAL + agent reward is the expensive one (SCIP did not certify it within 15 s even on
@@ -594,7 +601,7 @@ def run_fixes(n_mdps: int, seed: int, alphas, out: Path, solver: str = "scip",
     agent_alphas = alphas if agent_alphas is None else agent_alphas
     agent_mdps = n_mdps if agent_mdps is None else agent_mdps
     settings = fixes_settings(seed, alphas, solver, time_limit, with_pal, agent_solver,
-                              agent_alphas)
+                              agent_alphas, agent_time_limit)
     cache_dir = out / "fixes_cache" if cache else None
     results: list[FixResult] = []
     t0 = time.perf_counter()
@@ -611,7 +618,8 @@ def run_fixes(n_mdps: int, seed: int, alphas, out: Path, solver: str = "scip",
         return None
     print(f"\nfixes: {n_mdps} random MDPs (S 3..4, A 2, gamma 0.9, start in s0), solver {solver}, "
           f"SCIP time limit {time_limit:g} s per solve; "
-          f"MAL_agent_reward on the first {min(agent_mdps, n_mdps)} MDPs with {agent_solver}; "
+          f"MAL_agent_reward on the first {min(agent_mdps, n_mdps)} MDPs with {agent_solver} "
+          f"(time limit {settings['agent_time_limit']:g} s{' per policy' if agent_solver == 'enumerate' else ''}); "
           f"solver time {sum(r.seconds for r in results):.0f} s (this run "
           f"{time.perf_counter() - t0:.0f} s, the rest cached); "
           "gap = J* - min J over equilibria found (discounted); global = SCIP-certified, "
@@ -645,7 +653,7 @@ def run_fixes(n_mdps: int, seed: int, alphas, out: Path, solver: str = "scip",
               f"({r.certificate}{'' if r.ok else ', ' + r.reason}) -> "
               f"{'MAL fails' if r.ok and r.gap > 1.0 else 'no failure found'}")
     payload = {"n_mdps": n_mdps, "seed": seed, "alphas": list(alphas), "solver": solver,
-               "time_limit": time_limit, "table": table,
+               "time_limit": time_limit, "settings": settings, "table": table,
                "results": [asdict(r) for r in results], "named": [asdict(r) for r in named]}
     _save(out, "fixes", payload)
     plt = _plt()
@@ -687,6 +695,9 @@ def main(argv=None) -> int:
     f.add_argument("--agent-mdps", type=int, default=None,
                    help="solve MAL_agent_reward on the first K MDPs only (default: all)")
     f.add_argument("--agent-alphas", type=float, nargs="+", default=None)
+    f.add_argument("--agent-time-limit", type=float, default=None,
+                   help="time limit of the MAL_agent_reward solves (default: --time-limit; "
+                        "per policy with enumerate)")
     f.add_argument("--agent-solver", default="ipopt",
                    choices=("scip", "ipopt", "auto", "enumerate"))
     f.add_argument("--no-pal", action="store_true",
@@ -719,7 +730,8 @@ def main(argv=None) -> int:
             print(f"error: --shard: expected K/N with 0 <= K < N, got {a.shard!r}")
             return 2
         run_fixes(a.mdps, a.seed, a.alphas, out, a.solver, a.time_limit, not a.no_pal,
-                  a.agent_mdps, a.agent_solver, a.agent_alphas, shard=(k, n), fresh=a.fresh)
+                  a.agent_mdps, a.agent_solver, a.agent_alphas, shard=(k, n), fresh=a.fresh,
+                  agent_time_limit=a.agent_time_limit)
         return 0
     return 2
 
