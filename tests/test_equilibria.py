@@ -251,3 +251,32 @@ def test_polish_mode_returns_certified_equilibria(hidden_goal, formulation):
         assert -1e-6 <= eq.J <= J_star + 1e-6
     if formulation != "MAL":
         assert r.high.J == pytest.approx(J_star, abs=1e-3)
+
+
+def test_an_end_failing_its_follower_certificate_is_snapped_and_reported(monkeypatch, hidden_goal):
+    """End to end: when PAL's min end fails its follower certificate, solve_formulation snaps
+    the model to the closed-form best response, re-certifies it (gap ~0), and reports it."""
+    import dataclasses
+
+    import bilevel.equilibria as eq
+    real_certify, real_snap = eq.certify, eq.snap_to_best_response
+    calls, snaps = [], []
+
+    def certify(bm, violation):
+        calls.append(1)
+        e = real_certify(bm, violation)
+        if len(calls) == 2:        # 1: the leader optimum's check, 2: the min end
+            return dataclasses.replace(e, follower_gap=1.0)
+        return e
+
+    def snap(bm):
+        snaps.append(1)
+        real_snap(bm)
+
+    monkeypatch.setattr(eq, "certify", certify)
+    monkeypatch.setattr(eq, "snap_to_best_response", snap)
+    r = eq.solve_formulation(hidden_goal, "PAL", solver="scip")
+    assert r.ok and snaps == [1]
+    assert list(r.details["snapped_to_best_response"]) == ["min"]
+    assert r.low.follower_gap <= eq.FOLLOWER_GAP_TOL
+    assert "snapped_to_best_response" in r.to_json()
