@@ -143,3 +143,20 @@ def test_fixes_shards_cache_and_summary(tmp_path, monkeypatch):
 def test_fixes_cli_rejects_a_bad_shard(tmp_path):
     from bilevel.studies import main
     assert main(["fixes", "--shard", "2/2", "--out", str(tmp_path)]) == 2
+
+
+def test_fixes_recheck_replaces_an_unproved_bad_gap_by_a_global_one(tmp_path, monkeypatch):
+    import bilevel.studies as st
+
+    def fake_gap(mdp, f, a=None, solver="scip", time_limit=10.0, starts=8):
+        recheck = solver == "enumerate" and time_limit == 9.0
+        return st.FixResult(mdp=mdp.name, formulation=f, alpha=a, ok=True,
+                            gap=0.0 if recheck else 0.5, solver=solver,
+                            certificate="global" if recheck else "local", seconds=0.0)
+
+    monkeypatch.setattr(st, "worst_gap", fake_gap)
+    s = st.fixes_settings(0, [0.5], "auto", 5.0, False, "enumerate", [0.9], 1.0, recheck=9.0)
+    res = {(r.formulation, r.alpha): r for r in st.fixes_for_mdp(0, s, True, tmp_path)}
+    assert res[("MAL", None)].gap == 0.5                      # plain MAL is not rechecked
+    for k in (("MAL_random_noise", 0.5), ("MAL_agent_reward", 0.9)):
+        assert res[k].certificate == "global" and res[k].gap == 0.0
