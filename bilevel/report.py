@@ -56,7 +56,7 @@ def fmt_g(x) -> str:
 
 def fmt_s(x) -> str:
     """Study quantities spanning orders of magnitude (eps, tightness, gaps near 0)."""
-    return "n/a" if x is None else f"{x:.3g}"
+    return "n/a" if x is None or x != x else f"{x:.3g}"      # x != x: NaN
 
 
 def interval(d: dict | None, f=fmt_er) -> str:

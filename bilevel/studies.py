@@ -652,14 +652,14 @@ def run_fixes(n_mdps: int, seed: int, alphas, out: Path, solver: str = "scip",
         g_global = [r.gap for r in rs if r.ok and r.certificate in ("global", "closed_form")]
         e = dict(formulation=f, alpha=a, solved=int(g.size), failed=len(rs) - int(g.size),
                  n_global=len(g_global),
-                 max_gap_global=max(g_global) if g_global else float("nan"),
+                 max_gap_global=max(g_global) if g_global else None,
                  max_gap=float(g.max()) if g.size else float("nan"),
                  mean_gap=float(g.mean()) if g.size else float("nan"),
                  n_bad=int((g > BAD_GAP).sum()))
         table.append(e)
         print(f"{f:>18} {'-' if a is None else f'{a:g}':>6} {e['solved']:>7} {e['n_global']:>7} "
               f"{e['failed']:>7} {e['max_gap']:>9.4g} {e['mean_gap']:>9.4g} {e['n_bad']:>9} "
-              f"{e['max_gap_global']:>10.4g}")
+              f"{'-' if e['max_gap_global'] is None else format(e['max_gap_global'], '.4g'):>10}")
     named = []
     print("\nplain MAL on the named hidden-goal variants:")
     for f in ("hidden_goal_deterministic.yaml", "hidden_goal_ergodic.yaml"):
