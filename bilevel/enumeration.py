@@ -35,6 +35,7 @@ from bilevel.formulations import FORMULATIONS, build
 from bilevel.mdp import TabularMDP
 from bilevel.mpec import ExactProduct, solve_mpec
 from bilevel.occupancy import policy_return
+from solvers.base import Status
 from solvers.scip import Scip
 
 MAX_POLICIES = 4096
@@ -85,7 +86,7 @@ def policy_bounds(mdp: TabularMDP, formulation: str, alpha=None, time_limit: flo
         r = solve_mpec(m, ExactProduct(), backend)
         lb = r.bound if r.bound is not None and math.isfinite(r.bound) else -math.inf
         ub, eq = math.inf, None
-        if r.status.value == "infeasible":
+        if r.status == Status.INFEASIBLE:
             lb = math.inf
         elif r.point is not None:
             for v, x in r.point.items():

@@ -348,25 +348,28 @@ def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = N
     from follower-optimal starts only), "auto" (polish past POLISH_ONLY_PAIRS live pairs).
     solver="enumerate" (MAL family, tiny MDPs): bilevel.enumeration, at most
     min(time_limit, ENUMERATE_TIME_LIMIT) s per policy (the bounds need only resolve the band)."""
-    which = choose_solver(mdp, solver, formulation)
-    if which == "enumerate":
+    say = log or (lambda msg: None)
+
+    def enumerated() -> EquilibriumInterval:
         from bilevel.enumeration import enumerate_interval
         return enumerate_interval(mdp, formulation, alpha,
                                   time_limit=min(time_limit, ENUMERATE_TIME_LIMIT), log=log)
+
+    which = choose_solver(mdp, solver, formulation)
+    if which == "enumerate":
+        return enumerated()
     res = _solve_formulation(mdp, formulation, alpha, which, starts, seed,
                              time_limit, pal_reduction, log, ipopt_mode)
     if solver == "auto" and res.solver == "scip" and not res.ok and formulation != "PAL" and \
             n_policies(mdp) <= ENUMERATE_AUTO_MAX_POLICIES:
-        (log or (lambda msg: None))(f"{formulation}: SCIP did not certify ({res.reason}); "
-                                    "enumerating the follower's policies")
-        from bilevel.enumeration import enumerate_interval
-        enum = enumerate_interval(mdp, formulation, alpha,
-                                  time_limit=min(time_limit, ENUMERATE_TIME_LIMIT), log=log)
+        say(f"{formulation}: SCIP did not certify ({res.reason}); enumerating the follower's "
+            "policies")
+        enum = enumerated()
         if enum.ok and enum.certificate == "global":
             return EquilibriumInterval(**{**enum.__dict__, "seconds": enum.seconds + res.seconds,
                                           "details": dict(enum.details, scip=res.reason)})
     if solver in ("auto", "enumerate") and res.solver == "scip" and not res.ok:
-        (log or (lambda msg: None))(f"{formulation}: SCIP did not certify ({res.reason}); IPOPT")
+        say(f"{formulation}: SCIP did not certify ({res.reason}); IPOPT")
         local = _solve_formulation(mdp, formulation, alpha, "ipopt", starts, seed, time_limit,
                                    pal_reduction, log, ipopt_mode)
         details = dict(local.details, scip=res.reason)

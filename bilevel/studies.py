@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -549,14 +550,11 @@ def fixes_for_mdp(i: int, settings: dict, with_agent: bool, cache: Path | None =
         if doc["settings"]["seed"] == settings["seed"]:
             for r in doc["results"]:
                 r = dict(r)
-                # files of the first format: one solver per study, agent_solver for agent reward
-                which = r.pop("requested", None) or doc["settings"][
-                    "agent_solver" if r["formulation"] == "MAL_agent_reward" else "solver"]
-                tl = r.pop("time_limit", doc["settings"].get("time_limit"))
+                which, tl = r.pop("requested"), r.pop("time_limit")
                 stored[r["formulation"], r["alpha"], which, tl] = FixResult(**r)
     mdp = fixes_mdp(i, settings["seed"])
     solver, tl, agent_solver = settings["solver"], settings["time_limit"], settings["agent_solver"]
-    agent_tl = settings.get("agent_time_limit", tl)
+    agent_tl = settings["agent_time_limit"]
     todo = [("MAL", None, solver, tl)] + [("MAL_random_noise", a, solver, tl)
                                           for a in settings["alphas"]]
     if settings["with_pal"]:
@@ -609,8 +607,9 @@ def run_fixes(n_mdps: int, seed: int, alphas, out: Path, solver: str = "scip",
     3-state Garnets; IPOPT with one random start takes ~30 s): it is solved with `agent_solver`
     (one start for IPOPT) on the first `agent_mdps` MDPs only (None: all), at `agent_alphas`.
     Results are cached per MDP, formulation, alpha and solver under out/fixes_cache (see
-    fixes_for_mdp; ignored with `fresh`). shard = (k, n) solves only the MDPs i with i % n == k and returns None without the
-    summary: run n shards in parallel, then once unsharded to print the table from the cache."""
+    fixes_for_mdp; ignored with `fresh`). shard = (k, n) solves only the MDPs i with
+    i % n == k and returns None without the summary: run n shards in parallel, then once
+    unsharded to print the table from the cache."""
     agent_alphas = alphas if agent_alphas is None else agent_alphas
     agent_mdps = n_mdps if agent_mdps is None else agent_mdps
     settings = fixes_settings(seed, alphas, solver, time_limit, with_pal, agent_solver,
@@ -748,7 +747,8 @@ def main(argv=None) -> int:
             k, n = (int(x) for x in a.shard.split("/"))
             assert 0 <= k < n
         except (ValueError, AssertionError):
-            print(f"error: --shard: expected K/N with 0 <= K < N, got {a.shard!r}")
+            print(f"error: --shard: expected K/N with 0 <= K < N, got {a.shard!r}",
+                  file=sys.stderr)
             return 2
         run_fixes(a.mdps, a.seed, a.alphas, out, a.solver, a.time_limit, not a.no_pal,
                   a.agent_mdps, a.agent_solver, a.agent_alphas, shard=(k, n), fresh=a.fresh,

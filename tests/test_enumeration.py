@@ -71,8 +71,11 @@ def test_policy_bounds_bracket_every_policy_and_the_optimum_is_deterministic(mdp
 
 
 def test_pal_and_large_mdps_are_refused(mdp):
+    from bilevel.garnet import garnet
     with pytest.raises(ValueError, match="MAL family"):
         policy_bounds(mdp, "PAL")
+    with pytest.raises(ValueError, match="tiny MDPs"):          # 2^13 = 8192 policies
+        policy_bounds(garnet(13, 2, 2, seed=0, gamma=0.9), "MAL")
 
 
 def test_auto_certifies_agent_reward_on_hidden_goal_and_ipopt_agrees():

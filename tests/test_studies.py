@@ -140,9 +140,10 @@ def test_fixes_shards_cache_and_summary(tmp_path, monkeypatch):
     assert len(calls) == 4 and all(c[1] != "MAL_agent_reward" for c in calls)  # its solver is kept
 
 
-def test_fixes_cli_rejects_a_bad_shard(tmp_path):
+def test_fixes_cli_rejects_a_bad_shard(tmp_path, capsys):
     from bilevel.studies import main
     assert main(["fixes", "--shard", "2/2", "--out", str(tmp_path)]) == 2
+    assert "error: --shard" in capsys.readouterr().err
 
 
 def test_fixes_recheck_replaces_an_unproved_bad_gap_by_a_global_one(tmp_path, monkeypatch):
