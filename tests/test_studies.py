@@ -131,6 +131,8 @@ def test_fixes_shards_cache_and_summary(tmp_path, monkeypatch):
     assert rows[("MAL", None)]["max_gap"] == 2.0 and rows[("MAL", None)]["n_bad"] == 3
     assert rows[("MAL_agent_reward", 0.9)]["solved"] == 1          # first MDP only
     assert rows[("MAL_random_noise", 0.5)]["failed"] == 3          # failed ones are not counted
+    assert rows[("MAL", None)]["max_gap_global"] == 2.0 and rows[("MAL", None)]["n_global"] == 3
+    assert rows[("MAL_random_noise", 0.5)]["max_gap_global"] is None
     calls.clear()
     st.run_fixes(3, 0, [0.5, 0.9], tmp_path, shard=(0, 2), **kw)  # a new alpha: only it is solved
     assert sorted(calls) == [("fixes0_S4_A2", "MAL_random_noise", 0.9),
