@@ -1,0 +1,248 @@
+"""Exact equilibrium intervals from the structure of the followers' best responses
+(docs/DESIGN.md section 5). No nonconvex MPEC is solved here.
+
+The interval reported is the *limit* one: model floor eta -> 0 and band tolerance -> 0.
+    PAL                    [J*, J*]  (the fitted model equals P on every pair the policy visits,
+                                      so J(pi, Phat) = J(pi, M) and the leader maximizes J)
+    MAL                    [min J over hiding equilibria, J*]   (min: MILP, proved)
+    MAL + random noise     same structure, every pair the uniform policy visits is fitted
+                           (alpha < 1); [J*, J*] when that covers every reachable pair
+Each end comes with a witness (pi, Phat) re-certified from arrays at the file's floor eta: the
+floored fit on fitted pairs and the floored delta at the worst target elsewhere. Where a limit
+end has no witness at eta (a tie that the floor breaks), the end is reported for the limit and
+the value at eta is computed by the same MILP with floored coefficients.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from bilevel.equilibria import (FOLLOWER_GAP_TOL, Equilibrium, EquilibriumInterval, follower_gap,
+                                leader_value, model_reward)
+from bilevel.exact.milp import HidingMILP
+from bilevel.exact.search import low_return_equilibria, return_extremes, true_return
+from bilevel.exact.structure import Check, FollowerStructure, forced_pairs
+from bilevel.formulations import resolve_alpha
+from bilevel.mdp import TabularMDP
+from bilevel.occupancy import (deterministic_policy, episode_reward, kl_fit, model_loss, occupancy,
+                               policy_evaluation)
+from solvers.base import Status
+
+EXACT_FORMULATIONS = ("PAL", "MAL", "MAL_random_noise")
+RETURN_TOL = 1e-9       # an incumbent within this of the bound over all policies is proved
+PROVED_TOL = 1e-6       # an end is global when its proved gap is at most this (relative to J*)
+MILP_TIME_LIMIT = 600.0
+FLOOR_MILP_MAX_ENTRIES = 20_000   # the floored MILP (dense rows per target) only up to this |K|
+
+
+def has_exact_route(formulation: str) -> bool:
+    return formulation in EXACT_FORMULATIONS
+
+
+def certify_point(mdp: TabularMDP, formulation: str, alpha, pi: np.ndarray,
+                  Phat: np.ndarray) -> Equilibrium:
+    """Every reported number of (pi, Phat), recomputed from the arrays."""
+    mu = occupancy(mdp.P, mdp.rho0, mdp.gamma, pi)
+    J = float(mdp.rho0 @ policy_evaluation(mdp.P, mdp.r, mdp.gamma, pi))
+    ep = episode_reward(mdp.P, mdp.r, mdp.rho0, pi, mdp.horizon) if mdp.horizon else None
+    J_model = float(mdp.rho0 @ policy_evaluation(Phat, model_reward(mdp, Phat), mdp.gamma, pi))
+    return Equilibrium(policy=pi, model=Phat, J=J, episode_reward=ep,
+                       model_loss=model_loss(mdp.P, Phat, mu), J_model=J_model,
+                       leader_objective=leader_value(formulation, mdp, pi, Phat, alpha),
+                       follower_gap=follower_gap(formulation, mdp, pi, Phat),
+                       complementarity_violation=None)
+
+
+def exact_interval(mdp: TabularMDP, formulation: str, alpha=None,
+                   time_limit: float = MILP_TIME_LIMIT, log=None) -> EquilibriumInterval:
+    """The limit equilibrium interval of PAL, MAL or MAL + random noise (module docstring)."""
+    if not has_exact_route(formulation):
+        raise ValueError(f"no exact route for {formulation!r} (exact: {', '.join(EXACT_FORMULATIONS)})")
+    t0 = time.perf_counter()
+    alpha = resolve_alpha(formulation, alpha)
+    say = log or (lambda msg: None)
+    if formulation == "PAL":
+        res = _pal(mdp, alpha, say)
+    else:
+        res = _mal_family(mdp, formulation, alpha, time_limit, say)
+    return EquilibriumInterval(**{**res.__dict__, "seconds": time.perf_counter() - t0})
+
+
+# --------------------------------------------------------------------------- PAL
+
+def pal_floor_bracket(mdp: TabularMDP) -> dict:
+    """At the file's floor eta > 0 the fitted model is P_eta on visited pairs and the leader's
+    choice elsewhere, reached only through the floor's leak. By the simulation lemma every PAL
+    equilibrium has |J(pi, Phat) - J(pi, M)| <= delta,
+        delta = g/(1-g) max_{s,a} TV(P, P_eta)(s,a) (V_hi - V_lo),
+    with [V_lo, V_hi] the value range of any model, so its return lies in
+    [J* - 2 delta - tol, J*] (tol: the leader band)."""
+    from bilevel.formulations import value_bounds
+    g = mdp.gamma
+    Peta = kl_fit(mdp.P, mdp.K, mdp.floor)
+    tv = 0.5 * np.abs(Peta - mdp.P).sum(axis=-1)
+    lo, hi = value_bounds(mdp)
+    return {"delta": float(g / (1 - g) * tv[~mdp.terminal].max(initial=0.0) * (hi - lo))}
+
+
+def _pal(mdp, alpha, say) -> EquilibriumInterval:
+    fs = FollowerStructure(mdp, 0.0, np.zeros((mdp.n_states, mdp.n_actions), bool))
+    _, J_star, _, a_star = return_extremes(fs)
+    say(f"PAL: limit interval [J*, J*] = [{J_star:.9g}, {J_star:.9g}] (closed form)")
+    pi = deterministic_policy(a_star, mdp.n_actions)
+    Phat = kl_fit(mdp.P, mdp.K, mdp.floor)     # the floored fit: a best response at eta
+    eq = certify_point(mdp, "PAL", alpha, pi, Phat)
+    if eq.follower_gap > FOLLOWER_GAP_TOL:     # cannot happen: Phat is the fit itself
+        return EquilibriumInterval("PAL", "failed", reason=f"witness fails its follower "
+                                   f"certificate (gap {eq.follower_gap:.3g})", solver="exact")
+    bracket = pal_floor_bracket(mdp)
+    tol = 1e-6 * max(1.0, abs(J_star))
+    at_floor = {"eta": mdp.floor, "J_bounds": [J_star - 2 * bracket["delta"] - tol, J_star],
+                "delta": bracket["delta"], "witness_leader_objective": eq.leader_objective}
+    details = {"route": "closed form (fitted model = P on visited pairs in the limit)",
+               "limit": True, "proved_gap": {"min": 0.0, "max": 0.0}, "at_floor": at_floor}
+    return EquilibriumInterval("PAL", "solved", alpha=alpha, certificate="global", solver="exact",
+                               starts=0, leader_objective=-J_star, tolerance=0.0, low=eq, high=eq,
+                               details=details)
+
+
+# --------------------------------------------------------------------------- MAL family
+
+@dataclass(frozen=True, eq=False)
+class End:
+    """One end of an interval: the policy, the states whose policy pair is fitted, the values
+    that make the witness model, the proved absolute gap (inf: none) and how it was found."""
+
+    actions: np.ndarray | None
+    fitted: np.ndarray | None
+    V: np.ndarray | None
+    gap: float
+    how: str
+
+    @staticmethod
+    def of(chk: Check, gap: float, how: str) -> "End":
+        return End(chk.actions, chk.reached, chk.V, gap, how)
+
+
+def _mal_family(mdp, formulation, alpha, time_limit, say) -> EquilibriumInterval:
+    forced = forced_pairs(mdp, formulation, alpha)
+    fs = FollowerStructure(mdp, 0.0, forced)
+    J_min_all, J_star, _, a_star = return_extremes(fs)
+    ends, info = {}, {}
+
+    # max end: pi* with the fitted model is an equilibrium of loss 0 (hostile free pairs only
+    # make deviations worse), and no policy returns more than J*
+    chk = fs.check(a_star)
+    if chk.equilibrium:
+        ends["max"] = End.of(chk, 0.0, "J* (no policy returns more)")
+    else:
+        ends["max"] = _milp_end(fs, True, time_limit, say, info)
+    if forced[_reachable_any(mdp)].all() and chk.equilibrium:
+        ends["min"] = End.of(chk, 0.0, "every reachable pair is fitted: pi is optimal in M there")
+    else:
+        found = low_return_equilibria(fs)
+        best = found[0] if found else None
+        if best is not None and true_return(fs, best.actions) <= J_min_all + RETURN_TOL * max(1, abs(J_min_all)):
+            ends["min"] = End.of(best, 0.0, "min over all policies of M")
+        else:
+            ends["min"] = _milp_end(fs, False, time_limit, say, info, best)
+    failed = [k for k, e in ends.items() if e.actions is None]
+    if failed:
+        return EquilibriumInterval(formulation, "failed", alpha=alpha, solver="exact",
+                                   reason="; ".join(f"{k} end: {ends[k].how}" for k in failed))
+    records, at_floor = {}, {"eta": mdp.floor}
+    fs_eta = FollowerStructure(mdp, mdp.floor, forced) if mdp.floor > 0 else fs
+    for name, end in ends.items():
+        pi = deterministic_policy(end.actions, mdp.n_actions)
+        chk_eta = fs_eta.check(end.actions)
+        eq = None
+        if chk_eta.equilibrium:
+            eq = certify_point(mdp, formulation, alpha, pi,
+                               fs_eta.witness_model(chk_eta.actions, chk_eta.reached, chk_eta.V))
+            if eq.follower_gap > FOLLOWER_GAP_TOL:
+                eq = None
+        at_floor[name] = {"witness": eq is not None}
+        if eq is None:   # the end holds in the limit only: a tie that the floor breaks
+            at_floor[name].update(_floor_end(fs_eta, formulation, alpha, name == "max", time_limit, say))
+            eq = certify_point(mdp, formulation, alpha, pi, fs.witness_model(end.actions, end.fitted, end.V))
+        if eq.follower_gap > FOLLOWER_GAP_TOL:
+            return EquilibriumInterval(formulation, "failed", alpha=alpha, solver="exact",
+                                       reason=f"{name} end's witness fails its follower "
+                                              f"certificate (gap {eq.follower_gap:.3g})")
+        records[name] = eq
+    proved = {k: e.gap for k, e in ends.items()}
+    how = {k: e.how for k, e in ends.items()}
+    certificate = "global" if all(g <= PROVED_TOL * max(1.0, abs(J_star)) for g in proved.values()) \
+        else "local"
+    details = {"route": "hiding structure (deterministic follower policies; MILP where needed)",
+               "limit": True, "proved_gap": proved, "how": how, "at_floor": at_floor,
+               "forced_pairs": int(forced.sum()), **({"milp": info} if info else {})}
+    return EquilibriumInterval(formulation, "solved", alpha=alpha, certificate=certificate,
+                               solver="exact", starts=0, leader_objective=0.0, tolerance=0.0,
+                               low=records["min"], high=records["max"], details=details)
+
+
+def _reachable_any(mdp) -> np.ndarray:
+    """Live states reachable from rho0 under some policy."""
+    seen = (mdp.rho0 > 0) & ~mdp.terminal
+    frontier = seen.copy()
+    while frontier.any():
+        nxt = (mdp.P[frontier] > 0).any(axis=(0, 1)) & ~mdp.terminal & ~seen
+        seen |= nxt
+        frontier = nxt
+    return seen
+
+
+def _milp_end(fs, maximize, time_limit, say, info, incumbent: Check | None = None) -> End:
+    """One end from the MILP. At eta = 0 its policy is re-checked exactly (`check`); at eta > 0
+    the witness model is built from the MILP's values and the certificate decides."""
+    name = "max" if maximize else "min"
+    milp = HidingMILP(fs)
+    say(f"exact: MILP for the {name} end at eta={fs.eta:g} ({milp.p.n} columns, "
+        f"{milp.p.n_rows} rows"
+        + (f", incumbent J={true_return(fs, incumbent.actions):.6g})" if incumbent else ")"))
+    start = milp.start_from(incumbent) if incumbent is not None else None
+    res, point = milp.solve(maximize, time_limit=time_limit, start=start)
+    info[name] = {"eta": fs.eta, "columns": milp.p.n, "rows": milp.p.n_rows,
+                  "status": res.status.value, "objective": res.objective, "bound": res.bound,
+                  "seconds": round(res.seconds, 3), "nodes": res.iterations}
+    if point is None:
+        if incumbent is not None:
+            return End.of(incumbent, _gap(true_return(fs, incumbent.actions), res.bound),
+                          f"heuristic (MILP {res.status.value}, no point)")
+        return End(None, None, None, math.inf, f"MILP {res.status.value} ({res.message})")
+    gap = _gap(true_return(fs, point.actions), res.bound)
+    if fs.eta > 0.0:
+        return End(point.actions, point.fitted, point.V, gap, f"MILP ({res.status.value})")
+    chk = fs.check(point.actions)
+    if chk.equilibrium:
+        return End.of(chk, gap, f"MILP ({res.status.value})")
+    info[name]["rejected"] = f"MILP policy fails the exact check at {chk.violations[:3]}"
+    if incumbent is None:
+        return End(None, None, None, math.inf, info[name]["rejected"])
+    return End.of(incumbent, _gap(true_return(fs, incumbent.actions), res.bound),
+                  "heuristic (MILP point rejected)")
+
+
+def _gap(J, bound) -> float:
+    if bound is None or not math.isfinite(bound):
+        return math.inf
+    return abs(J - bound)
+
+
+def _floor_end(fs_eta, formulation, alpha, maximize, time_limit, say) -> dict:
+    """The end at the file's floor: the MILP with floored coefficients (dense rows: small MDPs
+    only), its witness certified from arrays."""
+    if fs_eta.eta == 0.0 or fs_eta.kset[0].size > FLOOR_MILP_MAX_ENTRIES:
+        return {"J": None, "note": "not computed (the floored MILP is for small models)"}
+    end = _milp_end(fs_eta, maximize, time_limit, say, {})
+    if end.actions is None:
+        return {"J": None, "note": end.how}
+    mdp = fs_eta.mdp
+    pi = deterministic_policy(end.actions, mdp.n_actions)
+    eq = certify_point(mdp, formulation, alpha, pi, fs_eta.witness_model(end.actions, end.fitted, end.V))
+    return {"J": eq.J, "proved_gap": end.gap, "follower_gap": eq.follower_gap,
+            "certified": eq.follower_gap <= FOLLOWER_GAP_TOL, "note": end.how}
