@@ -1,4 +1,4 @@
-"""The four bilevel problems of model-based RL as single-level Pyomo MPECs (DESIGN.md section 2).
+"""The four bilevel problems of model-based RL as single-level Pyomo MPECs (docs/DESIGN.md sections 2 and 3).
 
 Variables (all arrays are indexed like the numpy conventions):
     Phat[s,a,s']  model, on the support K (terminal rows fixed to the self-loop), Phat >= eta

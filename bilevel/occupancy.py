@@ -1,6 +1,6 @@
 """Exact tabular quantities on plain arrays: P (S,A,S), r (S,A), rho0 (S,), pi (S,A), mu (S,A).
 
-Conventions (DESIGN.md section 1):
+Conventions (docs/DESIGN.md section 1):
     mu(s,a)  = (1-gamma) sum_t gamma^t Pr(s_t=s, a_t=a)           (normalized occupancy)
     J(pi, M) = sum_{s,a} mu(s,a) r(s,a) / (1-gamma) = rho0 . V^pi   (discounted return)
     episode reward = E[sum_{t<T} r(s_t, a_t)]                        (undiscounted, T = horizon)

@@ -6,7 +6,7 @@
 
 Each subcommand prints a table and writes JSON + a PNG under --out (default studies_out/).
 
-Conventions. J is the discounted return J(pi, M) = rho0 . V^pi (DESIGN.md section 1). A model
+Conventions. J is the discounted return J(pi, M) = rho0 . V^pi (docs/DESIGN.md section 1). A model
 Phat is evaluated with the engine's model reward rhat(s,a) = sum_s' Phat(s'|s,a) R(s,a,s')
 (bilevel.equilibria.model_reward), so J(pi, Mhat) is what the MPEC leader sees.
 

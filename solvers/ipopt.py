@@ -1,6 +1,6 @@
 """Local NLP solves with IPOPT (cyipopt), derivatives by CasADi from Pyomo's .nl file.
 
-The chain (DESIGN.md section 4):
+The chain (docs/DESIGN.md section 3):
 
     Pyomo model --NL writer--> .nl --casadi.NlpBuilder.import_nl--> f(x), g(x)
         --CasADi (SX)--> grad f, sparse jac g, tril(hess_x (sigma f + lambda.g))

@@ -64,7 +64,7 @@ class MILP:
 
     def solve(self, maximize: bool = False, time_limit: float | None = None,
               start: np.ndarray | None = None, rel_gap: float = 1e-9, abs_gap: float = 1e-9,
-              threads: int = 1) -> SolveResult:
+              threads: int = 1, feasibility_tol: float | None = None) -> SolveResult:
         t0 = time.perf_counter()
         A = sp.csc_matrix((self._vals, (self._rows, self._cols)), shape=(self.n_rows, self.n))
         A.sum_duplicates()
@@ -74,6 +74,9 @@ class MILP:
             h.setOptionValue(k, v)
         if time_limit is not None:
             h.setOptionValue("time_limit", float(time_limit))
+        if feasibility_tol is not None:
+            for k in ("mip_feasibility_tolerance", "primal_feasibility_tolerance"):
+                h.setOptionValue(k, float(feasibility_tol))
         lp = highspy.HighsLp()
         lp.num_col_, lp.num_row_ = self.n, self.n_rows
         lp.col_cost_ = np.asarray(self.cost, float)

@@ -2,7 +2,7 @@
 
 We call Pyomo's contrib `ScipDirect` interface with `time_limit=`/`rel_gap=` config values
 (these set SCIP's `limits/time` and `limits/gap`; the legacy keyword `timelimit=` was silently
-ignored, DESIGN.md section 4) and read the parameters back from the SCIP model after the solve
+ignored, docs/DESIGN.md section 3) and read the parameters back from the SCIP model after the solve
 (`result.timings["limits/time"]`) so a test can see what SCIP actually used.
 
 Status rules:

@@ -187,8 +187,11 @@ class HidingMILP:
 
     def solve(self, maximize: bool, time_limit: float | None = None, start=None,
               abs_gap: float = 1e-7) -> tuple[SolveResult, "MILPPoint | None"]:
+        # at eta > 0 the floor's effects are of order eta: integrality slack times a big-M must
+        # stay below them
+        tol = 1e-10 if self.fs.eta > 0 else None
         res = self.p.solve(maximize=maximize, time_limit=time_limit, start=start,
-                           rel_gap=0.0, abs_gap=abs_gap)
+                           rel_gap=0.0, abs_gap=abs_gap, feasibility_tol=tol)
         if res.x is None:
             return res, None
         m = self.fs.mdp
