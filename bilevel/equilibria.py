@@ -1,4 +1,4 @@
-"""Equilibrium intervals with independent certificates (DESIGN.md section 2).
+"""Equilibrium intervals with independent certificates (docs/DESIGN.md sections 2 and 4).
 
 For one formulation:
   1. leader optimum  L* = min leader(Phat, pi)  over the single-level MPEC;
@@ -107,7 +107,9 @@ class EquilibriumInterval:
                   "leader_objective": self.leader_objective, "tolerance": self.tolerance,
                   "solver_gap": self.details.get("solver_gap"),
                   **{k: self.details[k] for k in ("ipopt_mode", "ends_at_leader_optimum",
-                                                  "snapped_to_best_response", "enumeration")
+                                                  "snapped_to_best_response", "enumeration",
+                                                  "route", "limit", "proved_gap", "how",
+                                                  "at_floor", "milp")
                      if k in self.details},
                   "J": {"min": self.low.J, "max": self.high.J},
                   "episode_reward": ep,
@@ -312,6 +314,10 @@ def _ipopt_best(m, backend, reduction, kw, warm_points, sense=pyo.minimize, warm
     return best
 
 
+SOLVERS = ("auto", "exact", "mpec-scip", "mpec-ipopt", "enumerate")
+SOLVER_ALIASES = {"scip": "mpec-scip", "ipopt": "mpec-ipopt"}
+
+
 def choose_solver(mdp: TabularMDP, solver: str, formulation: str = "") -> str:
     """`auto`: SCIP (global) for MDPs with at most AUTO_SCIP_MAX_PAIRS state-action pairs, except
     MAL_agent_reward (SCIP did not close its gap in 30 s on hidden_goal for alpha >= 0.99):
@@ -342,13 +348,28 @@ def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = N
                       solver: str = "auto", starts: int = 3, seed: int = 0,
                       time_limit: float = SCIP_TIME_LIMIT, pal_reduction: str = "closed_form",
                       log=None, ipopt_mode: str = "auto") -> EquilibriumInterval:
-    """The equilibrium interval of `formulation` (see module docstring). With solver="auto",
-    a SCIP solve that cannot prove its gap in `time_limit` hands over to IPOPT (local).
+    """The equilibrium interval of `formulation` (see module docstring).
+    solver: "auto" takes the exact route (bilevel.exact: PAL, MAL, MAL + random noise) and, for
+    the others, the MPEC route below; "exact" the same; "mpec-scip" / "mpec-ipopt" (aliases
+    "scip" / "ipopt") force the MPEC with that back-end. On the MPEC route with "auto", a SCIP
+    solve that cannot prove its gap in `time_limit` hands over to IPOPT (local).
     ipopt_mode: "homotopy" (Scholtes eps schedule, then polish), "polish" (active-set polish
     from follower-optimal starts only), "auto" (polish past POLISH_ONLY_PAIRS live pairs).
     solver="enumerate" (MAL family, tiny MDPs): bilevel.enumeration, at most
     min(time_limit, ENUMERATE_TIME_LIMIT) s per policy (the bounds need only resolve the band)."""
     say = log or (lambda msg: None)
+    solver = SOLVER_ALIASES.get(solver, solver)
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r} (choose from {', '.join(SOLVERS)})")
+    if solver in ("auto", "exact", "enumerate"):
+        from bilevel.exact import exact_interval, has_exact_route
+        if has_exact_route(formulation) and (solver != "enumerate" or formulation == "PAL"):
+            return exact_interval(mdp, formulation, alpha, log=log)
+        if solver == "exact":
+            say(f"{formulation}: no exact route; the MPEC route of --solver auto")
+        if solver != "enumerate":
+            solver = "auto"
+    solver = {"mpec-scip": "scip", "mpec-ipopt": "ipopt"}.get(solver, solver)
 
     def enumerated() -> EquilibriumInterval:
         from bilevel.enumeration import enumerate_interval
@@ -360,14 +381,6 @@ def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = N
         return enumerated()
     res = _solve_formulation(mdp, formulation, alpha, which, starts, seed,
                              time_limit, pal_reduction, log, ipopt_mode)
-    if solver == "auto" and res.solver == "scip" and not res.ok and formulation != "PAL" and \
-            n_policies(mdp) <= ENUMERATE_AUTO_MAX_POLICIES:
-        say(f"{formulation}: SCIP did not certify ({res.reason}); enumerating the follower's "
-            "policies")
-        enum = enumerated()
-        if enum.ok and enum.certificate == "global":
-            return EquilibriumInterval(**{**enum.__dict__, "seconds": enum.seconds + res.seconds,
-                                          "details": dict(enum.details, scip=res.reason)})
     if solver in ("auto", "enumerate") and res.solver == "scip" and not res.ok:
         say(f"{formulation}: SCIP did not certify ({res.reason}); IPOPT")
         local = _solve_formulation(mdp, formulation, alpha, "ipopt", starts, seed, time_limit,
@@ -376,6 +389,141 @@ def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = N
         return EquilibriumInterval(**{**local.__dict__, "details": details,
                                       "seconds": local.seconds + res.seconds})
     return res
+
+
+_LEADER_RESTARTS = 3     # at most this many restarts of the interval from an improved L*
+_POLISH_MAX_GAP = 1e-3   # a global end whose follower gap is at most this is polished, not dropped
+
+
+def _load(point) -> None:
+    """Set the model's variables to `point` ({VarData: value})."""
+    for v, x in point.items():
+        v.set_value(x, skip_validation=True)
+
+
+def _snapshot(m) -> ComponentMap:
+    """The current values of every variable of `m` (to restore with `_load`)."""
+    return ComponentMap((v, v.value) for v in m.component_data_objects(pyo.Var, descend_into=True)
+                        if v.value is not None)
+
+
+def _polish_policy_follower(bm: BilevelModel, violation) -> Equilibrium | None:
+    """MAL family: make a point whose policy is a follower optimum up to a small gap an exact
+    one. The policy is rounded to its greedy deterministic policy (argmax of pi in each state)
+    and completed from arrays (V, w of that policy in Phat); if the rounded policy is not yet
+    optimal in Phat, it is fixed and IPOPT moves the rest of the point (the model among it)
+    straight to the active-set polish, under the current objective and leader bound.
+    Returns the re-certified point, or None when the polish fails."""
+    mdp, m = bm.mdp, bm.model
+    x = extract(bm)
+    pi = np.zeros_like(x["policy"])
+    pi[np.arange(mdp.n_states), x["policy"].argmax(axis=1)] = 1.0
+    start = starting_point(bm, pi, x["model"])
+    _load(start)
+    eq = certify(bm, violation)
+    if eq.follower_gap <= FOLLOWER_GAP_TOL:
+        return eq
+    policy_vars = [m.pi[s, a] for (s, a) in m.SA]
+    for v in policy_vars:
+        v.fix()
+    try:
+        res = solve_mpec(m, Scholtes(schedule=()), Ipopt(tol=1e-9, max_iter=3000, options=WARM_IPOPT),
+                         starts=0, x0s=[start])
+    finally:
+        for v in policy_vars:
+            v.unfix()
+    if not res.ok:
+        return None
+    return certify(bm, res.complementarity_violation)
+
+
+def _certified_end(bm: BilevelModel, name: str, res: MPECResult, which: str, band: float,
+                   bound_text: str, snapped: dict, polished: dict) -> tuple:
+    """Certify the point `res` left in the model as the `name` end, repairing it first when its
+    follower certificate fails: PAL is snapped to the closed-form best response (any solver);
+    a global (SCIP) point of the MAL family within _POLISH_MAX_GAP is polished
+    (`_polish_policy_follower`). The band check is on the point as reported (after any repair).
+    Returns (equilibrium, failure reason or "", reason the end is only local or "")."""
+    eq = certify(bm, res.complementarity_violation)
+    before, repair, local = eq, "", ""
+    if eq.follower_gap > FOLLOWER_GAP_TOL and bm.formulation == "PAL":
+        snap_to_best_response(bm)
+        eq = certify(bm, res.complementarity_violation)
+        repair = " after the snap to the follower's best response"
+        snapped[name] = {"leader_objective_before": before.leader_objective,
+                         "leader_objective_after": eq.leader_objective}
+    elif FOLLOWER_GAP_TOL < eq.follower_gap <= _POLISH_MAX_GAP and which == "scip":
+        fixed = _polish_policy_follower(bm, res.complementarity_violation)
+        repair = " after the polish to an exact follower optimum"
+        if fixed is None:
+            return eq, (f"{name} end fails its certificate: follower gap {eq.follower_gap:.3g} > "
+                        f"{FOLLOWER_GAP_TOL:g} and its polish failed"), ""
+        eq = fixed
+        polished[name] = {"follower_gap_before": before.follower_gap,
+                          "follower_gap_after": eq.follower_gap, "J_before": before.J,
+                          "J_after": eq.J, "leader_objective_before": before.leader_objective,
+                          "leader_objective_after": eq.leader_objective}
+    if eq is not before and res.certificate == "global" and res.objective is not None:
+        # the solver proved its objective (J) within its gap: the repaired point keeps that
+        # proof only if the repair moved J (both recomputed from arrays) by at most that gap
+        proven = abs(res.objective - res.bound) if (res.bound is not None and
+                                                    math.isfinite(res.bound)) else 0.0
+        if abs(eq.J - before.J) > proven + FEASIBILITY_SLACK * max(1.0, abs(before.J)):
+            local = (f"{name} end: J moved from {before.J:.9g} to {eq.J:.9g}{repair}, more "
+                     f"than the solver's proven gap {proven:.3g}")
+    if eq.follower_gap > FOLLOWER_GAP_TOL:
+        return eq, (f"{name} end fails its certificate: follower gap {eq.follower_gap:.3g} > "
+                    f"{FOLLOWER_GAP_TOL:g}{repair}"), local
+    if eq.leader_objective > band:
+        return eq, (f"{name} end fails its certificate: leader objective "
+                    f"{eq.leader_objective:.9g}{repair} above L* + tol = {bound_text}"), local
+    return eq, "", local
+
+
+def _other_equilibria(bm: BilevelModel, res: MPECResult) -> list[Equilibrium]:
+    """The step's other distinct local solutions (IPOPT) that are equilibria: each is loaded,
+    snapped (PAL) when its follower certificate fails, re-certified, and kept when it passes.
+    The model's values are restored."""
+    others = res.solutions[1:]
+    if not others:
+        return []
+    saved, out = _snapshot(bm.model), []
+    try:
+        for _, point in others:
+            _load(point)
+            eq = certify(bm, None)
+            if eq.follower_gap > FOLLOWER_GAP_TOL and bm.formulation == "PAL":
+                snap_to_best_response(bm)
+                eq = certify(bm, None)
+            if eq.follower_gap <= FOLLOWER_GAP_TOL:
+                out.append(eq)
+    finally:
+        _load(saved)
+    return out
+
+
+def _descend_leader(bm: BilevelModel, found: Equilibrium, schedule) -> Equilibrium:
+    """A local descent of the leader objective from `found` (an equilibrium that beat L*, but
+    found by an interval step, so not a leader optimum itself): IPOPT from it, warm (Scholtes
+    `schedule`, then the active-set polish), without the leader bound. The result is
+    re-certified (PAL: snapped when its follower certificate fails) and replaces `found` only
+    when it is an equilibrium with a smaller recomputed leader objective."""
+    m = bm.model
+    if m.component("eq_leader_bound") is not None:
+        m.del_component("eq_leader_bound")
+    set_objective(m, m.leader)
+    start = starting_point(bm, found.policy, found.model)
+    res = solve_mpec(m, Scholtes(schedule=schedule), Ipopt(tol=1e-9, max_iter=3000, options=WARM_IPOPT),
+                     starts=0, x0s=[start])
+    if not res.ok:
+        return found
+    eq = certify(bm, res.complementarity_violation)
+    if eq.follower_gap > FOLLOWER_GAP_TOL and bm.formulation == "PAL":
+        snap_to_best_response(bm)
+        eq = certify(bm, res.complementarity_violation)
+    if eq.follower_gap > FOLLOWER_GAP_TOL or eq.leader_objective >= found.leader_objective:
+        return found
+    return eq
 
 
 def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit, pal_reduction,
@@ -402,8 +550,17 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
     else:
         raise ValueError(f"unknown solver {which!r} (ipopt | scip | auto)")
     say = log or (lambda msg: None)
-    fail = lambda why: EquilibriumInterval(formulation, "failed", reason=why, alpha=bm.alpha,
-                                           solver=which, seconds=time.perf_counter() - t0)
+    improvements, downgrades = [], []
+
+    def fail(why):
+        details = {}
+        if improvements:
+            details["leader_optimum_improved"] = improvements
+        if downgrades:
+            details["certificate_downgraded"] = downgrades
+        return EquilibriumInterval(formulation, "failed", reason=why, alpha=bm.alpha, solver=which,
+                                   seconds=time.perf_counter() - t0, details=details)
+
     n_starts = 1 if which == "scip" else starts + len(kw.get("x0s", ()))
     structured = ()
 
@@ -419,49 +576,87 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
         return fail(f"leader optimum: {lead.status.value} ({lead.message})")
     L = float(lead.objective)
     proven_gap = abs(L - lead.bound) if (lead.bound is not None and math.isfinite(lead.bound)) else 0.0
-    tol = equilibrium_tolerance(bm, L) + proven_gap
     L_check = certify(bm, lead.complementarity_violation).leader_objective
-    m.eq_leader_bound = pyo.Constraint(expr=m.leader <= L + tol)
-    certificate = lead.certificate
-    gaps = [lead.gap] if lead.gap is not None else []
-    ends, fallbacks, snapped = {}, {}, {}
-    for name, sense in (("min", pyo.minimize), ("max", pyo.maximize)):
-        say(f"{formulation}: {name} J(pi, M) over equilibria ({which})")
-        set_objective(m, m.true_return, sense)
-        if which == "ipopt":
-            res = _ipopt_best(m, backend, reduction, kw,
-                              list(structured) + [p for _, p in lead.solutions], sense, warm_schedule)
-        else:
-            res = solve_mpec(m, reduction, backend, **kw)
-        if not res.ok and which == "ipopt":
-            # no start of this step converged: the leader-optimal point is itself an
-            # equilibrium in the band, so it stands as this end (local, and said so)
-            say(f"{formulation}: {name} J step failed ({res.message}); the leader optimum stands")
-            fallbacks[name] = f"{res.status.value}: {res.message}"
-            for v, x in lead.point.items():
-                v.set_value(x, skip_validation=True)
-            res = lead
-        if not res.ok:
-            return fail(f"{name} J over equilibria: {res.status.value} ({res.message})")
-        if res.certificate != "global":
-            certificate = "local"
-        if res.gap is not None:
-            gaps.append(res.gap)
-        eq = certify(bm, res.complementarity_violation)
-        leader_at_solution = eq.leader_objective
-        if eq.follower_gap > FOLLOWER_GAP_TOL and bm.formulation == "PAL":
-            snap_to_best_response(bm)
-            eq = certify(bm, res.complementarity_violation)
-            snapped[name] = {"leader_objective_before": leader_at_solution,
-                             "leader_objective_after": eq.leader_objective}
-        if eq.follower_gap > FOLLOWER_GAP_TOL:
-            return fail(f"{name} end fails its certificate: follower gap {eq.follower_gap:.3g} "
-                        f"> {FOLLOWER_GAP_TOL:g}")
-        # recomputed from arrays; the allowance covers the solvers' feasibility tolerance
-        if leader_at_solution > max(L, L_check) + tol + FEASIBILITY_SLACK * max(1.0, abs(L)):
-            return fail(f"{name} end fails its certificate: leader objective "
-                        f"{leader_at_solution:.9g} above L* + tol = {L + tol:.9g}")
-        ends[name] = eq
+    lead_certificate = lead.certificate
+    lead_gaps = [lead.gap] if lead.gap is not None else []
+    restarts = 0
+    while True:
+        # the band, and (mirrored) what proves L* was not the optimum; the allowance covers the
+        # solvers' feasibility tolerance (every leader value below is recomputed from arrays)
+        tol = equilibrium_tolerance(bm, L) + proven_gap
+        allowance = FEASIBILITY_SLACK * max(1.0, abs(L))
+        band, beaten = max(L, L_check) + tol + allowance, min(L, L_check) - tol - allowance
+        if m.component("eq_leader_bound") is not None:
+            m.del_component("eq_leader_bound")
+        m.eq_leader_bound = pyo.Constraint(expr=m.leader <= L + tol)
+        certificate, gaps = lead_certificate, list(lead_gaps)
+        ends, fallbacks, snapped, polished = {}, {}, {}, {}
+        failure, better = "", None
+        for name, sense in (("min", pyo.minimize), ("max", pyo.maximize)):
+            say(f"{formulation}: {name} J(pi, M) over equilibria ({which})")
+            set_objective(m, m.true_return, sense)
+            if which == "ipopt":
+                res = _ipopt_best(m, backend, reduction, kw,
+                                  list(structured) + [p for _, p in lead.solutions], sense, warm_schedule)
+            else:
+                res = solve_mpec(m, reduction, backend, **kw)
+            step_solved = res.ok
+            if not res.ok and which == "ipopt":
+                # no start of this step converged: the leader-optimal point is itself an
+                # equilibrium in the band, so it stands as this end (local, and said so)
+                say(f"{formulation}: {name} J step failed ({res.message}); the leader optimum stands")
+                fallbacks[name] = f"{res.status.value}: {res.message}"
+                _load(lead.point)
+                res = lead
+            if not res.ok:
+                return fail(failure or f"{name} J over equilibria: {res.status.value} ({res.message})")
+            if res.certificate != "global":
+                certificate = "local"
+            if res.gap is not None:
+                gaps.append(res.gap)
+            eq, why, local = _certified_end(bm, name, res, which, band, f"{L + tol:.9g}",
+                                            snapped, polished)
+            if local:
+                certificate = "local"
+                downgrades.append(local)
+            # any equilibrium of this step below the band's mirror beats L*
+            seen = ([eq] if eq.follower_gap <= FOLLOWER_GAP_TOL else []) + \
+                (_other_equilibria(bm, res) if step_solved else [])
+            best = min(seen, key=lambda e: e.leader_objective, default=None)
+            if best is not None and best.leader_objective < beaten:
+                better = (name, best)
+                break
+            if why:
+                failure = failure or why     # the other end may still show that L* is beaten
+                continue
+            ends[name] = eq
+        if better is None:
+            break
+        name, found = better
+        if restarts == _LEADER_RESTARTS:
+            return fail(f"leader optimum: the {name} step found leader objective "
+                        f"{found.leader_objective:.9g} below L* = {L:.9g} after {restarts} restarts")
+        restarts += 1
+        if lead_certificate == "global":
+            lead_certificate = "local"
+            downgrades.append(f"the {name} step found an equilibrium with leader objective "
+                              f"{found.leader_objective:.9g} below the proven leader optimum {L:.9g}")
+        eq = _descend_leader(bm, found, warm_schedule if which == "ipopt" else WARM_SCHEDULE)
+        say(f"{formulation}: the {name} step found an equilibrium with leader objective "
+            f"{found.leader_objective:.9g} < L* = {L:.9g}; L* = {eq.leader_objective:.9g} "
+            "(after a local descent from it), interval recomputed")
+        improvements.append({"old": L, "new": eq.leader_objective, "found_by": name,
+                             "found": found.leader_objective})
+        L = L_check = eq.leader_objective
+        point = starting_point(bm, eq.policy, eq.model)
+        new_tol = equilibrium_tolerance(bm, L) + proven_gap
+        lead = MPECResult(Status.LOCALLY_OPTIMAL, L, point,
+                          ((L, point),) + tuple((o, p) for o, p in lead.solutions if o <= L + new_tol),
+                          complementarity_violation=eq.complementarity_violation,
+                          certificate="local", message="an equilibrium of an interval step")
+        _load(point)
+    if failure:
+        return fail(failure)
     low, high = ends["min"], ends["max"]
     if low.J > high.J:  # numerical noise: recomputed values decide the order
         low, high = high, low
@@ -473,6 +668,12 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
         details["ends_at_leader_optimum"] = fallbacks
     if snapped:
         details["snapped_to_best_response"] = snapped
+    if polished:
+        details["polished_to_follower_optimum"] = polished
+    if improvements:
+        details["leader_optimum_improved"] = improvements
+    if downgrades:
+        details["certificate_downgraded"] = downgrades
     return EquilibriumInterval(formulation, "solved", alpha=bm.alpha, certificate=certificate,
                                solver=which, starts=n_starts, leader_objective=L, tolerance=tol,
                                low=low, high=high, seconds=time.perf_counter() - t0,

@@ -183,7 +183,7 @@ def kl_rows(P: np.ndarray, Phat: np.ndarray) -> np.ndarray:
 def model_loss(P: np.ndarray, Phat: np.ndarray, mu: np.ndarray) -> float:
     """l(Phat, mu) = sum_{s,a} mu(s,a) KL(P(.|s,a) || Phat(.|s,a)); pairs with mu = 0 add 0."""
     kl = kl_rows(P, Phat)
-    return float(np.sum(np.where(mu > 0, mu * kl, 0.0)))
+    return float(np.sum(np.where(mu > 0, mu * np.where(mu > 0, kl, 0.0), 0.0)))
 
 
 def random_model(K: np.ndarray, floor: float, rng: np.random.Generator) -> np.ndarray:

@@ -114,7 +114,8 @@ def _interval(d, key, fmt="{:.4g}"):
     iv = d.get(key)
     if iv is None:
         return "n/a"
-    lo, hi = fmt.format(iv["min"]), fmt.format(iv["max"])
+    clean = lambda x: 0.0 if abs(x) < 1e-12 else x     # solver round-off around an exact 0
+    lo, hi = fmt.format(clean(iv["min"])), fmt.format(clean(iv["max"]))
     return f"[{lo}, {hi}]"
 
 
@@ -136,11 +137,20 @@ def print_table(mdp: TabularMDP, doc: dict, out=sys.stdout) -> None:
             continue
         if d.get("solver") == "enumerate":
             cert = f"{d['certificate']} ({d['starts']} policies)"
+        elif d.get("solver") == "exact":
+            gap = max(d.get("proved_gap", {}).values(), default=0.0)
+            cert = d["certificate"] + (" (exact)" if gap == 0 else f" (gap {gap:.2g})")
         else:
             cert = d["certificate"] + (f" ({d['starts']} starts)" if d["certificate"] == "local" else "")
         print(f"{NAMES.get(f, f):<24} {a:>6}  {_interval(d, 'J'):<22} "
               f"{_interval(d, 'episode_reward'):<26} {d['leader_objective']:>12.6g}  "
               f"{cert:<18} {d['seconds']:>7.1f}", file=out)
+        for end, f_ in (d.get("at_floor") or {}).items():
+            if isinstance(f_, dict) and not f_.get("witness", True):
+                at = "" if f_.get("J") is None else f"; at the floor: J = {f_['J']:.6g}"
+                print(f"{'':<24} {'':>6}  note: the {end} end holds in the limit eta -> 0; at "
+                      f"eta={d['at_floor']['eta']:g} its policy is not a best response (gap "
+                      f"{f_['floored_witness_follower_gap']:.2g}){at}", file=out)
         for end, why in d.get("ends_at_leader_optimum", {}).items():
             print(f"{'':<24} {'':>6}  note: the {end} end is the leader optimum (its own search "
                   f"failed: {why})", file=out)
@@ -182,11 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(defaults: {', '.join(f'{k}={v}' for k, v in DEFAULT_ALPHA.items())})")
     p.add_argument("--alpha-sweep", action="store_true",
                    help=f"also print the exact interval of both MAL fixes for alpha in {list(SWEEP_ALPHAS)}")
-    p.add_argument("--solver", choices=("auto", "ipopt", "scip", "enumerate"), default="auto",
-                   help="auto: SCIP (global certificate) on small MDPs (MAL + agent reward: "
-                        "enumeration of the follower's policies when at most 16), else IPOPT "
-                        "(local); enumerate: SCIP per deterministic follower policy, global, tiny "
-                        "MDPs, MAL family (PAL takes the auto route)")
+    p.add_argument("--solver", choices=("auto", "exact", "mpec-scip", "mpec-ipopt", "enumerate",
+                                        "scip", "ipopt"), default="auto",
+                   help="auto/exact: the exact routes from the followers' best-response structure "
+                        "(PAL: closed form; MAL, MAL + random noise: deterministic follower "
+                        "policies, MILP; global), and for MAL + agent reward the MPEC route "
+                        "(follower-policy enumeration when at most 16 policies, SCIP on tiny "
+                        "MDPs, else IPOPT, local); mpec-scip / mpec-ipopt (alias scip / ipopt): "
+                        "the single-level MPEC with that solver; enumerate: SCIP per "
+                        "deterministic follower policy (MAL family, tiny MDPs)")
     p.add_argument("--starts", type=int, default=3, help="IPOPT cold starts: the model's initial point and N-1 random follower-optimal (policy, model) pairs, besides the structured ones (the true optimum with the fitted model, the uniform policy, the fitted model's optimum)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--summary-only", action="store_true", help="only the MDP summary and optimum")

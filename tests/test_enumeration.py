@@ -94,20 +94,15 @@ def test_auto_certifies_agent_reward_on_hidden_goal_and_ipopt_agrees():
     assert auto.high.J == pytest.approx(local.high.J, abs=1e-4)
 
 
-def test_auto_hands_an_uncertified_scip_solve_to_the_enumeration(monkeypatch, mdp):
-    """auto: SCIP on the MPEC first; when it does not certify, the enumeration (global) takes
-    over before IPOPT, and SCIP's reason is kept in the details."""
-    import bilevel.equilibria as eq
-    real = eq._solve_formulation
-
-    def scip_fails(mdp_, formulation, alpha, which, *args):
-        if which == "scip":
-            return eq.EquilibriumInterval(formulation, "failed", reason="timelimit (forced)",
-                                          solver="scip")
-        return real(mdp_, formulation, alpha, which, *args)
-
-    monkeypatch.setattr(eq, "_solve_formulation", scip_fails)
-    r = eq.solve_formulation(mdp, "MAL", solver="auto", time_limit=2.0)
-    assert r.solver == "enumerate" and r.certificate == "global"
-    assert r.details["scip"] == "timelimit (forced)"
-    assert r.low.J == pytest.approx(solved(mdp, "MAL", None, "enumerate").low.J, abs=1e-9)
+def test_routing_exact_for_mal_and_the_mpec_route_for_agent_reward(mdp):
+    """auto: MAL goes to the exact route (no MPEC), MAL + agent reward (no exact route) to the
+    follower-policy enumeration on this 16-policy MDP; --solver enumerate keeps MAL on the
+    enumeration, and both MAL routes give the same interval."""
+    from bilevel.equilibria import solve_formulation as solve
+    assert solve(mdp, "MAL", solver="auto").solver == "exact"
+    assert solve(mdp, "MAL_agent_reward", solver="auto", time_limit=2.0).solver == "enumerate"
+    enum = solve(mdp, "MAL", solver="enumerate", time_limit=2.0)
+    exact = solve(mdp, "MAL", solver="exact")
+    assert enum.solver == "enumerate" and enum.certificate == exact.certificate == "global"
+    assert enum.low.J == pytest.approx(exact.low.J, abs=1e-6)
+    assert enum.high.J == pytest.approx(exact.high.J, abs=1e-6)

@@ -73,6 +73,11 @@ class HidingMILP:
                         coefs.append(-g * m.P[s, a, t])
             p.row(cols, coefs, (1 - g) * m.rho0[t], (1 - g) * m.rho0[t])
         p.set_cost(self.mu[L].ravel(), (m.r[L] / (1 - g)).ravel())
+        # J = rho0 . V: the states rho0 charges are reached, where V = V^pi_M (a valid equality
+        # that ties the values to the occupancy in the LP relaxation)
+        st = [s for s in L if m.rho0[s] > 0]
+        p.row(list(self.mu[L].ravel()) + [self.V[s] for s in st],
+              list((m.r[L] / (1 - g)).ravel()) + [-m.rho0[s] for s in st], 0.0, 0.0)
         self._bellman_rows()
         self.y, self.u = {}, {}
         self._free_rows()

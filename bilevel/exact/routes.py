@@ -23,8 +23,10 @@ import numpy as np
 from bilevel.equilibria import (FOLLOWER_GAP_TOL, Equilibrium, EquilibriumInterval, follower_gap,
                                 leader_value, model_reward)
 from bilevel.exact.milp import HidingMILP
-from bilevel.exact.search import low_return_equilibria, return_extremes, true_return
+from bilevel.exact.search import (brute_force, hiding_descent, low_return_equilibria, return_extremes,
+                                  true_return)
 from bilevel.exact.structure import Check, FollowerStructure, forced_pairs
+from bilevel.equilibria import n_policies
 from bilevel.formulations import resolve_alpha
 from bilevel.mdp import TabularMDP
 from bilevel.occupancy import (deterministic_policy, episode_reward, kl_fit, model_loss, occupancy,
@@ -35,7 +37,10 @@ EXACT_FORMULATIONS = ("PAL", "MAL", "MAL_random_noise")
 RETURN_TOL = 1e-9       # an incumbent within this of the bound over all policies is proved
 PROVED_TOL = 1e-6       # an end is global when its proved gap is at most this (relative to J*)
 MILP_TIME_LIMIT = 600.0
-FLOOR_MILP_MAX_ENTRIES = 20_000   # the floored MILP (dense rows per target) only up to this |K|
+FLOOR_MILP_MAX_ENTRIES = 2_000    # the floored MILP (dense rows per target) only up to this |K|
+FLOOR_MILP_TIME_LIMIT = 30.0
+# below this many deterministic policies, checking each is faster than the MILP (RESULTS.md)
+BRUTE_FORCE_MAX_POLICIES = 10_000
 
 
 def has_exact_route(formulation: str) -> bool:
@@ -57,17 +62,21 @@ def certify_point(mdp: TabularMDP, formulation: str, alpha, pi: np.ndarray,
 
 
 def exact_interval(mdp: TabularMDP, formulation: str, alpha=None,
-                   time_limit: float = MILP_TIME_LIMIT, log=None) -> EquilibriumInterval:
-    """The limit equilibrium interval of PAL, MAL or MAL + random noise (module docstring)."""
+                   time_limit: float = MILP_TIME_LIMIT, log=None,
+                   floor_ends: bool = False) -> EquilibriumInterval:
+    """The limit equilibrium interval of PAL, MAL or MAL + random noise (module docstring).
+    `floor_ends`: also compute, for a limit end without a witness at the file's floor, the end
+    at that floor (`_floor_end`; the floored MILP can take much longer than the limit one)."""
     if not has_exact_route(formulation):
         raise ValueError(f"no exact route for {formulation!r} (exact: {', '.join(EXACT_FORMULATIONS)})")
     t0 = time.perf_counter()
     alpha = resolve_alpha(formulation, alpha)
     say = log or (lambda msg: None)
+    say(f"{formulation}: exact route")
     if formulation == "PAL":
         res = _pal(mdp, alpha, say)
     else:
-        res = _mal_family(mdp, formulation, alpha, time_limit, say)
+        res = _mal_family(mdp, formulation, alpha, time_limit, say, floor_ends)
     return EquilibriumInterval(**{**res.__dict__, "seconds": time.perf_counter() - t0})
 
 
@@ -127,7 +136,7 @@ class End:
         return End(chk.actions, chk.reached, chk.V, gap, how)
 
 
-def _mal_family(mdp, formulation, alpha, time_limit, say) -> EquilibriumInterval:
+def _mal_family(mdp, formulation, alpha, time_limit, say, floor_ends) -> EquilibriumInterval:
     forced = forced_pairs(mdp, formulation, alpha)
     fs = FollowerStructure(mdp, 0.0, forced)
     J_min_all, J_star, _, a_star = return_extremes(fs)
@@ -147,6 +156,8 @@ def _mal_family(mdp, formulation, alpha, time_limit, say) -> EquilibriumInterval
         best = found[0] if found else None
         if best is not None and true_return(fs, best.actions) <= J_min_all + RETURN_TOL * max(1, abs(J_min_all)):
             ends["min"] = End.of(best, 0.0, "min over all policies of M")
+        elif n_policies(mdp) <= BRUTE_FORCE_MAX_POLICIES:
+            ends["min"] = _brute_force_end(fs, say)
         else:
             ends["min"] = _milp_end(fs, False, time_limit, say, info, best)
     failed = [k for k, e in ends.items() if e.actions is None]
@@ -158,15 +169,15 @@ def _mal_family(mdp, formulation, alpha, time_limit, say) -> EquilibriumInterval
     for name, end in ends.items():
         pi = deterministic_policy(end.actions, mdp.n_actions)
         chk_eta = fs_eta.check(end.actions)
-        eq = None
-        if chk_eta.equilibrium:
-            eq = certify_point(mdp, formulation, alpha, pi,
-                               fs_eta.witness_model(chk_eta.actions, chk_eta.reached, chk_eta.V))
-            if eq.follower_gap > FOLLOWER_GAP_TOL:
-                eq = None
-        at_floor[name] = {"witness": eq is not None}
-        if eq is None:   # the end holds in the limit only: a tie that the floor breaks
-            at_floor[name].update(_floor_end(fs_eta, formulation, alpha, name == "max", time_limit, say))
+        eq = certify_point(mdp, formulation, alpha, pi,
+                           fs_eta.witness_model(chk_eta.actions, chk_eta.reached, chk_eta.V))
+        at_floor[name] = {"witness": eq.follower_gap <= FOLLOWER_GAP_TOL}
+        if not at_floor[name]["witness"]:
+            # the end holds in the limit only: a tie that the floor breaks
+            at_floor[name]["floored_witness_follower_gap"] = eq.follower_gap
+            if floor_ends:
+                at_floor[name].update(_floor_end(fs_eta, formulation, alpha, name == "max",
+                                                 time_limit, say))
             eq = certify_point(mdp, formulation, alpha, pi, fs.witness_model(end.actions, end.fitted, end.V))
         if eq.follower_gap > FOLLOWER_GAP_TOL:
             return EquilibriumInterval(formulation, "failed", alpha=alpha, solver="exact",
@@ -194,6 +205,17 @@ def _reachable_any(mdp) -> np.ndarray:
         seen |= nxt
         frontier = nxt
     return seen
+
+
+def _brute_force_end(fs, say) -> End:
+    """The min end by checking every deterministic policy (exact at eta = 0: complete)."""
+    say(f"exact: checking all {n_policies(fs.mdp)} deterministic policies for the min end")
+    rows = brute_force(fs)
+    ok = [(J, acts) for acts, J, eq in rows if eq]
+    J, acts = min(ok)
+    actions = np.zeros(fs.mdp.n_states, dtype=int)
+    actions[fs.live] = acts
+    return End.of(fs.check(actions), 0.0, f"all {len(rows)} deterministic policies checked")
 
 
 def _milp_end(fs, maximize, time_limit, say, info, incumbent: Check | None = None) -> End:
@@ -234,14 +256,28 @@ def _gap(J, bound) -> float:
 
 
 def _floor_end(fs_eta, formulation, alpha, maximize, time_limit, say) -> dict:
-    """The end at the file's floor: the MILP with floored coefficients (dense rows: small MDPs
-    only), its witness certified from arrays."""
-    if fs_eta.eta == 0.0 or fs_eta.kset[0].size > FLOOR_MILP_MAX_ENTRIES:
-        return {"J": None, "note": "not computed (the floored MILP is for small models)"}
-    end = _milp_end(fs_eta, maximize, time_limit, say, {})
-    if end.actions is None:
-        return {"J": None, "note": end.how}
+    """The end at the file's floor, for a limit end that has no witness there: first the hiding
+    descent at eta (sound: every policy it returns is an equilibrium at eta), proved when it
+    reaches the bound over all policies (J* or min_pi J); else the MILP with floored
+    coefficients (dense rows: small models only, FLOOR_MILP_MAX_ENTRIES); the witness is
+    certified from arrays either way."""
     mdp = fs_eta.mdp
+    J_lo, J_hi, a_lo, a_hi = return_extremes(fs_eta)
+    bound = J_hi if maximize else J_lo
+    found = [c for c in (hiding_descent(fs_eta, a_hi if maximize else a_lo),
+                         *([] if maximize else low_return_equilibria(fs_eta))) if c is not None]
+    end = None
+    if found:
+        best = (max if maximize else min)(found, key=lambda c: true_return(fs_eta, c.actions))
+        gap = abs(true_return(fs_eta, best.actions) - bound)
+        end = End.of(best, gap if gap <= RETURN_TOL * max(1.0, abs(bound)) else math.inf,
+                     "hiding descent at eta")
+    if (end is None or end.gap > 0) and fs_eta.kset[0].size <= FLOOR_MILP_MAX_ENTRIES:
+        milp_end = _milp_end(fs_eta, maximize, min(time_limit, FLOOR_MILP_TIME_LIMIT), say, {})
+        if milp_end.actions is not None:
+            end = milp_end
+    if end is None:
+        return {"J": None, "note": "no equilibrium found at eta (the floored MILP is for small models)"}
     pi = deterministic_policy(end.actions, mdp.n_actions)
     eq = certify_point(mdp, formulation, alpha, pi, fs_eta.witness_model(end.actions, end.fitted, end.V))
     return {"J": eq.J, "proved_gap": end.gap, "follower_gap": eq.follower_gap,
