@@ -108,7 +108,7 @@ class EquilibriumInterval:
                   "solver_gap": self.details.get("solver_gap"),
                   **{k: self.details[k] for k in ("ipopt_mode", "ends_at_leader_optimum",
                                                   "snapped_to_best_response", "enumeration",
-                                                  "route", "limit", "proved_gap", "how",
+                                                  "route", "limit", "proved_gap", "how", "epsilon",
                                                   "at_floor", "milp")
                      if k in self.details},
                   "J": {"min": self.low.J, "max": self.high.J},
@@ -347,8 +347,12 @@ def live_pairs(mdp: TabularMDP) -> int:
 def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = None,
                       solver: str = "auto", starts: int = 3, seed: int = 0,
                       time_limit: float = SCIP_TIME_LIMIT, pal_reduction: str = "closed_form",
-                      log=None, ipopt_mode: str = "auto") -> EquilibriumInterval:
+                      log=None, ipopt_mode: str = "auto",
+                      epsilon: float | None = None) -> EquilibriumInterval:
     """The equilibrium interval of `formulation` (see module docstring).
+    epsilon: the interval over epsilon-leader-optimal equilibria (leader <= L* + epsilon, at the
+    file's floor) instead of the exact limit one: PAL in closed form, the MAL family on the
+    MPEC route with that band.
     solver: "auto" takes the exact route (bilevel.exact: PAL, MAL, MAL + random noise) and, for
     the others, the MPEC route below; "exact" the same; "mpec-scip" / "mpec-ipopt" (aliases
     "scip" / "ipopt") force the MPEC with that back-end. On the MPEC route with "auto", a SCIP
@@ -361,7 +365,15 @@ def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = N
     solver = SOLVER_ALIASES.get(solver, solver)
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r} (choose from {', '.join(SOLVERS)})")
-    if solver in ("auto", "exact", "enumerate"):
+    if epsilon is not None:
+        if not (epsilon >= 0.0 and math.isfinite(epsilon)):
+            raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon}")
+        if formulation == "PAL":
+            from bilevel.exact.routes import pal_epsilon_interval
+            return pal_epsilon_interval(mdp, epsilon)
+        if solver in ("auto", "exact", "enumerate"):
+            solver = "auto"
+    elif solver in ("auto", "exact", "enumerate"):
         from bilevel.exact import exact_interval, has_exact_route
         if has_exact_route(formulation) and (solver != "enumerate" or formulation == "PAL"):
             return exact_interval(mdp, formulation, alpha, log=log)
@@ -380,11 +392,11 @@ def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = N
     if which == "enumerate":
         return enumerated()
     res = _solve_formulation(mdp, formulation, alpha, which, starts, seed,
-                             time_limit, pal_reduction, log, ipopt_mode)
+                             time_limit, pal_reduction, log, ipopt_mode, epsilon)
     if solver in ("auto", "enumerate") and res.solver == "scip" and not res.ok:
         say(f"{formulation}: SCIP did not certify ({res.reason}); IPOPT")
         local = _solve_formulation(mdp, formulation, alpha, "ipopt", starts, seed, time_limit,
-                                   pal_reduction, log, ipopt_mode)
+                                   pal_reduction, log, ipopt_mode, epsilon)
         details = dict(local.details, scip=res.reason)
         return EquilibriumInterval(**{**local.__dict__, "details": details,
                                       "seconds": local.seconds + res.seconds})
@@ -527,7 +539,8 @@ def _descend_leader(bm: BilevelModel, found: Equilibrium, schedule) -> Equilibri
 
 
 def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit, pal_reduction,
-                       log, ipopt_mode="auto") -> EquilibriumInterval:
+                       log, ipopt_mode="auto", epsilon=None) -> EquilibriumInterval:
+    """The MPEC route. `epsilon`: the band width (default `equilibrium_tolerance`)."""
     if ipopt_mode not in ("auto", "homotopy", "polish"):
         raise ValueError(f"unknown ipopt_mode {ipopt_mode!r} (auto | homotopy | polish)")
     t0 = time.perf_counter()
@@ -583,7 +596,7 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
     while True:
         # the band, and (mirrored) what proves L* was not the optimum; the allowance covers the
         # solvers' feasibility tolerance (every leader value below is recomputed from arrays)
-        tol = equilibrium_tolerance(bm, L) + proven_gap
+        tol = (equilibrium_tolerance(bm, L) if epsilon is None else epsilon) + proven_gap
         allowance = FEASIBILITY_SLACK * max(1.0, abs(L))
         band, beaten = max(L, L_check) + tol + allowance, min(L, L_check) - tol - allowance
         if m.component("eq_leader_bound") is not None:
@@ -649,7 +662,7 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
                              "found": found.leader_objective})
         L = L_check = eq.leader_objective
         point = starting_point(bm, eq.policy, eq.model)
-        new_tol = equilibrium_tolerance(bm, L) + proven_gap
+        new_tol = (equilibrium_tolerance(bm, L) if epsilon is None else epsilon) + proven_gap
         lead = MPECResult(Status.LOCALLY_OPTIMAL, L, point,
                           ((L, point),) + tuple((o, p) for o, p in lead.solutions if o <= L + new_tol),
                           complementarity_violation=eq.complementarity_violation,
@@ -674,6 +687,8 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
         details["leader_optimum_improved"] = improvements
     if downgrades:
         details["certificate_downgraded"] = downgrades
+    if epsilon is not None:
+        details["epsilon"] = epsilon
     return EquilibriumInterval(formulation, "solved", alpha=bm.alpha, certificate=certificate,
                                solver=which, starts=n_starts, leader_objective=L, tolerance=tol,
                                low=low, high=high, seconds=time.perf_counter() - t0,

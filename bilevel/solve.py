@@ -83,7 +83,7 @@ def read_solution(path) -> dict:
 
 
 def solve_to_dict(mdp: TabularMDP, formulations=None, alpha=None, solver: str = "auto",
-                  starts: int = 3, seed: int = 0, log=None) -> dict:
+                  starts: int = 3, seed: int = 0, log=None, epsilon: float | None = None) -> dict:
     """The `--json` document: {"mdp", "optimal", "formulations": {F: interval.to_json()}}.
     `alpha` is one number (used by both MAL fixes) or a mapping {formulation: alpha}."""
     head, _ = summary(mdp)
@@ -92,7 +92,8 @@ def solve_to_dict(mdp: TabularMDP, formulations=None, alpha=None, solver: str = 
            "formulations": {}}
     for f in formulations or FORMULATIONS:
         a = alpha.get(f) if isinstance(alpha, dict) else alpha
-        res = solve_formulation(mdp, f, alpha=a, solver=solver, starts=starts, seed=seed, log=log)
+        res = solve_formulation(mdp, f, alpha=a, solver=solver, starts=starts, seed=seed, log=log,
+                                epsilon=epsilon)
         out["formulations"][f] = res.to_json()
     return out
 
@@ -123,9 +124,12 @@ def print_table(mdp: TabularMDP, doc: dict, out=sys.stdout) -> None:
     """One row per formulation: J interval, episode-reward interval, leader objective,
     certificate, seconds."""
     ep_head = f"episode reward ({mdp.horizon} steps)" if mdp.horizon else "episode reward"
+    eps = next((d.get("epsilon") for d in doc["formulations"].values() if d.get("epsilon") is not None), None)
+    which = (f"epsilon-leader-optimal equilibria, leader <= L* + {eps:g} at the file's floor"
+             if eps is not None else
+             "leader-optimal equilibria, in the limit of a vanishing model floor and band")
     print(f"\nExact Stackelberg equilibria (strong/optimistic: the leader picks among the "
-          f"follower's best responses;\nintervals = min and max true return over leader-optimal "
-          f"equilibria)", file=out)
+          f"follower's best responses;\nintervals = min and max true return over {which})", file=out)
     head = f"{'formulation':<24} {'alpha':>6}  {'J(pi, M) discounted':<22} {ep_head:<26} " \
            f"{'leader obj.':>12}  {'certificate':<18} {'seconds':>7}"
     print(head, file=out)
@@ -201,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "MDPs, else IPOPT, local); mpec-scip / mpec-ipopt (alias scip / ipopt): "
                         "the single-level MPEC with that solver; enumerate: SCIP per "
                         "deterministic follower policy (MAL family, tiny MDPs)")
+    p.add_argument("--epsilon", type=float, default=None, metavar="E",
+                   help="the interval over E-leader-optimal equilibria (leader <= L* + E, at the "
+                        "file's floor: what a trainer with leader error E can end at) instead of "
+                        "the exact limit interval; PAL in closed form, the MAL family on the "
+                        "MPEC route")
     p.add_argument("--starts", type=int, default=3, help="IPOPT cold starts: the model's initial point and N-1 random follower-optimal (policy, model) pairs, besides the structured ones (the true optimum with the fitted model, the uniform policy, the fitted model's optimum)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--summary-only", action="store_true", help="only the MDP summary and optimum")
@@ -242,7 +251,10 @@ def main(argv=None) -> int:
         return 0
     if not args.json:
         print_summary(mdp, opt)
-    doc = solve_to_dict(mdp, forms, alpha, args.solver, args.starts, args.seed, log)
+    if args.epsilon is not None and not (args.epsilon >= 0 and np.isfinite(args.epsilon)):
+        print(f"error: --epsilon: must be a finite number >= 0, got {args.epsilon}", file=sys.stderr)
+        return 2
+    doc = solve_to_dict(mdp, forms, alpha, args.solver, args.starts, args.seed, log, args.epsilon)
     sweeps = {}
     if args.alpha_sweep:
         for f in ("MAL_agent_reward", "MAL_random_noise"):

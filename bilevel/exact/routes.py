@@ -30,7 +30,7 @@ from bilevel.equilibria import n_policies
 from bilevel.formulations import resolve_alpha
 from bilevel.mdp import TabularMDP
 from bilevel.occupancy import (deterministic_policy, episode_reward, kl_fit, model_loss, occupancy,
-                               policy_evaluation)
+                               policy_evaluation, policy_from_occupancy)
 from solvers.base import Status
 
 EXACT_FORMULATIONS = ("PAL", "MAL", "MAL_random_noise")
@@ -116,6 +116,30 @@ def _pal(mdp, alpha, say) -> EquilibriumInterval:
     return EquilibriumInterval("PAL", "solved", alpha=alpha, certificate="global", solver="exact",
                                starts=0, leader_objective=-J_star, tolerance=0.0, low=eq, high=eq,
                                details=details)
+
+
+def pal_epsilon_interval(mdp: TabularMDP, epsilon: float) -> EquilibriumInterval:
+    """PAL's interval over epsilon-leader-optimal equilibria in the limit eta -> 0: there
+    J(pi, Phat) = J(pi, M) for every equilibrium, so the band is {pi : J(pi, M) >= J* - epsilon}
+    and the interval is [max(J_min, J* - epsilon), J*] (J over stationary policies takes every
+    value between J_min and J*). The low end's witness is the policy of the occupancy
+    lam mu* + (1 - lam) mu_min with lam chosen so that J = J* - epsilon."""
+    t0 = time.perf_counter()
+    fs = FollowerStructure(mdp, 0.0, np.zeros((mdp.n_states, mdp.n_actions), bool))
+    J_min, J_star, a_min, a_star = return_extremes(fs)
+    mu_star = occupancy(mdp.P, mdp.rho0, mdp.gamma, deterministic_policy(a_star, mdp.n_actions))
+    mu_min = occupancy(mdp.P, mdp.rho0, mdp.gamma, deterministic_policy(a_min, mdp.n_actions))
+    lam = 1.0 if J_star - J_min <= epsilon else 1.0 - epsilon / (J_star - J_min)
+    pi_low = policy_from_occupancy(lam * mu_star + (1 - lam) * mu_min)
+    Phat = kl_fit(mdp.P, mdp.K, mdp.floor)
+    low = certify_point(mdp, "PAL", None, pi_low, Phat) if lam < 1.0 else None
+    high = certify_point(mdp, "PAL", None, deterministic_policy(a_star, mdp.n_actions), Phat)
+    details = {"route": "closed form (epsilon band in the limit)", "limit": True,
+               "epsilon": epsilon, "proved_gap": {"min": 0.0, "max": 0.0}}
+    return EquilibriumInterval("PAL", "solved", certificate="global", solver="exact", starts=0,
+                               leader_objective=-J_star, tolerance=epsilon,
+                               low=low if low is not None else high, high=high,
+                               seconds=time.perf_counter() - t0, details=details)
 
 
 # --------------------------------------------------------------------------- MAL family
