@@ -38,6 +38,10 @@ AUTO_SCIP_MAX_PAIRS = 16     # --solver auto: SCIP (global) up to this many stat
 # step at ~26 ms each on a 10x10 grid); every start is follower-optimal and goes straight to the
 # active-set polish, a smooth NLP on the start's complementarity branch (1 s on the 10x10 grid)
 POLISH_ONLY_PAIRS = 200
+# ... and always for these: on a 5-state, 3-action Garnet (support all) MAL + agent reward's
+# homotopy took 124 s and stopped at a worse leader optimum (-5.17e-4) than the polish from the
+# follower-optimal starts (-6.46e-4, 2.3 s), so its band held non-equilibria
+POLISH_FORMULATIONS = ("MAL_agent_reward",)
 # --solver auto for MAL_agent_reward (whose MPEC SCIP does not close): enumerate the follower's
 # deterministic policies (bilevel.enumeration, global) when there are at most this many ...
 ENUMERATE_AUTO_MAX_POLICIES = 16
@@ -545,7 +549,8 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
         raise ValueError(f"unknown ipopt_mode {ipopt_mode!r} (auto | homotopy | polish)")
     t0 = time.perf_counter()
     polish_only = which == "ipopt" and (
-        ipopt_mode == "polish" or (ipopt_mode == "auto" and live_pairs(mdp) > POLISH_ONLY_PAIRS))
+        ipopt_mode == "polish" or (ipopt_mode == "auto" and (
+            live_pairs(mdp) > POLISH_ONLY_PAIRS or formulation in POLISH_FORMULATIONS)))
     if polish_only and pal_reduction == "closed_form":
         # the polish fixes one side of each pair to 0; a squared-norm side is degenerate there
         pal_reduction = "closed_form_split"
