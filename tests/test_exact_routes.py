@@ -81,7 +81,7 @@ def test_milp_alone_finds_the_worst_and_best_hiding_equilibria(mdp):
     milp = HidingMILP(fs)
     for maximize, want in ((False, min(Js)), (True, max(Js))):
         res, point = milp.solve(maximize)
-        assert res.status.value == "optimal"
+        assert res.status.value == "optimal", (res.status, res.message, mdp.name)
         assert true_return(fs, point.actions) == pytest.approx(want, abs=1e-7)
         assert fs.check(point.actions).equilibrium
 
