@@ -173,20 +173,25 @@ def snap_to_best_response(bm: BilevelModel) -> None:
             m.Phat[s, a, t].set_value(float(Peta[s, a, t]), skip_validation=True)
 
 
-def certify(bm: BilevelModel, violation: float | None) -> Equilibrium:
-    """Read (pi, Phat) from the model and recompute every reported number."""
-    mdp = bm.mdp
-    x = extract(bm)
-    pi, Phat = x["policy"], x["model"]
+def certify_point(mdp: TabularMDP, formulation: str, alpha, pi: np.ndarray, Phat: np.ndarray,
+                  violation: float | None = None) -> Equilibrium:
+    """Every reported number of (pi, Phat), recomputed from the arrays: J(pi, M), episode
+    reward, l(Phat, mu_M^pi), J(pi, Phat), the leader objective and the follower gap."""
     mu = occupancy(mdp.P, mdp.rho0, mdp.gamma, pi)
     J = float(mdp.rho0 @ policy_evaluation(mdp.P, mdp.r, mdp.gamma, pi))
     ep = episode_reward(mdp.P, mdp.r, mdp.rho0, pi, mdp.horizon) if mdp.horizon else None
     J_model = float(mdp.rho0 @ policy_evaluation(Phat, model_reward(mdp, Phat), mdp.gamma, pi))
     return Equilibrium(policy=pi, model=Phat, J=J, episode_reward=ep,
                        model_loss=model_loss(mdp.P, Phat, mu), J_model=J_model,
-                       leader_objective=leader_value(bm.formulation, mdp, pi, Phat, bm.alpha),
-                       follower_gap=follower_gap(bm.formulation, mdp, pi, Phat),
+                       leader_objective=leader_value(formulation, mdp, pi, Phat, alpha),
+                       follower_gap=follower_gap(formulation, mdp, pi, Phat),
                        complementarity_violation=violation)
+
+
+def certify(bm: BilevelModel, violation: float | None) -> Equilibrium:
+    """Read (pi, Phat) from the model and recompute every reported number (`certify_point`)."""
+    x = extract(bm)
+    return certify_point(bm.mdp, bm.formulation, bm.alpha, x["policy"], x["model"], violation)
 
 
 # --------------------------------------------------------------------------- starts

@@ -20,17 +20,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bilevel.equilibria import (FOLLOWER_GAP_TOL, Equilibrium, EquilibriumInterval, follower_gap,
-                                leader_value, model_reward)
+from bilevel.equilibria import FOLLOWER_GAP_TOL, EquilibriumInterval, certify_point, n_policies
 from bilevel.exact.milp import HidingMILP
 from bilevel.exact.search import (brute_force, hiding_descent, low_return_equilibria, return_extremes,
                                   true_return)
 from bilevel.exact.structure import Check, FollowerStructure, forced_pairs
-from bilevel.equilibria import n_policies
 from bilevel.formulations import resolve_alpha
 from bilevel.mdp import TabularMDP
-from bilevel.occupancy import (deterministic_policy, episode_reward, kl_fit, model_loss, occupancy,
-                               policy_evaluation, policy_from_occupancy)
+from bilevel.occupancy import deterministic_policy, kl_fit, occupancy, policy_from_occupancy
 from solvers.base import Status
 
 EXACT_FORMULATIONS = ("PAL", "MAL", "MAL_random_noise")
@@ -45,20 +42,6 @@ BRUTE_FORCE_MAX_POLICIES = 10_000
 
 def has_exact_route(formulation: str) -> bool:
     return formulation in EXACT_FORMULATIONS
-
-
-def certify_point(mdp: TabularMDP, formulation: str, alpha, pi: np.ndarray,
-                  Phat: np.ndarray) -> Equilibrium:
-    """Every reported number of (pi, Phat), recomputed from the arrays."""
-    mu = occupancy(mdp.P, mdp.rho0, mdp.gamma, pi)
-    J = float(mdp.rho0 @ policy_evaluation(mdp.P, mdp.r, mdp.gamma, pi))
-    ep = episode_reward(mdp.P, mdp.r, mdp.rho0, pi, mdp.horizon) if mdp.horizon else None
-    J_model = float(mdp.rho0 @ policy_evaluation(Phat, model_reward(mdp, Phat), mdp.gamma, pi))
-    return Equilibrium(policy=pi, model=Phat, J=J, episode_reward=ep,
-                       model_loss=model_loss(mdp.P, Phat, mu), J_model=J_model,
-                       leader_objective=leader_value(formulation, mdp, pi, Phat, alpha),
-                       follower_gap=follower_gap(formulation, mdp, pi, Phat),
-                       complementarity_violation=None)
 
 
 def exact_interval(mdp: TabularMDP, formulation: str, alpha=None,
