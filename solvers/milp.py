@@ -69,8 +69,9 @@ class MILP:
         A = sp.csc_matrix((self._vals, (self._rows, self._cols)), shape=(self.n_rows, self.n))
         A.sum_duplicates()
         h = new_highs()
-        for k, v in (("mip_rel_gap", rel_gap), ("mip_abs_gap", abs_gap), ("threads", threads),
-                     ("random_seed", 0)):
+        # (no `threads` option: HiGHS fixes its scheduler at the first run in a process, and
+        # setting it afterwards makes every later run fail with status "Not Set")
+        for k, v in (("mip_rel_gap", rel_gap), ("mip_abs_gap", abs_gap), ("random_seed", 0)):
             h.setOptionValue(k, v)
         if time_limit is not None:
             h.setOptionValue("time_limit", float(time_limit))

@@ -171,3 +171,13 @@ def test_cli_grid_hidden_goal_table_is_global_and_shows_the_zero():
     assert out.returncode == 0, out.stderr
     mal = next(line for line in out.stdout.splitlines() if line.startswith("MAL "))
     assert "[0, 9.026]" in mal and "global" in mal
+
+
+def test_milp_runs_after_an_lp_in_the_same_process(hidden_goal):
+    """HiGHS fixes its scheduler at the first run in a process: a MILP solved after an LP (the
+    benchmarks and studies do that) must still be solved."""
+    from bilevel.occupancy import occupancy_lp
+    mdp = garnet(4, 3, 4, seed=0, support="all", initial="first")
+    occupancy_lp(mdp.P, mdp.r, mdp.rho0, mdp.gamma)
+    res, point = HidingMILP(FollowerStructure(mdp, 0.0, forced_pairs(mdp, "MAL", None))).solve(False)
+    assert res.status.value == "optimal" and point is not None
