@@ -4,16 +4,18 @@ The public surface, for use from a training script:
 
     import bilevel
     mdp = bilevel.load_mdp("mdps/hidden_goal.yaml")
-    interval = bilevel.equilibria(mdp, "MAL")            # EquilibriumInterval, certified
+    interval = bilevel.equilibrium_interval(mdp, "MAL")            # EquilibriumInterval, certified
     print(interval.certificate, interval.low.J, interval.high.J)
-    check = bilevel.verify(mdp, policy, model, interval)  # a trainer's (pi, Phat) against it
+    check = bilevel.verify_iterate(mdp, policy, model, interval)  # a trainer's (pi, Phat) against it
     print(check.ok, check.failed)
 
 Arrays follow one convention: policy (S, A), model (S, A, S), see docs/DESIGN.md section 1.
+(The functions are not named `equilibria` and `verify`: those are the submodules
+`bilevel.equilibria` and `bilevel.verify`, which would replace them on import.)
 """
 from __future__ import annotations
 
-__all__ = ["FORMULATIONS", "load_mdp", "equilibria", "verify"]
+__all__ = ["FORMULATIONS", "load_mdp", "equilibrium_interval", "verify_iterate"]
 
 FORMULATIONS = ("PAL", "MAL", "MAL_agent_reward", "MAL_random_noise")
 
@@ -24,7 +26,7 @@ def load_mdp(path):
     return _load(path)
 
 
-def equilibria(mdp, formulation: str, alpha: float | None = None, solver: str = "auto",
+def equilibrium_interval(mdp, formulation: str, alpha: float | None = None, solver: str = "auto",
                epsilon: float | None = None, **options):
     """The certified equilibrium interval of `formulation` on `mdp`: an `EquilibriumInterval`
     with `.status`, `.certificate` ("global" | "local"), `.low` / `.high` (`Equilibrium`: policy,
@@ -37,7 +39,7 @@ def equilibria(mdp, formulation: str, alpha: float | None = None, solver: str = 
                              **options)
 
 
-def verify(mdp, policy, model, interval, alpha: float | None = None):
+def verify_iterate(mdp, policy, model, interval, alpha: float | None = None):
     """Check a trainer's current iterate (policy (S,A), model (S,A,S)) against `interval`, the
     `EquilibriumInterval` of its formulation (or that interval's `to_json()` dict): J(pi, M)
     against the interval, the follower's gap eps_pi, the model's excess loss eps_M and, for PAL,

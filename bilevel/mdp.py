@@ -373,11 +373,17 @@ def state_graph(mdp: TabularMDP) -> nx.DiGraph:
 
 
 def reachable_states(mdp: TabularMDP) -> np.ndarray:
-    """Bool (S,): states reachable from supp(rho0) under some policy."""
+    """Bool (S,): states reachable from supp(rho0) under some policy (one search from all
+    start states together: linear in the number of edges however many states start)."""
     g = _graph_from_P(mdp.P)
     out = np.zeros(mdp.n_states, dtype=bool)
-    for s in np.flatnonzero(mdp.rho0 > 0):
-        out[list(nx.descendants(g, int(s)) | {int(s)})] = True
+    stack = [int(s) for s in np.flatnonzero(mdp.rho0 > 0)]
+    out[stack] = True
+    while stack:
+        for t in g.successors(stack.pop()):
+            if not out[t]:
+                out[t] = True
+                stack.append(t)
     return out
 
 
@@ -392,6 +398,15 @@ def ergodicity_report(mdp: TabularMDP) -> dict:
     return {"classes": sccs, "closed_classes": closed,
             "strongly_connected": len(sccs) == 1,
             "reachable": [s for s, m in zip(mdp.states, reachable_states(mdp)) if m]}
+
+
+def model_size(mdp: TabularMDP) -> dict:
+    """How large the model and its MPEC are: `model_entries` = |K| (one model variable per
+    entry of the support), `dense_entries` = S*A*S, `pairs` = S*A (one policy variable and one
+    complementarity pair each)."""
+    S, A = mdp.n_states, mdp.n_actions
+    return {"states": S, "actions": A, "pairs": S * A, "model_entries": int(mdp.K.sum()),
+            "dense_entries": S * A * S}
 
 
 # --------------------------------------------------------------------------- writing

@@ -7,7 +7,9 @@ with --equilibria: solving hidden_goal's four formulations takes minutes, render
 of `python -m bilevel.train` checked by `bilevel.verify.verify_runs`. Every number in the HTML
 and markdown is rendered from data.json with the formatters below (`fmt_*`).
 
-Exit status: 0 written, 2 bad input (one line on stderr).
+Exit status: 0 written, 1 written but something it computed failed (an exact formulation, a
+sweep point; one line on stderr names them), 2 bad input (one line on stderr). JSON files hold
+null where a number is NaN or infinite.
 """
 from __future__ import annotations
 
@@ -234,8 +236,9 @@ def studies_data(studies_dir: str) -> dict:
                                             "by_model", "mal_terms")}
         out["theorem"]["n_violations"] = len(t["violations"])
     if (c := load("counterexample")) is not None:
-        out["counterexample"] = {**c, "rows": [{**r, "gap_per_k": r["mal_gap"] / r["k"]}
-                                               for r in c["rows"]]}
+        out["counterexample"] = {**c, "rows": [
+            {**r, "gap_per_k": None if r.get("mal_gap") is None or not r.get("k")
+             else r["mal_gap"] / r["k"]} for r in c["rows"]]}
     if (f := load("fixes")) is not None:
         out["fixes"] = {k: f[k] for k in ("n_mdps", "seed", "solver", "time_limit", "table", "named")}
         out["fixes"]["bad_gap"] = BAD_GAP
@@ -499,12 +502,22 @@ def write_report(path: str, out: str | Path, runs_dir=None, equilibria=None, swe
     t0 = time.perf_counter()
     pngs = make_figures(data, load_mdp(path), out)
     data["timings"]["figures_seconds"] = time.perf_counter() - t0
-    (out / "data.json").write_text(json.dumps(data, indent=1))
+    from bilevel.solve import json_dumps
+    (out / "data.json").write_text(json_dumps(data, indent=1))
     doc = {k: data[k] for k in ("mdp", "optimal", "formulations")}
-    (out / "equilibria.json").write_text(json.dumps(doc, indent=1))   # reuse with --equilibria
+    (out / "equilibria.json").write_text(json_dumps(doc, indent=1))   # reuse with --equilibria
     (out / "index.html").write_text(render_html(data, pngs))
     (out / "report.md").write_text(render_md(data, pngs))
     return data
+
+
+def failures(data: dict) -> list[str]:
+    """What the report computed (or was given) that failed: exact formulations not solved, sweep
+    points not solved."""
+    out = [f for f, d in data["formulations"].items() if d.get("status") != "solved"]
+    for f, rows in (data.get("sweeps") or {}).items():
+        out += [f"{f} sweep alpha={fmt_g(r['alpha'])}" for r in rows if r.get("status") != "solved"]
+    return out
 
 
 def main(argv=None) -> int:
@@ -539,6 +552,10 @@ def main(argv=None) -> int:
           f"{time.perf_counter() - t0:.1f} s (solve {t['solve_seconds']:.1f} s, sweep "
           f"{t['sweep_seconds']:.1f} s{' (cached)' if t['sweep_source'] == 'cached' else ''}, "
           f"figures {t['figures_seconds']:.1f} s)")
+    failed = failures(data)
+    if failed:
+        print(f"error: failed: {', '.join(failed)} (shown as failed in the report)", file=sys.stderr)
+        return 1
     return 0
 
 

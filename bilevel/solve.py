@@ -1,24 +1,63 @@
 """`python -m bilevel.solve FILE.yaml`: the MDP summary, its optimum, and the exact
 Stackelberg equilibria of PAL, MAL, MAL + agent reward and MAL + random noise.
 
-Exit status: 0 solved, 1 some formulation failed, 2 bad input (one line on stderr).
+Exit status: 0 solved, 1 some formulation (or alpha-sweep point) failed: it is recorded as
+failed with its reason, the others are still solved and the table / JSON still written; 2 bad
+input (one line on stderr). The JSON holds null where a number is NaN or infinite.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+import time
 
 import numpy as np
 
 from bilevel.equilibria import solve_formulation
-from bilevel.formulations import DEFAULT_ALPHA, FORMULATIONS
-from bilevel.mdp import MDPError, TabularMDP, ergodicity_report, load_mdp
+from bilevel.formulations import DEFAULT_ALPHA, FORMULATIONS, resolve_alpha
+from bilevel.mdp import MDPError, TabularMDP, ergodicity_report, load_mdp, model_size
 from bilevel.occupancy import episode_reward, value_iteration
 
 NAMES = {"PAL": "PAL", "MAL": "MAL", "MAL_agent_reward": "MAL + agent reward",
          "MAL_random_noise": "MAL + random noise"}
 SWEEP_ALPHAS = (0.5, 0.9, 0.99, 0.999, 0.9999)
+NAMES_SHOWN = 8                   # a list of state names in the summary: at most this many
+LARGE_MODEL_ENTRIES = 1_000_000   # past this many model entries |K| ...
+LARGE_PAIRS = 20_000              # ... or state-action pairs S*A, say so before solving
+
+
+# --------------------------------------------------------------------------- JSON
+
+def json_clean(obj):
+    """`obj` ready for strict JSON: every NaN or infinity becomes None (null), numpy scalars and
+    arrays become plain Python, recursively through dicts, lists and tuples."""
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (float, np.floating)):
+        x = float(obj)
+        return x if math.isfinite(x) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.ndarray):
+        return json_clean(obj.tolist())
+    if isinstance(obj, dict):
+        return {k: json_clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_clean(v) for v in obj]
+    return obj
+
+
+def json_dumps(obj, **kw) -> str:
+    """json.dumps of json_clean(obj): never writes NaN or Infinity (strict JSON)."""
+    return json.dumps(json_clean(obj), allow_nan=False, **kw)
+
+
+def failure_reason(e: BaseException) -> str:
+    """One line: the exception's class and message."""
+    msg = " ".join(str(e).split())
+    return f"{e.__class__.__name__}: {msg}" if msg else e.__class__.__name__
 
 
 def optimum(mdp: TabularMDP) -> dict:
@@ -29,11 +68,60 @@ def optimum(mdp: TabularMDP) -> dict:
             "V": V.tolist()}
 
 
+def mdp_head(mdp: TabularMDP) -> dict:
+    """The `mdp` entry of the JSON document."""
+    return {"name": mdp.name, "states": mdp.n_states, "actions": mdp.n_actions,
+            "gamma": mdp.gamma, "horizon": mdp.horizon}
+
+
 def summary(mdp: TabularMDP) -> dict:
     """What the file says, in numbers."""
-    erg = ergodicity_report(mdp)
-    return {"name": mdp.name, "states": mdp.n_states, "actions": mdp.n_actions,
-            "gamma": mdp.gamma, "horizon": mdp.horizon}, erg
+    return mdp_head(mdp), ergodicity_report(mdp)
+
+
+def name_list(names, limit: int = NAMES_SHOWN) -> str:
+    """`a, b, c`; past `limit` names the first `limit` and `... (N more)`."""
+    names = [str(n) for n in names]
+    if len(names) <= limit:
+        return ", ".join(names)
+    return ", ".join(names[:limit]) + f", ... ({len(names) - limit} more)"
+
+
+def size_note(mdp: TabularMDP, formulations=FORMULATIONS, solver: str = "auto",
+              epsilon: float | None = None) -> str | None:
+    """One line when the model or the MPEC will be large (more than LARGE_MODEL_ENTRIES model
+    entries or LARGE_PAIRS state-action pairs): the estimated size and the route each
+    formulation takes with `solver`; None for a small MDP."""
+    size = model_size(mdp)
+    if size["model_entries"] <= LARGE_MODEL_ENTRIES and size["pairs"] <= LARGE_PAIRS:
+        return None
+    routes = ", ".join(f"{f} {planned_route(mdp, f, solver, epsilon)}" for f in formulations)
+    return (f"note: large input: {size['model_entries']:,} model entries (support K; S*A*S = "
+            f"{size['dense_entries']:,}), {size['pairs']:,} state-action pairs "
+            f"({size['states']:,} states x {size['actions']:,} actions); --solver {solver}: {routes}")
+
+
+def planned_route(mdp: TabularMDP, formulation: str, solver: str = "auto",
+                  epsilon: float | None = None) -> str:
+    """The route bilevel.equilibria.solve_formulation takes for `formulation` with `solver`
+    (a description; nothing is solved)."""
+    from bilevel.equilibria import SOLVER_ALIASES, choose_solver
+    from bilevel.exact import has_exact_route
+    s = SOLVER_ALIASES.get(solver, solver)
+    if epsilon is not None:
+        if formulation == "PAL":
+            return "closed form (epsilon interval)"
+        if s in ("auto", "exact", "enumerate"):
+            s = "auto"
+    elif s in ("auto", "exact", "enumerate"):
+        if has_exact_route(formulation) and (s != "enumerate" or formulation == "PAL"):
+            return "exact route"
+        if s != "enumerate":
+            s = "auto"
+    s = {"mpec-scip": "scip", "mpec-ipopt": "ipopt"}.get(s, s)
+    which = choose_solver(mdp, s, formulation)
+    return {"scip": "MPEC with SCIP", "ipopt": "MPEC with IPOPT (local)",
+            "enumerate": "follower-policy enumeration"}.get(which, which)
 
 
 def format_policy(mdp: TabularMDP, pi) -> str:
@@ -50,17 +138,20 @@ def format_policy(mdp: TabularMDP, pi) -> str:
     return " ".join(parts)
 
 
-def print_summary(mdp: TabularMDP, opt: dict, out=sys.stdout) -> None:
+def print_summary(mdp: TabularMDP, opt: dict, out=None) -> None:
+    out = sys.stdout if out is None else out
     head, erg = summary(mdp)
     term = [s for s, t in zip(mdp.states, mdp.terminal) if t]
-    start = ", ".join(f"{s}={p:g}" for s, p in zip(mdp.states, mdp.rho0) if p > 0)
+    start = name_list(f"{s}={p:g}" for s, p in zip(mdp.states, mdp.rho0) if p > 0)
     print(f"MDP {mdp.name} ({mdp.source}): {mdp.n_states} states, {mdp.n_actions} actions, "
           f"gamma={mdp.gamma:g}, horizon={mdp.horizon if mdp.horizon else 'none'}", file=out)
-    print(f"  start: {start}; terminal: {', '.join(term) or 'none'}; model support: "
+    print(f"  start: {start}; terminal: {name_list(term) or 'none'}; model support: "
           f"{mdp.support} ({int(mdp.K.sum())} of {mdp.K.size} entries), floor eta={mdp.floor:g}",
           file=out)
-    print(f"  state graph: {len(erg['classes'])} strongly connected classes, closed: "
-          f"{erg['closed_classes'] if len(erg['closed_classes']) < 6 else len(erg['closed_classes'])}"
+    closed = erg["closed_classes"]
+    shown = (name_list((f"[{name_list(c)}]" for c in closed)) if len(closed) < 6
+             else f"{len(closed)} classes")
+    print(f"  state graph: {len(erg['classes'])} strongly connected classes, closed: {shown}"
           f"{' (ergodic)' if erg['strongly_connected'] else ''}", file=out)
     ep = opt["episode_reward"]
     print(f"Optimum (value iteration): J* = {opt['J']:.6g} (discounted return)"
@@ -85,17 +176,34 @@ def read_solution(path) -> dict:
 def solve_to_dict(mdp: TabularMDP, formulations=None, alpha=None, solver: str = "auto",
                   starts: int = 3, seed: int = 0, log=None, epsilon: float | None = None) -> dict:
     """The `--json` document: {"mdp", "optimal", "formulations": {F: interval.to_json()}}.
-    `alpha` is one number (used by both MAL fixes) or a mapping {formulation: alpha}."""
-    head, _ = summary(mdp)
+    `alpha` is one number (used by both MAL fixes) or a mapping {formulation: alpha}.
+    A formulation whose solve raises is recorded as failed with the exception as its reason;
+    the others are still solved."""
     opt = optimum(mdp)
-    out = {"mdp": head, "optimal": {"J": opt["J"], "episode_reward": opt["episode_reward"]},
+    out = {"mdp": mdp_head(mdp), "optimal": {"J": opt["J"], "episode_reward": opt["episode_reward"]},
            "formulations": {}}
     for f in formulations or FORMULATIONS:
         a = alpha.get(f) if isinstance(alpha, dict) else alpha
-        res = solve_formulation(mdp, f, alpha=a, solver=solver, starts=starts, seed=seed, log=log,
-                                epsilon=epsilon)
-        out["formulations"][f] = res.to_json()
+        out["formulations"][f] = _solve_one(mdp, f, a, log, solver=solver, starts=starts,
+                                            seed=seed, epsilon=epsilon)
     return out
+
+
+def _solve_one(mdp: TabularMDP, formulation: str, alpha, log, **kw) -> dict:
+    """solve_formulation(...).to_json(), or a `failed` entry when it raises."""
+    t0 = time.perf_counter()
+    try:
+        return solve_formulation(mdp, formulation, alpha=alpha, log=log, **kw).to_json()
+    except Exception as e:     # one formulation's crash must not lose the others
+        why = failure_reason(e)
+        if log:
+            log(f"{formulation}: failed: {why}")
+        try:
+            a = resolve_alpha(formulation, alpha)
+        except (TypeError, ValueError):
+            a = alpha
+        return {"status": "failed", "alpha": a, "seconds": round(time.perf_counter() - t0, 3),
+                "reason": why}
 
 
 def alpha_sweep(mdp: TabularMDP, formulation: str, alphas=SWEEP_ALPHAS, solver: str = "auto",
@@ -103,8 +211,7 @@ def alpha_sweep(mdp: TabularMDP, formulation: str, alphas=SWEEP_ALPHAS, solver: 
     """The exact equilibrium interval of a MAL fix for each alpha."""
     rows = []
     for a in alphas:
-        d = solve_formulation(mdp, formulation, alpha=a, solver=solver, starts=starts, seed=seed,
-                              log=log).to_json()
+        d = _solve_one(mdp, formulation, a, log, solver=solver, starts=starts, seed=seed)
         rows.append({"alpha": a, **{k: d.get(k) for k in ("status", "reason", "certificate", "J",
                                                           "episode_reward", "leader_objective",
                                                           "seconds")}})
@@ -120,9 +227,10 @@ def _interval(d, key, fmt="{:.4g}"):
     return f"[{lo}, {hi}]"
 
 
-def print_table(mdp: TabularMDP, doc: dict, out=sys.stdout) -> None:
+def print_table(mdp: TabularMDP, doc: dict, out=None) -> None:
     """One row per formulation: J interval, episode-reward interval, leader objective,
     certificate, seconds."""
+    out = sys.stdout if out is None else out
     ep_head = f"episode reward ({mdp.horizon} steps)" if mdp.horizon else "episode reward"
     eps = next((d.get("epsilon") for d in doc["formulations"].values() if d.get("epsilon") is not None), None)
     which = (f"epsilon-leader-optimal equilibria, leader <= L* + {eps:g} at the file's floor"
@@ -163,7 +271,8 @@ def print_table(mdp: TabularMDP, doc: dict, out=sys.stdout) -> None:
     print(f"{'unconstrained optimum':<24} {'':>6}  J* = {opt['J']:.6g}{ep}", file=out)
 
 
-def print_sweep(formulation: str, rows: list[dict], out=sys.stdout) -> None:
+def print_sweep(formulation: str, rows: list[dict], out=None) -> None:
+    out = sys.stdout if out is None else out
     print(f"\nalpha sweep: {NAMES.get(formulation, formulation)} (exact intervals)", file=out)
     for r in rows:
         if r["status"] != "solved":
@@ -174,15 +283,39 @@ def print_sweep(formulation: str, rows: list[dict], out=sys.stdout) -> None:
 
 
 def _parse_alpha(text: str | None):
+    """`A` (every formulation with an alpha) or `F=A[,F=A]`; ValueError (one line) on anything
+    else: a malformed item, a formulation that is unknown or has no alpha (PAL, MAL), a number
+    outside [0, 1]."""
     if text is None:
         return None
-    if "=" in text:
-        out = {}
-        for part in text.split(","):
-            k, v = part.split("=")
-            out[k.strip()] = float(v)
-        return out
-    return float(text)
+    has = ", ".join(DEFAULT_ALPHA)
+    if "=" not in text:
+        return _alpha_number(text, text)
+    out = {}
+    for part in text.split(","):
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if not eq or not key or "=" in value:
+            raise ValueError(f"malformed item {part.strip()!r} in {text!r} (expected F=A[,F=A] "
+                             f"with F one of {has})")
+        if key not in DEFAULT_ALPHA:
+            why = "has no alpha" if key in FORMULATIONS else "is not a formulation"
+            raise ValueError(f"{key!r} {why} (alpha is set for {has})")
+        if key in out:
+            raise ValueError(f"{key!r} given twice in {text!r}")
+        out[key] = _alpha_number(value, part.strip(), key)
+    return out
+
+
+def _alpha_number(value: str, item: str, key: str | None = None) -> float:
+    where = f"{key}: " if key else ""
+    try:
+        a = float(value)
+    except ValueError:
+        raise ValueError(f"{where}not a number: {item!r}") from None
+    if not 0.0 <= a <= 1.0:
+        raise ValueError(f"{where}alpha must lie in [0, 1], got {value.strip()!r}")
+    return a
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,17 +368,14 @@ def main(argv=None) -> int:
         return 2
     try:
         alpha = _parse_alpha(args.alpha)
-        for a in ([alpha] if isinstance(alpha, float) else (alpha or {}).values()):
-            if not 0.0 <= a <= 1.0:
-                raise ValueError(f"alpha must lie in [0, 1], got {a}")
     except ValueError as e:
         print(f"error: --alpha: {e}", file=sys.stderr)
         return 2
     log = (lambda msg: print(f"[solve] {msg}", file=sys.stderr, flush=True))
     opt = optimum(mdp)
     if args.summary_only:
-        doc = {"mdp": summary(mdp)[0], "optimal": {"J": opt["J"], "episode_reward": opt["episode_reward"]}}
-        print(json.dumps(doc) if args.json else "", end="\n" if args.json else "")
+        doc = {"mdp": mdp_head(mdp), "optimal": {"J": opt["J"], "episode_reward": opt["episode_reward"]}}
+        print(json_dumps(doc) if args.json else "", end="\n" if args.json else "")
         if not args.json:
             print_summary(mdp, opt)
         return 0
@@ -254,6 +384,9 @@ def main(argv=None) -> int:
     if args.epsilon is not None and not (args.epsilon >= 0 and np.isfinite(args.epsilon)):
         print(f"error: --epsilon: must be a finite number >= 0, got {args.epsilon}", file=sys.stderr)
         return 2
+    note = size_note(mdp, forms, args.solver, args.epsilon)
+    if note:
+        print(note, file=sys.stderr, flush=True)
     doc = solve_to_dict(mdp, forms, alpha, args.solver, args.starts, args.seed, log, args.epsilon)
     sweeps = {}
     if args.alpha_sweep:
@@ -262,12 +395,14 @@ def main(argv=None) -> int:
     if args.json:
         if sweeps:
             doc["alpha_sweep"] = sweeps
-        print(json.dumps(doc))
+        print(json_dumps(doc))
     else:
         print_table(mdp, doc)
         for f, rows in sweeps.items():
             print_sweep(f, rows)
     failed = [f for f, d in doc["formulations"].items() if d["status"] != "solved"]
+    failed += [f"{f} (alpha={r['alpha']:g})" for f, rows in sweeps.items() for r in rows
+               if r["status"] != "solved"]
     if failed:
         print(f"error: {', '.join(failed)} failed: no equilibrium is reported for "
               f"{'it' if len(failed) == 1 else 'them'}", file=sys.stderr)

@@ -4,7 +4,9 @@
     python -m bilevel.studies counterexample --scales 1 10 100 1000
     python -m bilevel.studies fixes --mdps 50
 
-Each subcommand prints a table and writes JSON + a PNG under --out (default studies_out/).
+Each subcommand prints a table and writes JSON + a PNG under --out (default studies_out/); the
+JSON holds null where a number is NaN or infinite. Exit status: 0 done, 1 some task failed (a
+solve that raised or found no certified interval; theorem: also a violation), 2 bad input.
 
 Conventions. J is the discounted return J(pi, M) = rho0 . V^pi (docs/DESIGN.md section 1). A model
 Phat is evaluated with the engine's model reward rhat(s,a) = sum_s' Phat(s'|s,a) R(s,a,s')
@@ -301,12 +303,19 @@ def counterexample_row(k: float, solver: str = "scip", time_limit: float = 60.0)
     fit P_eta on every pair the policy visits and arbitrary elsewhere, and unvisited pairs do not
     enter J(pi, Phat), so PAL's leader problem is max_pi J(pi, P_eta); its solution is the greedy
     policy of P_eta (value iteration)."""
-    from bilevel.equilibria import solve_formulation
+    from bilevel.equilibria import EquilibriumInterval, solve_formulation
+    from bilevel.solve import failure_reason
     t0 = time.perf_counter()
     mdp = scaled_hidden_goal(k)
     J_star, _ = optimal_return(mdp.P, mdp.r, mdp.rho0, mdp.gamma)
-    mal = solve_formulation(mdp, "MAL", solver=solver, time_limit=time_limit)
-    pal = solve_formulation(mdp, "PAL", solver=solver, time_limit=time_limit)
+
+    def solve(f):
+        try:
+            return solve_formulation(mdp, f, solver=solver, time_limit=time_limit)
+        except Exception as e:      # recorded as a failed row, the other scales still run
+            return EquilibriumInterval(formulation=f, status="failed", reason=failure_reason(e))
+
+    mal, pal = solve("MAL"), solve("PAL")
     nan = float("nan")
     fit = kl_fit(mdp.P, mdp.K, mdp.floor)
     _, pi_fit = optimal_return(fit, model_reward(mdp, fit), mdp.rho0, mdp.gamma)
@@ -323,9 +332,10 @@ def counterexample_row(k: float, solver: str = "scip", time_limit: float = 60.0)
 # --------------------------------------------------------------------------- output helpers
 
 def _save(out: Path, name: str, payload) -> Path:
+    from bilevel.solve import json_dumps
     out.mkdir(parents=True, exist_ok=True)
     p = out / f"{name}.json"
-    p.write_text(json.dumps(payload, indent=1, default=float))
+    p.write_text(json_dumps(payload, indent=1, default=float))
     return p
 
 
@@ -387,7 +397,7 @@ def run_theorem(n_mdps: int, seed: int, out: Path, mal_mdps: int = 3, solver: st
               f"{e['eps_pi_median']:>10.3g} {e['gap_median']:>9.3g} "
               f"{e['tightness_median']:>9.3g} {e['tightness_max']:>9.3g}")
 
-    mal_rows = []
+    mal_rows, mal_failed = [], []
     if mal_mdps > 0:
         print("\nRajeswaran et al. Theorem 1 terms at MAL's worst equilibrium "
               "(J discounted; shift term = 2 R_max/(1-gamma) D_TV(mu_M^pi*, mu_Mhat^pi*); "
@@ -399,9 +409,15 @@ def run_theorem(n_mdps: int, seed: int, out: Path, mal_mdps: int = 3, solver: st
         print(f"{'mdp':>26} {'gap':>8} {'eps_pi':>8} {'eps_M':>9} {'-floor':>9} {'sup eps_M':>9} "
               f"{'model':>9} {'D_TV':>6} {'shift':>8} {'viol':>5} {'viol-fl':>7} cert")
         for mdp in cands:
-            t = mal_terms(mdp.with_(floor=mal_floor), solver=solver)
+            try:
+                t = mal_terms(mdp.with_(floor=mal_floor), solver=solver)
+                why = "MAL solve found no certified interval"
+            except Exception as e:      # recorded as failed, the other MDPs still run
+                from bilevel.solve import failure_reason
+                t, why = None, failure_reason(e)
             if t is None:
-                print(f"{mdp.name:>26} MAL solve failed")
+                print(f"{mdp.name:>26} MAL solve failed: {why}")
+                mal_failed.append({"mdp": mdp.name, "reason": why})
                 continue
             mal_rows.append(t)
             print(f"{t.mdp:>26} {t.gap:>8.4g} {t.eps_pi:>8.2g} {t.eps_M:>9.2g} "
@@ -415,7 +431,8 @@ def run_theorem(n_mdps: int, seed: int, out: Path, mal_mdps: int = 3, solver: st
     payload = {"n_mdps": n_mdps, "seed": seed, "n_instances": len(rows),
                "violations": [asdict(r) for r in viol], "tightness_quantiles": q,
                "by_model": by_model, "instances": [asdict(r) for r in rows],
-               "mal_terms": [asdict(t) for t in mal_rows]}
+               "mal_terms": [asdict(t) for t in mal_rows],
+               "failed": [f"{m['mdp']} MAL terms: {m['reason']}" for m in mal_failed]}
     _save(out, "theorem", payload)
     plt = _plt()
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
@@ -451,7 +468,10 @@ def run_counterexample(scales, out: Path, solver: str = "scip", time_limit: floa
               f"{r.mal_certificate:>8} {r.pal_certificate:>8} {r.seconds:>6.1f}", flush=True)
     print("PAL cf = closed form (greedy policy of the floored fit); a failed PAL MPEC row is the "
           "engine's certificate rejecting SCIP's point (SCIP stops at relative gap 1e-3)")
-    payload = {"rows": [asdict(r) for r in rows], "solver": solver}
+    failed = [f"k={r.k:g} {name}: {cert}" for r in rows
+              for name, cert in (("MAL", r.mal_certificate), ("PAL", r.pal_certificate))
+              if cert.startswith("failed")]
+    payload = {"rows": [asdict(r) for r in rows], "solver": solver, "failed": failed}
     _save(out, "counterexample", payload)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -500,12 +520,19 @@ def worst_gap(mdp: TabularMDP, formulation: str, alpha=None, solver="scip",
     bilevel.enumeration (time_limit per policy); gap = J* - low.J (J discounted)."""
     from bilevel.enumeration import enumerate_interval
     from bilevel.equilibria import solve_formulation
+    from bilevel.solve import failure_reason
     J_star, _ = optimal_return(mdp.P, mdp.r, mdp.rho0, mdp.gamma)
-    if solver == "enumerate":
-        res = enumerate_interval(mdp, formulation, alpha, time_limit=time_limit)
-    else:
-        res = solve_formulation(mdp, formulation, alpha=alpha, solver=solver,
-                                time_limit=time_limit, starts=starts)
+    t0 = time.perf_counter()
+    try:
+        if solver == "enumerate":
+            res = enumerate_interval(mdp, formulation, alpha, time_limit=time_limit)
+        else:
+            res = solve_formulation(mdp, formulation, alpha=alpha, solver=solver,
+                                    time_limit=time_limit, starts=starts)
+    except Exception as e:      # a failed result; the study goes on
+        return FixResult(mdp=mdp.name, formulation=formulation, alpha=alpha, ok=False,
+                         gap=float("nan"), solver=solver, certificate="none",
+                         seconds=time.perf_counter() - t0, reason=failure_reason(e))
     return FixResult(mdp=mdp.name, formulation=formulation, alpha=res.alpha, ok=res.ok,
                      gap=J_star - res.low.J if res.ok else float("nan"), solver=res.solver,
                      certificate=res.certificate, seconds=res.seconds, reason=res.reason)
@@ -550,6 +577,8 @@ def fixes_for_mdp(i: int, settings: dict, with_agent: bool, cache: Path | None =
         if doc["settings"]["seed"] == settings["seed"]:
             for r in doc["results"]:
                 r = dict(r)
+                if r.get("gap") is None:          # NaN (failed solve) is stored as null
+                    r["gap"] = float("nan")
                 which, tl = r.pop("requested"), r.pop("time_limit")
                 stored[r["formulation"], r["alpha"], which, tl] = FixResult(**r)
     mdp = fixes_mdp(i, settings["seed"])
@@ -568,7 +597,8 @@ def fixes_for_mdp(i: int, settings: dict, with_agent: bool, cache: Path | None =
             return
         f_cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = f_cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"settings": {"seed": settings["seed"]}, "results": [
+        from bilevel.solve import json_dumps
+        tmp.write_text(json_dumps({"settings": {"seed": settings["seed"]}, "results": [
             {**asdict(r), "requested": k[2], "time_limit": k[3]} for k, r in stored.items()]},
             default=float))
         tmp.replace(f_cache)
@@ -600,7 +630,8 @@ def run_fixes(n_mdps: int, seed: int, alphas, out: Path, solver: str = "scip",
               time_limit: float = 10.0, with_pal: bool = True, agent_mdps: int | None = None,
               agent_solver: str = "ipopt", agent_alphas=None, shard: tuple[int, int] = (0, 1),
               cache: bool = True, fresh: bool = False,
-              agent_time_limit: float | None = None, recheck: float | None = None) -> dict | None:
+              agent_time_limit: float | None = None, recheck: float | None = None,
+              failed: list | None = None) -> dict | None:
     """Worst-case gaps of MAL, MAL + agent reward (alpha), MAL + random noise (alpha) and PAL
     over n_mdps random MDPs, then plain MAL on the deterministic and ergodic hidden goals.
     MAL + agent reward is the expensive one (SCIP did not certify it within 15 s even on
@@ -609,7 +640,8 @@ def run_fixes(n_mdps: int, seed: int, alphas, out: Path, solver: str = "scip",
     Results are cached per MDP, formulation, alpha and solver under out/fixes_cache (see
     fixes_for_mdp; ignored with `fresh`). shard = (k, n) solves only the MDPs i with
     i % n == k and returns None without the summary: run n shards in parallel, then once
-    unsharded to print the table from the cache."""
+    unsharded to print the table from the cache. `failed`: a list to which a line is appended
+    for each result that failed (also in a shard); the payload's "failed" holds the same."""
     agent_alphas = alphas if agent_alphas is None else agent_alphas
     agent_mdps = n_mdps if agent_mdps is None else agent_mdps
     settings = fixes_settings(seed, alphas, solver, time_limit, with_pal, agent_solver,
@@ -626,6 +658,9 @@ def run_fixes(n_mdps: int, seed: int, alphas, out: Path, solver: str = "scip",
         print(f"  {done[0].mdp}: " + ", ".join(
             f"{r.formulation}{'' if r.alpha is None else f'({r.alpha:g})'}="
             f"{r.gap:.3g}" for r in done), flush=True)
+    lost = [_failure(r) for r in results if not r.ok]
+    if failed is not None:
+        failed += lost
     if n_shards > 1:
         return None
     print(f"\nfixes: {n_mdps} random MDPs (S 3..4, A 2, gamma 0.9, start in s0), solver {solver}, "
@@ -665,13 +700,18 @@ def run_fixes(n_mdps: int, seed: int, alphas, out: Path, solver: str = "scip",
         mdp = load_mdp(ROOT / "mdps" / f)
         r = worst_gap(mdp, "MAL", None, solver, max(time_limit, 30.0))
         named.append(r)
+        if not r.ok:
+            lost.append(_failure(r))
+            if failed is not None:
+                failed.append(lost[-1])
         J_star, _ = optimal_return(mdp.P, mdp.r, mdp.rho0, mdp.gamma)
         print(f"  {mdp.name}: J* = {J_star:.4f}, MAL worst gap = {r.gap:.4f} "
               f"({r.certificate}{'' if r.ok else ', ' + r.reason}) -> "
               f"{'MAL fails' if r.ok and r.gap > 1.0 else 'no failure found'}")
     payload = {"n_mdps": n_mdps, "seed": seed, "alphas": list(alphas), "solver": solver,
                "time_limit": time_limit, "settings": settings, "table": table,
-               "results": [asdict(r) for r in results], "named": [asdict(r) for r in named]}
+               "results": [asdict(r) for r in results], "named": [asdict(r) for r in named],
+               "failed": lost}
     _save(out, "fixes", payload)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -689,6 +729,21 @@ def run_fixes(n_mdps: int, seed: int, alphas, out: Path, solver: str = "scip",
     fig.tight_layout()
     fig.savefig(out / "fixes.png", dpi=120)
     return payload
+
+
+def _failure(r: FixResult) -> str:
+    a = "" if r.alpha is None else f"({r.alpha:g})"
+    return f"{r.mdp} {r.formulation}{a}: {r.reason or 'failed'}"
+
+
+def _exit(failed: list[str]) -> int:
+    """1 with one line on stderr when some task failed, else 0."""
+    if failed:
+        more = f" ... ({len(failed) - 3} more)" if len(failed) > 3 else ""
+        print(f"error: {len(failed)} task(s) failed: {'; '.join(failed[:3])}{more}",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv=None) -> int:
@@ -738,23 +793,37 @@ def main(argv=None) -> int:
     out = Path(a.out)
     if a.cmd == "theorem":
         res = run_theorem(a.mdps, a.seed, out, a.mal_mdps, a.solver, a.mal_floor, a.early_mdps)
-        return 1 if res["violations"] else 0
+        if res["violations"]:
+            print(f"error: {len(res['violations'])} violation(s) of the PAL theorem",
+                  file=sys.stderr)
+            return 1
+        return _exit(res["failed"])
     if a.cmd == "counterexample":
-        run_counterexample(a.scales, out, a.solver, a.time_limit)
-        return 0
+        return _exit(run_counterexample(a.scales, out, a.solver, a.time_limit)["failed"])
     if a.cmd == "fixes":
-        try:
-            k, n = (int(x) for x in a.shard.split("/"))
-            assert 0 <= k < n
-        except (ValueError, AssertionError):
-            print(f"error: --shard: expected K/N with 0 <= K < N, got {a.shard!r}",
+        shard = _parse_shard(a.shard)
+        if shard is None:
+            print(f"error: --shard: expected K/N with integers 0 <= K < N, got {a.shard!r}",
                   file=sys.stderr)
             return 2
+        failed: list[str] = []
         run_fixes(a.mdps, a.seed, a.alphas, out, a.solver, a.time_limit, not a.no_pal,
-                  a.agent_mdps, a.agent_solver, a.agent_alphas, shard=(k, n), fresh=a.fresh,
-                  agent_time_limit=a.agent_time_limit, recheck=a.recheck)
-        return 0
+                  a.agent_mdps, a.agent_solver, a.agent_alphas, shard=shard, fresh=a.fresh,
+                  agent_time_limit=a.agent_time_limit, recheck=a.recheck, failed=failed)
+        return _exit(failed)
     return 2
+
+
+def _parse_shard(text: str) -> tuple[int, int] | None:
+    """`K/N` with integers 0 <= K < N, else None."""
+    parts = text.split("/")
+    if len(parts) != 2:
+        return None
+    try:
+        k, n = int(parts[0]), int(parts[1])
+    except ValueError:
+        return None
+    return (k, n) if 0 <= k < n else None
 
 
 if __name__ == "__main__":

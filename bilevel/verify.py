@@ -12,10 +12,15 @@ Per run (policy pi (S,A), model Phat (S,A,S), true MDP M, exact equilibria of it
               optimum's J in its model)
     MAL family: which equilibrium the run found: the worst end of the interval (hiding, e.g. the
               decoy on hidden_goal), the best end (goal), or in between.
-Checks (tolerances are documented constants): J inside the interval up to TOL_J = 1% of the return
-scale R_max/(1-g); eps_pi <= TOL_J (the follower best-responds in its model; for PAL the policy is
-optimal in its model); eps_M <= TOL_M nats (PAL, MAL, MAL_random_noise: the model fits the leader's
-data; MAL_agent_reward trades loss for return, so eps_M is reported only); PAL: bound >= gap.
+Checks: J against the exact interval, with the interval's own precision as tolerance,
+    tol_J = max(TOL_J_REL max(1, |J_min|, |J_max|), the interval's band `tolerance`, its solver
+                gap, its ends' proved gaps and follower gaps)      (interval_tolerance)
+so J is "inside" [J_min, J_max], "within tolerance" (outside by at most tol_J) or "outside" (a
+failure); eps_pi <= TOL_PI = 1% of the return scale R_max/(1-g) (the follower best-responds in
+its model, up to the run's own convergence; for PAL the policy is optimal in its model);
+eps_M <= TOL_M nats (PAL, MAL, MAL_random_noise: the model fits the leader's data;
+MAL_agent_reward trades loss for return, so eps_M is reported only); PAL: bound >= gap.
+A run record of MAL_agent_reward or MAL_random_noise must carry its alpha.
 Exit status: 0 all runs verified, 1 some run failed, 2 bad input.
 """
 from __future__ import annotations
@@ -29,13 +34,16 @@ from pathlib import Path
 
 import numpy as np
 
+from bilevel.formulations import DEFAULT_ALPHA
 from bilevel.mdp import MDPError, TabularMDP, load_mdp
 from bilevel.occupancy import (episode_reward, kl_fit, model_loss, occupancy, policy_return,
                                uniform_policy, value_iteration)
 from bilevel.rl.record import RunRecord
 
-TOL_J_FRACTION = 0.01   # of R_max / (1 - gamma)
+TOL_J_REL = 1e-6        # the floor of the J tolerance, relative to max(1, |J_min|, |J_max|)
+TOL_PI_FRACTION = 0.01  # eps_pi tolerance, of R_max / (1 - gamma)
 TOL_M = 0.05            # nats
+INSIDE, WITHIN, OUTSIDE = "inside", "within tolerance", "outside"
 
 
 class VerifyInputError(ValueError):
@@ -55,7 +63,9 @@ class RunCheck:
     J_interval: tuple[float, float]
     episode_reward_interval: tuple[float, float] | None
     outside_by: float                 # 0 inside; else distance of J to the interval
-    tol_J: float
+    tol_J: float                      # the interval's precision (interval_tolerance)
+    position: str                     # J: "inside" | "within tolerance" | "outside" the interval
+    tol_pi: float                     # eps_pi tolerance
     eps_M: float
     eps_pi: float
     leader_objective: float           # the run's leader objective (to minimize), exact in M
@@ -80,16 +90,59 @@ def _rhat(mdp: TabularMDP, Phat: np.ndarray) -> np.ndarray:
     return np.einsum("ijk,ijk->ij", Phat, mdp.R)
 
 
+def _finite(x) -> float | None:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def interval_tolerance(eq: dict) -> tuple[float, list[str]]:
+    """The precision of an exact interval (a solve output's entry), as a tolerance on J:
+    max(TOL_J_REL max(1, |J_min|, |J_max|), the band `tolerance`, `solver_gap`, the ends'
+    `proved_gap` and `follower_gap`), and notes on what it could not count (an end whose gap
+    is unknown or not proved)."""
+    lo, hi = float(eq["J"]["min"]), float(eq["J"]["max"])
+    parts = [TOL_J_REL * max(1.0, abs(lo), abs(hi))]
+    notes = []
+    for key in ("tolerance", "solver_gap"):
+        if eq.get(key) is not None:
+            parts.append(_finite(eq[key]))
+    proved = eq.get("proved_gap")
+    if isinstance(proved, dict):
+        for end in ("min", "max"):
+            if end in proved:
+                parts.append(_finite(proved[end]))
+                if parts[-1] is None:
+                    notes.append(f"the interval's {end} end has no proved gap: its precision is "
+                                 "not counted in the tolerance")
+    for end, e in (eq.get("equilibria") or {}).items():
+        if isinstance(e, dict) and e.get("follower_gap") is not None:
+            parts.append(_finite(e["follower_gap"]))
+    return max(abs(x) for x in parts if x is not None), notes
+
+
+def require_alpha(rec: RunRecord, file: str) -> None:
+    """A run of a formulation with an alpha (MAL_agent_reward, MAL_random_noise) must record it:
+    VerifyInputError naming the file and the field otherwise (never a silent alpha 0)."""
+    if rec.formulation in DEFAULT_ALPHA and rec.alpha is None:
+        raise VerifyInputError(f"{file}: run record of {rec.formulation} lacks its alpha (field "
+                               "'alpha' is missing or null)")
+
+
 def check_run(rec: RunRecord, mdp: TabularMDP, eq: dict, optimal_J: float, file: str = "") -> RunCheck:
     """Verify one run against `eq`, the solve output's entry for its formulation."""
     f = rec.formulation
+    require_alpha(rec, file)
     pi, Phat = np.asarray(rec.policy, float), np.asarray(rec.model, float)
     S, A = mdp.n_states, mdp.n_actions
     if pi.shape != (S, A) or Phat.shape != (S, A, S):
         raise VerifyInputError(f"{file}: policy/model shapes {pi.shape}/{Phat.shape} do not fit "
                                f"MDP {mdp.name} ({S} states, {A} actions)")
     g, T = mdp.gamma, mdp.horizon
-    tol_J = TOL_J_FRACTION * max(mdp.r_max, 1e-12) / (1.0 - g)
+    tol_J, notes = interval_tolerance(eq)
+    tol_pi = TOL_PI_FRACTION * max(mdp.r_max, 1e-12) / (1.0 - g)
     mu = occupancy(mdp.P, mdp.rho0, g, pi)
     nu = mu
     if f == "MAL_random_noise":
@@ -105,16 +158,20 @@ def check_run(rec: RunRecord, mdp: TabularMDP, eq: dict, optimal_J: float, file:
     ep = episode_reward(mdp.P, mdp.r, mdp.rho0, pi, T) if T else float("nan")
     lo, hi = float(eq["J"]["min"]), float(eq["J"]["max"])
     outside = max(0.0, lo - J, J - hi)
+    position = INSIDE if outside == 0.0 else WITHIN if outside <= tol_J else OUTSIDE
     ep_int = (float(eq["episode_reward"]["min"]), float(eq["episode_reward"]["max"])) \
         if eq.get("episode_reward") else None
-    leader = {"PAL": -J_model, "MAL": loss, "MAL_random_noise": loss,
-              "MAL_agent_reward": (rec.alpha or 0.0) * loss - (1.0 - (rec.alpha or 0.0)) * J_model}[f]
+    if f == "MAL_agent_reward":
+        leader = rec.alpha * loss - (1.0 - rec.alpha) * J_model
+    else:
+        leader = {"PAL": -J_model, "MAL": loss, "MAL_random_noise": loss}[f]
 
     failed = []
-    if outside > tol_J:
-        failed.append(f"J={J:.4g} outside exact interval [{lo:.4g}, {hi:.4g}] by {outside:.3g}")
-    if eps_pi > tol_J:
-        failed.append(f"eps_pi={eps_pi:.3g} > {tol_J:.3g}: policy not a best response in its model")
+    if position == OUTSIDE:
+        failed.append(f"J={J:.8g} outside exact interval [{lo:.8g}, {hi:.8g}] by {outside:.3g} "
+                      f"> tolerance {tol_J:.3g}")
+    if eps_pi > tol_pi:
+        failed.append(f"eps_pi={eps_pi:.3g} > {tol_pi:.3g}: policy not a best response in its model")
     if f != "MAL_agent_reward" and eps_M > TOL_M:
         failed.append(f"eps_M={eps_M:.3g} > {TOL_M}: model not fit to the leader's data")
     bound = gap = None
@@ -135,14 +192,17 @@ def check_run(rec: RunRecord, mdp: TabularMDP, eq: dict, optimal_J: float, file:
             equilibrium = "best (goal)"
         else:
             equilibrium = "intermediate (hiding)"
+    if f in DEFAULT_ALPHA and eq.get("alpha") is None:
+        notes.append(f"the exact solution records no alpha for {f}: the run's alpha "
+                     f"{rec.alpha:g} is not checked against it")
     exact_L = eq.get("leader_objective")
-    notes = []
-    if exact_L is not None and eps_pi <= tol_J and leader < float(exact_L) - 1e-3 * max(1.0, abs(float(exact_L))):
+    if exact_L is not None and eps_pi <= tol_pi and leader < float(exact_L) - 1e-3 * max(1.0, abs(float(exact_L))):
         notes.append(f"the run's leader objective {leader:.6g} beats the exact optimum {float(exact_L):.6g}: "
                      "the exact solve missed a better equilibrium, so its interval is suspect")
     return RunCheck(file=file, formulation=f, seed=rec.seed, alpha=rec.alpha, J=J, episode_reward=ep,
                     J_interval=(lo, hi), episode_reward_interval=ep_int, outside_by=outside,
-                    tol_J=tol_J, eps_M=eps_M, eps_pi=eps_pi, leader_objective=float(leader),
+                    tol_J=tol_J, position=position, tol_pi=tol_pi, eps_M=eps_M, eps_pi=eps_pi,
+                    leader_objective=float(leader),
                     exact_leader_objective=None if exact_L is None else float(exact_L),
                     pal_bound=bound, pal_gap=gap, equilibrium=equilibrium, failed=tuple(failed),
                     notes=tuple(notes))
@@ -172,9 +232,11 @@ def load_runs(path: Path) -> list[tuple[str, RunRecord]]:
         if not isinstance(d, dict) or "formulation" not in d:
             continue  # a summary or another file
         try:
-            runs.append((str(p), RunRecord.from_dict(d)))
+            rec = RunRecord.from_dict(d)
         except (TypeError, ValueError) as e:
             raise VerifyInputError(f"{p}: not a run record: {e}") from None
+        require_alpha(rec, str(p))
+        runs.append((str(p), rec))
     if not runs:
         raise VerifyInputError(f"{path}: no run records (*.json written by python -m bilevel.train)")
     return runs
@@ -204,6 +266,7 @@ def verify_runs(runs, equilibria: dict | None = None) -> list[RunCheck]:
     """Check every (file, RunRecord); equilibria: a solve output, else solved per MDP and alpha."""
     mdps, solved, out = {}, {}, []
     for file, rec in runs:
+        require_alpha(rec, file)
         try:
             mdp = mdps.get(rec.mdp_path) or load_mdp(rec.mdp_path)
         except MDPError as e:
@@ -236,22 +299,25 @@ def _solve(mdp, formulation, alpha) -> dict:
 # --------------------------------------------------------------------------- output
 
 def format_checks(checks: list[RunCheck]) -> str:
-    head = (f"{'run':<40} {'J (disc.)':>9} {'exact interval':>19} {'outside':>7} {'eps_M':>8} "
-            f"{'eps_pi':>8} {'PAL bound >= gap':>20}  {'equilibrium':<22} verdict")
+    head = (f"{'run':<40} {'J (disc.)':>9} {'exact interval':>19} {'J vs interval':>16} "
+            f"{'outside':>7} {'tol_J':>7} {'eps_M':>8} {'eps_pi':>8} {'PAL bound >= gap':>20}  "
+            f"{'equilibrium':<22} verdict")
     lines = [head, "-" * len(head)]
     for c in checks:
         pal = f"{c.pal_bound:.3g} >= {c.pal_gap:.3g}" if c.pal_bound is not None else ""
         lines.append(f"{Path(c.file).name[:40]:<40} {c.J:>9.4f} [{c.J_interval[0]:>8.4f},{c.J_interval[1]:>8.4f}] "
-                     f"{c.outside_by:>7.3g} {c.eps_M:>8.2e} {c.eps_pi:>8.2e} {pal:>20}  "
+                     f"{c.position:>16} {c.outside_by:>7.2g} {c.tol_J:>7.2g} {c.eps_M:>8.2e} "
+                     f"{c.eps_pi:>8.2e} {pal:>20}  "
                      f"{c.equilibrium:<22} {'verified' if c.ok else 'FAILED'}")
         for why in c.failed:
             lines.append(f"    - {why}")
         for why in c.notes:
             lines.append(f"    note: {why}")
     n_bad = sum(not c.ok for c in checks)
-    tol = checks[0].tol_J if checks else 0
+    tol_pi = checks[0].tol_pi if checks else 0
     lines.append(f"{len(checks) - n_bad}/{len(checks)} runs verified "
-                 f"(tolerances: J and eps_pi {TOL_J_FRACTION:.0%} of R_max/(1-gamma) = {tol:.3g}, "
+                 f"(tolerances: J the interval's own precision tol_J, at least {TOL_J_REL:g} "
+                 f"max(1, |J|); eps_pi {TOL_PI_FRACTION:.0%} of R_max/(1-gamma) = {tol_pi:.3g}; "
                  f"eps_M {TOL_M} nats)")
     return "\n".join(lines)
 
@@ -270,7 +336,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps([c.to_dict() for c in checks], indent=1))
+        from bilevel.solve import json_dumps
+        print(json_dumps([c.to_dict() for c in checks], indent=1))
     else:
         print(format_checks(checks))
     return 0 if all(c.ok for c in checks) else 1

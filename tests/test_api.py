@@ -30,7 +30,7 @@ def test_readme_example_runs_as_written_and_prints_the_hiding_equilibrium():
 
 def test_api_interval_is_the_cli_json_entry(hidden_goal):
     import bilevel
-    interval = bilevel.equilibria(hidden_goal, "MAL_random_noise", alpha=0.5)
+    interval = bilevel.equilibrium_interval(hidden_goal, "MAL_random_noise", alpha=0.5)
     out = subprocess.run([sys.executable, "-m", "bilevel.solve", "mdps/hidden_goal.yaml", "--json",
                           "--formulations", "MAL_random_noise", "--alpha", "0.5"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -43,7 +43,20 @@ def test_verify_flags_an_iterate_whose_policy_is_not_a_best_response(hidden_goal
     """The decoy policy with the true model: the follower is not a best response there (the goal
     is visible), so verify fails it on eps_pi, which equals J* - J(decoy) in the true model."""
     import bilevel
-    interval = bilevel.equilibria(hidden_goal, "MAL")
-    check = bilevel.verify(hidden_goal, interval.low.policy, np.array(hidden_goal.P), interval)
+    interval = bilevel.equilibrium_interval(hidden_goal, "MAL")
+    check = bilevel.verify_iterate(hidden_goal, interval.low.policy, np.array(hidden_goal.P), interval)
     assert not check.ok and any("eps_pi" in f for f in check.failed)
     assert check.eps_pi == pytest.approx(interval.high.J - interval.low.J, rel=1e-6)
+
+
+def test_api_functions_survive_the_import_of_every_submodule(hidden_goal):
+    """The facade's names are not shadowed by submodules imported later in the same process."""
+    import importlib
+
+    import bilevel
+    for name in ("equilibria", "verify", "solve", "report", "studies", "exact"):
+        importlib.import_module(f"bilevel.{name}")
+    assert callable(bilevel.equilibrium_interval) and callable(bilevel.verify_iterate)
+    a = bilevel.equilibrium_interval(hidden_goal, "PAL")
+    b = bilevel.equilibrium_interval(hidden_goal, "PAL")
+    assert a.low.J == b.low.J
