@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bilevel import plots
+from bilevel.cache import ROOT, cache_key
 from bilevel.mdp import MDPError, TabularMDP, load_mdp
 from bilevel.occupancy import occupancy
 from bilevel.studies import BAD_GAP
@@ -142,7 +143,7 @@ def runs_data(runs_dir: str, mdp: TabularMDP, doc: dict) -> dict:
             kinds[k] = kinds.get(k, 0) + 1
         g["equilibria_found"] = kinds
     order = [f for f in doc["formulations"] if f in out] + [f for f in out if f not in doc["formulations"]]
-    return {"dir": str(runs_dir), "formulations": {f: out[f] for f in order}}
+    return {"dir": repo_path(runs_dir), "formulations": {f: out[f] for f in order}}
 
 
 def exact_verdict(eq: dict, opt_ep: float | None) -> str:
@@ -183,11 +184,21 @@ def table_rows(doc: dict, runs: dict | None, reference: dict | None) -> list[dic
     return rows
 
 
+def repo_path(p) -> str:
+    """A path as the report records it: relative to the repository when inside it, else only its
+    last component (a report never holds a path of the machine it was made on)."""
+    p = Path(p).resolve()
+    try:
+        return str(p.relative_to(ROOT))
+    except ValueError:
+        return p.name
+
+
 def build_data(path: str, runs_dir: str | None = None, equilibria: str | None = None,
                sweep_alphas=SWEEP_ALPHAS, cached: dict | None = None, log=None,
                studies_dir: str | None = None) -> dict:
     """Everything the report shows. `cached`: a previous data.json whose sweeps are reused when
-    they are of the same MDP and alphas."""
+    their `sweep_key` (bilevel.cache: the MDP's content, the alphas, the code version) matches."""
     try:
         mdp = load_mdp(path)
     except MDPError as e:
@@ -196,10 +207,10 @@ def build_data(path: str, runs_dir: str | None = None, equilibria: str | None = 
     doc = exact_solution(mdp, equilibria, log=log)
     t_solve = time.perf_counter() - t0
     sw, t_sweep, sweep_source = None, 0.0, None
+    sweep_key = cache_key(mdp, what="alpha sweep", alphas=list(sweep_alphas or ()))
     if sweep_alphas:
         old = (cached or {}).get("sweeps")
-        if old and cached.get("mdp", {}).get("name") == mdp.name and \
-                [p["alpha"] for p in next(iter(old.values()))] == list(sweep_alphas):
+        if old and (cached or {}).get("sweep_key") == sweep_key:
             sw, sweep_source = old, "cached"
         else:
             t1 = time.perf_counter()
@@ -208,9 +219,9 @@ def build_data(path: str, runs_dir: str | None = None, equilibria: str | None = 
     t2 = time.perf_counter()
     runs = runs_data(runs_dir, mdp, doc) if runs_dir else None
     reference = REFERENCE if mdp.name == "hidden_goal" else None
-    return {"mdp_file": str(path), "mdp": doc["mdp"], "optimal": doc["optimal"],
+    return {"mdp_file": repo_path(path), "mdp": doc["mdp"], "optimal": doc["optimal"],
             "formulations": doc["formulations"], "hiding": hiding(mdp, doc),
-            "reference_study": reference, "runs": runs, "sweeps": sw,
+            "reference_study": reference, "runs": runs, "sweeps": sw, "sweep_key": sweep_key,
             "table": table_rows(doc, runs, reference),
             "studies": studies_data(studies_dir) if studies_dir else None,
             "timings": {"solve_seconds": t_solve, "sweep_seconds": t_sweep, "sweep_source": sweep_source,
@@ -220,7 +231,7 @@ def build_data(path: str, runs_dir: str | None = None, equilibria: str | None = 
 def studies_data(studies_dir: str) -> dict:
     """Summaries of the saved studies (`python -m bilevel.studies ... --out DIR`: theorem.json,
     counterexample.json, fixes.json; any of them may be missing), without per-instance rows."""
-    d, out = Path(studies_dir), {"dir": str(studies_dir)}
+    d, out = Path(studies_dir), {"dir": repo_path(studies_dir)}
     if not d.is_dir():
         raise ReportError(f"{studies_dir}: --studies: not a directory")
 
@@ -460,8 +471,9 @@ def render_md(data: dict, figures: dict) -> str:
     return "\n".join(lines)
 
 
-def make_figures(data: dict, mdp: TabularMDP, out: Path) -> dict:
-    """Draw and save the PNGs; return {name: png bytes}."""
+def make_figures(data: dict, mdp: TabularMDP, out: Path, studies_dir=None) -> dict:
+    """Draw and save the PNGs (and copy the studies' own from `studies_dir`); return
+    {name: png bytes}."""
     figs = {}
     from bilevel.solve import optimum
     figs["mdp"] = plots.fig_mdp(mdp, np.asarray(optimum(mdp)["policy"]))
@@ -479,7 +491,7 @@ def make_figures(data: dict, mdp: TabularMDP, out: Path) -> dict:
         plots.save(fig, p)
         pngs[name] = p.read_bytes()
     for name in ("theorem", "counterexample", "fixes"):   # the studies' own figures
-        src = Path(data["studies"]["dir"]) / f"{name}.png" if data.get("studies") else None
+        src = Path(studies_dir) / f"{name}.png" if data.get("studies") and studies_dir else None
         if src is not None and name in data["studies"] and src.exists():
             pngs[name] = src.read_bytes()
             (out / f"{name}.png").write_bytes(pngs[name])
@@ -487,12 +499,13 @@ def make_figures(data: dict, mdp: TabularMDP, out: Path) -> dict:
 
 
 def write_report(path: str, out: str | Path, runs_dir=None, equilibria=None, sweep_alphas=SWEEP_ALPHAS,
-                 log=None, studies_dir=None) -> dict:
-    """Build data, figures, index.html and report.md under `out`; return the data."""
+                 log=None, studies_dir=None, fresh: bool = False) -> dict:
+    """Build data, figures, index.html and report.md under `out`; return the data. The alpha
+    sweep of a previous OUT/data.json is reused when its content key matches, unless `fresh`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cached = None
-    if (out / "data.json").exists():
+    if (out / "data.json").exists() and not fresh:
         try:
             cached = json.loads((out / "data.json").read_text())
         except ValueError:
@@ -500,7 +513,7 @@ def write_report(path: str, out: str | Path, runs_dir=None, equilibria=None, swe
     data = build_data(path, runs_dir, equilibria, sweep_alphas, cached, log=log,
                       studies_dir=studies_dir)
     t0 = time.perf_counter()
-    pngs = make_figures(data, load_mdp(path), out)
+    pngs = make_figures(data, load_mdp(path), out, studies_dir)
     data["timings"]["figures_seconds"] = time.perf_counter() - t0
     from bilevel.solve import json_dumps
     (out / "data.json").write_text(json_dumps(data, indent=1))
@@ -530,7 +543,9 @@ def main(argv=None) -> int:
                                       "theorem|counterexample|fixes --out DIR) to add to the report")
     ap.add_argument("--no-sweep", action="store_true", help="skip the alpha sweeps")
     ap.add_argument("--alphas", help=f"comma-separated sweep alphas (default {','.join(map(str, SWEEP_ALPHAS))}); "
-                                     "a sweep in OUT/data.json with the same alphas is reused")
+                                     "a sweep in OUT/data.json with the same content key (MDP, "
+                                     "alphas, code version) is reused")
+    ap.add_argument("--fresh", action="store_true", help="recompute the sweep even if cached")
     args = ap.parse_args(argv)
     try:
         alphas = () if args.no_sweep else (tuple(float(a) for a in args.alphas.split(",")) if args.alphas
@@ -543,7 +558,7 @@ def main(argv=None) -> int:
         out = Path(args.out or f"reports/{name}")
         t0 = time.perf_counter()
         data = write_report(args.file, out, args.runs, args.equilibria, alphas,
-                            studies_dir=args.studies)
+                            studies_dir=args.studies, fresh=args.fresh)
     except (MDPError, ReportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from bilevel.garnet import garnet
+from bilevel.cache import cache_key
 from bilevel.mdp import TabularMDP, load_mdp, mdp_from_dict, mdp_to_dict
 from bilevel.occupancy import (kl_fit, kl_rows, model_loss, occupancy,
                                policy_return, random_model, tv_distance, uniform_policy,
@@ -567,21 +568,25 @@ def fixes_settings(seed, alphas, solver, time_limit, with_pal, agent_solver, age
 def fixes_for_mdp(i: int, settings: dict, with_agent: bool, cache: Path | None = None,
                   fresh: bool = False) -> list[FixResult]:
     """All formulations of the fixes study on MDP number i. With a cache directory, each result
-    is stored in cache/fixes{i}.json under (formulation, alpha, requested solver, time limit)
-    and reused by a later run that asks for the same (so a long study can be resumed, extended
+    is stored in cache/fixes{i}.json under its content key (bilevel.cache: the MDP's content,
+    formulation, alpha, requested solver, time limit and the code version) and reused by a
+    later run whose key is the same (so a long study can be resumed, extended
     with more alphas or solvers, or split across processes with --shard)."""
     f_cache = None if cache is None else cache / f"fixes{i}.json"
+    mdp = fixes_mdp(i, settings["seed"])
+    content_key = lambda k: cache_key(mdp, study="fixes", formulation=k[0], alpha=k[1],
+                                      solver=k[2], time_limit=k[3])
     stored: dict = {}
     if f_cache is not None and f_cache.exists() and not fresh:
         doc = json.loads(f_cache.read_text())
-        if doc["settings"]["seed"] == settings["seed"]:
-            for r in doc["results"]:
-                r = dict(r)
-                if r.get("gap") is None:          # NaN (failed solve) is stored as null
-                    r["gap"] = float("nan")
-                which, tl = r.pop("requested"), r.pop("time_limit")
-                stored[r["formulation"], r["alpha"], which, tl] = FixResult(**r)
-    mdp = fixes_mdp(i, settings["seed"])
+        for r in doc.get("results", []):
+            r = dict(r)
+            if r.get("gap") is None:          # NaN (failed solve) is stored as null
+                r["gap"] = float("nan")
+            which, tl, key = r.pop("requested"), r.pop("time_limit"), r.pop("key", None)
+            k = (r["formulation"], r["alpha"], which, tl)
+            if key == content_key(k):         # same MDP content, settings and code: reuse
+                stored[k] = FixResult(**r)
     solver, tl, agent_solver = settings["solver"], settings["time_limit"], settings["agent_solver"]
     agent_tl = settings["agent_time_limit"]
     todo = [("MAL", None, solver, tl)] + [("MAL_random_noise", a, solver, tl)
@@ -599,7 +604,8 @@ def fixes_for_mdp(i: int, settings: dict, with_agent: bool, cache: Path | None =
         tmp = f_cache.with_suffix(".tmp")
         from bilevel.solve import json_dumps
         tmp.write_text(json_dumps({"settings": {"seed": settings["seed"]}, "results": [
-            {**asdict(r), "requested": k[2], "time_limit": k[3]} for k, r in stored.items()]},
+            {**asdict(r), "requested": k[2], "time_limit": k[3], "key": content_key(k)}
+            for k, r in stored.items()]},
             default=float))
         tmp.replace(f_cache)
 
