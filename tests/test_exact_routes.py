@@ -133,7 +133,9 @@ def test_floor_tie_is_reported_and_the_floored_end_is_certified():
         assert f["witness"] or f.get("certified")
 
 
-@pytest.mark.parametrize("seed,support", [(0, "all"), (1, "neighbors"), (2, "true"), (3, "all")])
+@pytest.mark.parametrize("seed,support", [(0, "all"), (1, "neighbors"),
+                                          pytest.param(2, "true", marks=pytest.mark.slow),
+                                          pytest.param(3, "all", marks=pytest.mark.slow)])
 def test_global_mpec_and_local_mpec_ends_lie_inside_the_exact_interval(seed, support):
     """SCIP's and IPOPT's MAL intervals (band tol, floor 1e-6) against the exact limit one: every
     end lies inside it, up to what the band admits (a model off the fit by the band's loss
