@@ -670,14 +670,15 @@ def run_fixes(n_mdps: int, seed: int, alphas, out: Path, solver: str = "scip",
     if n_shards > 1:
         return None
     print(f"\nfixes: {n_mdps} random MDPs (S 3..4, A 2, gamma 0.9, start in s0), solver {solver}, "
-          f"SCIP time limit {time_limit:g} s per solve; "
+          f"MPEC time limit {time_limit:g} s per solve (exact routes: none); "
           f"MAL_agent_reward on the first {min(agent_mdps, n_mdps)} MDPs with {agent_solver} "
           f"(time limit {settings['agent_time_limit']:g} s{' per policy' if agent_solver == 'enumerate' else ''}); "
           f"solver time {sum(r.seconds for r in results):.0f} s (this run "
           f"{time.perf_counter() - t0:.0f} s, the rest cached); "
-          "gap = J* - min J over equilibria found (discounted); global = SCIP-certified, "
-          "the other solved ones are local (IPOPT, or an enumeration whose bounds did not resolve the "
-          "leader optimum); max global = largest gap among the global ones; failed = no "
+          "gap = J* - min J over equilibria found (discounted; exact routes: the limit interval, "
+          "docs/DESIGN.md 5.1); global = proved (exact route, SCIP, or a resolved enumeration), "
+          "the other solved ones are local (IPOPT, or an enumeration whose bounds did not resolve "
+          "the leader optimum); max global = largest gap among the global ones; failed = no "
           "certified end (not counted)")
     print(f"{'formulation':>18} {'alpha':>6} {'solved':>7} {'global':>7} {'failed':>7} "
           f"{'max gap':>9} {'mean gap':>9} {f'#gap>{BAD_GAP:g}':>9} {'max global':>10}")
