@@ -37,7 +37,7 @@ MILP_TIME_LIMIT = 600.0
 FLOOR_MILP_MAX_ENTRIES = 2_000    # the floored MILP (dense rows per target) only up to this |K|
 FLOOR_MILP_TIME_LIMIT = 30.0
 # below this many deterministic policies, checking each is faster than the MILP (RESULTS.md)
-BRUTE_FORCE_MAX_POLICIES = 10_000
+BRUTE_FORCE_MAX_POLICIES = 2_000
 
 
 def has_exact_route(formulation: str) -> bool:
