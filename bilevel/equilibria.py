@@ -613,7 +613,7 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
             m.del_component("eq_leader_bound")
         m.eq_leader_bound = pyo.Constraint(expr=m.leader <= L + tol)
         certificate, gaps = lead_certificate, list(lead_gaps)
-        ends, fallbacks, snapped, polished = {}, {}, {}, {}
+        ends, fallbacks, snapped, polished, end_gaps = {}, {}, {}, {}, {}
         failure, better = "", None
         for name, sense in (("min", pyo.minimize), ("max", pyo.maximize)):
             say(f"{formulation}: {name} J(pi, M) over equilibria ({which})")
@@ -637,6 +637,10 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
                 certificate = "local"
             if res.gap is not None:
                 gaps.append(res.gap)
+            # the proved absolute gap of this end: |J found - SCIP's bound| (none: IPOPT)
+            end_gaps[name] = (abs(float(res.objective) - float(res.bound))
+                              if res is not lead and res.certificate == "global"
+                              and res.bound is not None and math.isfinite(res.bound) else None)
             eq, why, local = _certified_end(bm, name, res, which, band, f"{L + tol:.9g}",
                                             snapped, polished)
             if local:
@@ -684,6 +688,8 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
     if low.J > high.J:  # numerical noise: recomputed values decide the order
         low, high = high, low
     details = {"solver_gap": max((g for g in gaps if math.isfinite(g)), default=None),
+               "proved_gap": end_gaps if certificate == "global" else
+               {k: None for k in end_gaps},
                "leader_objective_recomputed": L_check}
     if which == "ipopt":
         details["ipopt_mode"] = "polish" if not reduction.schedule else "homotopy"
