@@ -25,21 +25,16 @@ REFERENCE = {"MAL": "0.97 ± 0.05", "MAL_agent_reward": "36.93 ± 0.57",
 
 
 def parse_alpha(values: list[str] | None) -> dict:
-    """`--alpha A` sets every alpha-formulation; `--alpha F=A` one of them."""
+    """`--alpha A` sets every alpha-formulation; `--alpha F=A[,F=A]` some of them (the same
+    spelling and checks as `bilevel.solve --alpha`); repeated flags add up."""
+    from bilevel.solve import _parse_alpha
     out = {}
     for v in values or []:
-        name, _, num = v.rpartition("=")
         try:
-            a = float(num)
-        except ValueError:
-            raise ValueError(f"--alpha: not a number: {v!r}") from None
-        if not 0.0 <= a <= 1.0:
-            raise ValueError(f"--alpha must lie in [0, 1], got {a}")
-        names = [name] if name else list(default_alpha())
-        for n in names:
-            if n not in default_alpha():
-                raise ValueError(f"--alpha: {n!r} has no alpha (choose from {', '.join(default_alpha())})")
-            out[n] = a
+            a = _parse_alpha(v)
+        except ValueError as e:
+            raise ValueError(f"--alpha: {e}") from None
+        out.update(a if isinstance(a, dict) else {n: a for n in default_alpha()})
     return out
 
 
