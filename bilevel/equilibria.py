@@ -363,7 +363,8 @@ def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = N
     file's floor) instead of the exact limit one: PAL in closed form, the MAL family on the
     MPEC route with that band.
     solver: "auto" takes the exact route (bilevel.exact: PAL, MAL, MAL + random noise) and, for
-    the others, the MPEC route below; "exact" the same; "mpec-scip" / "mpec-ipopt" (aliases
+    MAL + agent reward, the MPEC route below; "exact" the same, but MAL + agent reward goes to
+    the binary-follower MINLP (bilevel.exact.agent_reward, SCIP, `time_limit` per solve); "mpec-scip" / "mpec-ipopt" (aliases
     "scip" / "ipopt") force the MPEC with that back-end. On the MPEC route with "auto", a SCIP
     solve that cannot prove its gap in `time_limit` hands over to IPOPT (local).
     ipopt_mode: "homotopy" (Scholtes eps schedule, then polish), "polish" (active-set polish
@@ -386,6 +387,10 @@ def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = N
         from bilevel.exact import exact_interval, has_exact_route
         if has_exact_route(formulation) and (solver != "enumerate" or formulation == "PAL"):
             return exact_interval(mdp, formulation, alpha, log=log)
+        if solver == "exact" and formulation == "MAL_agent_reward":
+            # no closed-form structure: SCIP on the binary-follower MINLP (global where proved)
+            from bilevel.exact.agent_reward import agent_reward_interval
+            return agent_reward_interval(mdp, alpha, time_limit=time_limit, log=log)
         if solver == "exact":
             say(f"{formulation}: no exact route; the MPEC route of --solver auto")
         if solver != "enumerate":

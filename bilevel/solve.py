@@ -333,7 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "scip", "ipopt"), default="auto",
                    help="auto/exact: the exact routes from the followers' best-response structure "
                         "(PAL: closed form; MAL, MAL + random noise: deterministic follower "
-                        "policies, MILP; global), and for MAL + agent reward the MPEC route "
+                        "policies, MILP; global); MAL + agent reward: with exact, SCIP on a "
+                        "binary-follower MINLP (global where proved, slow past ~6 states), with "
+                        "auto the MPEC route "
                         "(follower-policy enumeration when at most 16 policies, SCIP on tiny "
                         "MDPs, else IPOPT, local); mpec-scip / mpec-ipopt (alias scip / ipopt): "
                         "the single-level MPEC with that solver; enumerate: SCIP per "

@@ -6,13 +6,29 @@ deterministic follower policies (for a fixed model the leader objective is linea
 occupancy on the face of model-optimal policies, and J(pi, Phat) = V*_Phat(rho0) is constant
 there). So the follower is a binary policy and its optimality a big-M condition:
 
-    x[s,a] in {0,1},  sum_a x[s,a] = 1                       (live states)
+    x[s,a] in {0,1},  sum_a x[s,a] = 1                                    (live states)
     w[s,a] = V[s] - rhat(s,a) - g sum_t Phat[s,a,t] V[t] >= 0,   w[s,a] <= Mw[s,a] (1 - x[s,a])
     mu: flow of the policy in M,  mu[s,a] <= nubar[s] x[s,a]
-    kl[s,a] >= sum_{t in supp P} P log(P / Phat)              (convex; kl only enters with weight
-                                                                mu >= 0, so = holds at an optimum)
-    z[s,a]  >= mu[s,a] kl[s,a]                                 (the loss terms)
+    kl[s,a] >= sum_{t in supp P} P log(P / Phat)     (convex; kl only enters with weight mu >= 0,
+    z[s,a]  >= mu[s,a] kl[s,a]                         so both hold with = at an optimum)
     leader  = alpha sum z - (1 - alpha) rho0 . V,   true_return = sum r mu / (1 - g)
+
+The simulation bound. Alone, the relaxation lets V reach its optimistic bound wherever x is
+fractional (the big-M rows are slack), and the leader's gap is (1 - alpha)(W_opt - V)(rho0). At
+an integer point V is the value of the policy in Phat and mu its true occupancy, so (simulation
+lemma, with the flow of mu)
+    (1 - g) rho0 . V = sum mu r + sum mu Delta,   Delta(s,a) = sum_t (Phat - P)(t|s,a) (R + g V(t)).
+Split Phat(.|s,a) into its mass o off supp P and q = Phat / (1 - o) on supp P: then
+KL(P || Phat) = KL(P || q) + l, l = -log(1 - o) >= o, and by Pinsker TV(P, q) <= sqrt(KL(P || q) / 2), so
+    Delta <= span_in TV(P, q) + span_out o,
+span_in / span_out the widths of R + g V over supp P / from supp P to K \ supp P under the V
+bounds. With h = mu TV(P, q) and y = mu l this is
+    (1 - g) rho0 . V <= sum mu r + sum span_in h + sum span_out y,
+    2 h^2 <= mu (z - y)   (a rotated cone: z - y >= mu KL(P || q)),   y >= l(|K \ supp P| eta) mu,
+all valid at every integer point, so the relaxation only gains what a lie can buy, about
+(1 - alpha)^2 span^2 / (8 alpha (1 - g)^2) per unit of occupancy, instead of (1 - alpha) (W_opt - V).
+The cone's tangent planes at a grid of slopes are added as linear rows (SCIP's own
+linearizations left the root bound loose).
 
 Bounds, all derived from the MDP (`minlp_bounds`):
     V        [W_rob, W_opt]: the hostile and optimistic fixed points over the floored simplices
@@ -25,11 +41,13 @@ Bounds, all derived from the MDP (`minlp_bounds`):
 
 Steps, as in `bilevel.equilibria`: L* = min leader; the band tol = equilibrium_tolerance(L*)
 plus SCIP's proven gap on L*; min and max of J(pi, M) subject to leader <= L* + tol. Each SCIP
-solve starts from certified equilibria found by IPOPT with the policy fixed (the NLP left once
-x is fixed); SCIP's points are re-certified from arrays (`certify_point`) and, when the
-solver's feasibility tolerance leaves a follower gap, polished by the same fixed-policy NLP
-(J(pi, M) depends on the policy only, so the polish never moves it).
-The certificate is "global" only when SCIP proved all three solves.
+solve starts from certified equilibria (`incumbents`: the floored fit with its greedy policy,
+the optimal policy of M with the hostile witness model, each improved by IPOPT with the policy
+fixed). Every SCIP point is re-certified from arrays (`certify_point`) together with its polish
+by the same fixed-policy NLP (exact follower optimality where SCIP's feasibility tolerance left
+a gap; J(pi, M) depends on the policy only, so the polish never moves it), and the one with the
+smaller leader objective stands. The certificate is "global" only when SCIP proved all three
+solves; SCIP's proofs hold up to its feasibility tolerance, like every SCIP route here.
 """
 from __future__ import annotations
 
@@ -61,6 +79,14 @@ BOUND_SLACK = 1e-9       # relative widening of every bound computed by an itera
 J_GAP = 1e-7             # relative gap at which SCIP stops on J(pi, M) (also absolute, times max(1, |J|))
 LEADER_GAP_SHARE = 0.1   # SCIP stops on L* at this share of the band (absolute gap)
 NLP_IPOPT = {"bound_relax_factor": 0.0}
+# SCIP parameters of every solve: optimization-based bound tightening every 5 levels, not only
+# at the root (garnet(6..12, 3, 2, neighbors): the step on min J went from 42 s to 7 s at S = 6;
+# S = 8 closed in 28 s instead of not in 120 s)
+SCIP_OPTIONS: dict = {"propagating/obbt/freq": 5}
+# slopes th of the cone's tangent planes 2 sqrt(2) h <= th mu + (z - y) / th; at the optimum th
+# = sqrt(KL(P || q)) of a lie, ~1e-3 here; the grid spans 1 .. 1e-6, a factor 2 apart (so the
+# planes overestimate sqrt(mu (z - y) / 2) by at most 6 %)
+CONE_GRID = tuple(2.0 ** -k for k in range(21))
 
 
 # --------------------------------------------------------------------------- bounds
@@ -76,6 +102,10 @@ class MINLPBounds:
     p_hi: np.ndarray       # (S, A) largest model probability on K(s,a)
     kl_lo: np.ndarray      # (S, A)
     kl_hi: np.ndarray      # (S, A)
+    span_in: np.ndarray    # (S, A) max - min of R + g V over t in supp P(.|s,a) (V_hi, V_lo)
+    span_out: np.ndarray   # (S, A) max over K \ supp P of R + g V_hi - min over supp P of R + g V_lo
+    ell_lo: np.ndarray     # (S, A) -log(1 - o) at the smallest model mass o off supp P (the floor)
+    ell_hi: np.ndarray     # (S, A) ... at the largest (0 where K = supp P)
 
 
 def _widen(lo, hi):
@@ -114,7 +144,22 @@ def minlp_bounds(mdp: TabularMDP) -> MINLPBounds:
                 q[t] = p_hi[s, a]
                 best = max(best, float(np.sum(P[s, a, nz] * np.log(P[s, a, nz] / q[nz]))))
             kl_hi[s, a] = best * (1 + 1e-9) + 1e-12
-    return MINLPBounds(V_lo, V_hi, w_hi, nu_hi, p_hi, kl_lo, np.maximum(kl_hi, kl_lo))
+    span_in, span_out = np.zeros((S, A)), np.zeros((S, A))
+    ell_lo, ell_hi = np.zeros((S, A)), np.zeros((S, A))
+    for s in np.flatnonzero(live):
+        for a in range(A):
+            f_hi, f_lo = mdp.R[s, a] + g * V_hi, mdp.R[s, a] + g * V_lo
+            sup = P[s, a] > 0
+            out = mdp.K[s, a] & ~sup
+            span_in[s, a] = float(np.max(f_hi[sup]) - np.min(f_lo[sup]))
+            if out.any():
+                span_out[s, a] = max(0.0, float(np.max(f_hi[out]) - np.min(f_lo[sup])))
+                ell_lo[s, a] = -np.log1p(-out.sum() * eta) * (1 - 1e-9)
+                ell_hi[s, a] = -np.log(sup.sum() * eta) * (1 + 1e-9)
+    span_in = span_in + BOUND_SLACK * np.maximum(1.0, np.abs(span_in))
+    span_out = span_out + BOUND_SLACK * np.maximum(1.0, np.abs(span_out))
+    return MINLPBounds(V_lo, V_hi, w_hi, nu_hi, p_hi, kl_lo, np.maximum(kl_hi, kl_lo), span_in, span_out,
+                       ell_lo, ell_hi)
 
 
 # --------------------------------------------------------------------------- the MINLP
@@ -174,6 +219,26 @@ def build_minlp(mdp: TabularMDP, alpha: float, bounds: MINLPBounds | None = None
     m.z_def = pyo.Constraint(m.SA, rule=lambda m_, s, a: m_.z[s, a] >= m_.mu[s, a] * m_.kl[s, a])
     m.loss = pyo.Expression(expr=sum(m.z[s, a] for (s, a) in m.SA))
     m.J_model = pyo.Expression(expr=sum(float(mdp.rho0[s]) * m.V[s] for s in live if mdp.rho0[s] > 0))
+    # the simulation bound (valid at integer x; module docstring)
+    out = [(s, a) for (s, a) in m.SA if b.ell_hi[s, a] > 0]
+    m.OUT = pyo.Set(initialize=out, dimen=2, ordered=True)
+    m.y = pyo.Var(m.OUT, bounds=lambda m_, s, a: (0.0, float(b.nu_hi[s] * b.ell_hi[s, a])), initialize=0.0)
+    m.y_floor = pyo.Constraint(m.OUT, rule=lambda m_, s, a: m_.y[s, a] >= float(b.ell_lo[s, a]) * m_.mu[s, a])
+    m.h = pyo.Var(m.SA, bounds=lambda m_, s, a: (0.0, float(b.nu_hi[s] * min(1.0, np.sqrt(b.kl_hi[s, a] / 2)))),
+                  initialize=0.0)
+    m.v = pyo.Var(m.SA, bounds=lambda m_, s, a: (0.0, float(b.nu_hi[s] * b.kl_hi[s, a])), initialize=0.0)
+    m.v_def = pyo.Constraint(m.SA, rule=lambda m_, s, a: m_.v[s, a] == m_.z[s, a]
+                             - (m_.y[s, a] if (s, a) in m_.OUT else 0.0))
+    m.h_def = pyo.Constraint(m.SA, rule=lambda m_, s, a: 2 * m_.h[s, a] ** 2 <= m_.mu[s, a] * m_.v[s, a])
+    # the cone's tangent planes sqrt(mu v) <= (th mu + v / th) / 2 on a grid of th, in the LP from
+    # the start (SCIP's own linearizations of the cone left the root bound loose)
+    m.CONE_CUTS = pyo.Set(initialize=[(s, a, k) for (s, a) in m.SA for k in range(len(CONE_GRID))],
+                          dimen=3, ordered=True)
+    m.h_cuts = pyo.Constraint(m.CONE_CUTS, rule=lambda m_, s, a, k: 2 * np.sqrt(2) * m_.h[s, a]
+                              <= CONE_GRID[k] * m_.mu[s, a] + m_.v[s, a] / CONE_GRID[k])
+    m.simulation = pyo.Constraint(expr=(1 - g) * m.J_model <= sum(
+        float(mdp.r[s, a]) * m.mu[s, a] + float(b.span_in[s, a]) * m.h[s, a] for (s, a) in m.SA)
+        + sum(float(b.span_out[s, a]) * m.y[s, a] for (s, a) in m.OUT))
     m.leader = pyo.Expression(expr=alpha * m.loss - (1.0 - alpha) * m.J_model)
     m.true_return = pyo.Expression(expr=sum(float(mdp.r[s, a]) * m.mu[s, a] for (s, a) in m.SA) / (1 - g))
     return BilevelModel(FORMULATION, mdp, m, alpha, "binary-policy")
@@ -231,6 +296,14 @@ def point_from_arrays(bm: BilevelModel, actions, Phat: np.ndarray) -> ComponentM
         x[m.mu[s, a]] = float(mu[s, a]) if chosen else 0.0
         x[m.kl[s, a]] = float(kl[s, a])
         x[m.z[s, a]] = float(mu[s, a] * kl[s, a]) if chosen else 0.0
+        sup = mdp.P[s, a] > 0
+        o = float(Phat[s, a, ~sup].sum())
+        tv = 0.5 * float(np.abs(Phat[s, a, sup] / (1.0 - o) - mdp.P[s, a, sup]).sum())
+        m_sa = float(mu[s, a]) if chosen else 0.0
+        x[m.h[s, a]] = m_sa * tv
+        x[m.v[s, a]] = x[m.z[s, a]] - (m_sa * float(-np.log1p(-o)) if (s, a) in m.OUT else 0.0)
+        if (s, a) in m.OUT:
+            x[m.y[s, a]] = m_sa * float(-np.log1p(-o))
     for (s, a, t) in m.KSET:
         x[m.Phat[s, a, t]] = float(Phat[s, a, t])
     return x
@@ -327,7 +400,7 @@ class FixedPolicyNLP:
     def __init__(self, bm: BilevelModel):
         self.bm = bm
         m = bm.model
-        rows = (m.one_action, m.slack_off, m.mu_on)
+        rows = (m.one_action, m.slack_off, m.mu_on, m.v_def, m.h_def, m.h_cuts, m.simulation)
         for c in rows:
             c.deactivate()
         for v in m.x.values():
@@ -471,7 +544,7 @@ def agent_reward_interval(mdp: TabularMDP, alpha: float | None = None, time_limi
     set_objective(m, m.leader)
     L_inc = cands[0].eq.leader_objective if cands else 0.0
     scip = StartedScip(time_limit=time_limit, gap=1e-9,
-                       abs_gap=LEADER_GAP_SHARE * equilibrium_tolerance(bm, L_inc),
+                       abs_gap=LEADER_GAP_SHARE * equilibrium_tolerance(bm, L_inc), options=SCIP_OPTIONS,
                        starts=tuple(c.point for c in cands))
     say(f"{FORMULATION}: leader optimum (SCIP, {len(cands)} starts)")
     lead = scip.solve(m)
@@ -509,7 +582,7 @@ def agent_reward_interval(mdp: TabularMDP, alpha: float | None = None, time_limi
         starts = sorted(in_band, key=lambda c: c.eq.J, reverse=sense == pyo.maximize)
         J0 = starts[0].eq.J
         scip = StartedScip(time_limit=time_limit, gap=J_GAP, abs_gap=J_GAP * max(1.0, abs(J0)),
-                           starts=tuple(c.point for c in starts))
+                           options=SCIP_OPTIONS, starts=tuple(c.point for c in starts))
         say(f"{FORMULATION}: {name} J(pi, M) over the band (SCIP, {len(starts)} starts)")
         res = scip.solve(m)
         steps[name] = _step_record(res)

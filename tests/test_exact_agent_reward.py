@@ -1,0 +1,108 @@
+"""bilevel.exact.agent_reward: the MINLP route for MAL + agent reward (binary follower policy),
+checked against the enumeration of deterministic policies and from arrays."""
+
+import numpy as np
+import pyomo.environ as pyo
+import pytest
+
+from bilevel.enumeration import enumerate_interval
+from bilevel.equilibria import FEASIBILITY_SLACK, FOLLOWER_GAP_TOL, model_reward
+from bilevel.exact.agent_reward import (agent_reward_interval, build_minlp, minlp_bounds,
+                                        point_from_arrays)
+from bilevel.garnet import garnet
+from bilevel.occupancy import policy_return, random_model, value_iteration
+
+ALPHA = 0.9999
+
+
+def _check_ends(mdp, res):
+    """Both ends are certified equilibria of the reported band, numbers recomputed."""
+    band = res.leader_objective + res.tolerance + FEASIBILITY_SLACK * max(1.0, abs(res.leader_objective))
+    for end in (res.low, res.high):
+        assert end.follower_gap <= FOLLOWER_GAP_TOL
+        assert end.leader_objective <= band
+        assert end.J == pytest.approx(policy_return(mdp.P, mdp.r, mdp.rho0, mdp.gamma, end.policy),
+                                      abs=1e-9)
+        live = ~mdp.terminal
+        assert set(np.unique(end.policy[live])) <= {0.0, 1.0}
+    assert res.low.J <= res.high.J
+
+
+def test_hidden_goal_matches_the_enumeration(hidden_goal):
+    enum = enumerate_interval(hidden_goal, "MAL_agent_reward", ALPHA)
+    res = agent_reward_interval(hidden_goal, ALPHA, time_limit=30.0)
+    assert res.ok and res.solver == "exact-minlp"
+    assert res.certificate == "global" and enum.certificate == "global"
+    assert res.low.J == pytest.approx(73.96, abs=5e-3) and res.high.J == pytest.approx(73.96, abs=5e-3)
+    assert res.low.J == pytest.approx(enum.low.J, abs=1e-9)
+    assert res.high.J == pytest.approx(enum.high.J, abs=1e-9)
+    assert res.leader_objective == pytest.approx(enum.leader_objective, abs=max(res.tolerance, enum.tolerance))
+    assert all(s["starts_accepted"] >= 1 for s in res.details["steps"].values())
+    _check_ends(hidden_goal, res)
+
+
+@pytest.mark.parametrize("seed,support", [(0, "true"), (1, "true"), (0, "neighbors"),
+                                          (3, "neighbors"), (1, "all")])
+def test_tiny_garnets_leader_optimum_matches_the_enumeration(seed, support):
+    mdp = garnet(3, 2, 2, seed=seed, support=support)
+    enum = enumerate_interval(mdp, "MAL_agent_reward", ALPHA)
+    res = agent_reward_interval(mdp, ALPHA, time_limit=20.0)
+    assert res.ok
+    _check_ends(mdp, res)
+    tol = max(res.tolerance, enum.tolerance) + FEASIBILITY_SLACK * max(1.0, abs(enum.leader_objective))
+    if res.certificate == "global":
+        # the enumeration's value is a certified equilibrium: a proved L* cannot lie above it
+        assert res.leader_objective <= enum.leader_objective + tol
+    if res.certificate == "global" and enum.certificate == "global":
+        assert res.leader_objective == pytest.approx(enum.leader_objective, abs=tol)
+        assert res.details["leader_objective_recomputed"] == pytest.approx(enum.leader_objective, abs=tol)
+
+
+def test_no_global_certificate_without_proofs(hidden_goal):
+    """A time limit too short for SCIP to prove anything: the ends stand, certified, but local."""
+    res = agent_reward_interval(garnet(6, 3, 2, seed=0, support="neighbors", initial="first"), ALPHA,
+                                time_limit=0.05)
+    assert res.ok and res.certificate == "local"
+    assert res.details["certificate_downgraded"]
+    assert any(s["status"] != "optimal" for s in res.details["steps"].values())
+
+
+@pytest.mark.parametrize("support", ["true", "neighbors", "all"])
+def test_every_equilibrium_is_a_point_of_the_minlp(hidden_goal, support):
+    """The MINLP's rows (the simulation bound, the cone and its tangent planes among them) hold at
+    (deterministic follower optimum, any floored model), so no equilibrium is cut off."""
+    rng = np.random.default_rng(0)
+    for mdp in (hidden_goal, garnet(5, 3, 2, seed=2, support=support, initial="first")):
+        bm = build_minlp(mdp, ALPHA)
+        m = bm.model
+        for _ in range(10):
+            Phat = random_model(mdp.K, mdp.floor, rng)
+            lam = rng.random()
+            Phat = lam * Phat + (1 - lam) * np.where(mdp.K, np.maximum(mdp.P, mdp.floor), 0.0)
+            Phat /= Phat.sum(axis=-1, keepdims=True)
+            Phat[mdp.terminal] = 0.0
+            for s in np.flatnonzero(mdp.terminal):
+                Phat[s, :, s] = 1.0
+            _, pi = value_iteration(Phat, model_reward(mdp, Phat), mdp.gamma, tol=1e-13)
+            point = point_from_arrays(bm, np.argmax(pi, axis=1), Phat)
+            for v, x in point.items():
+                v.set_value(x, skip_validation=True)
+                lo, hi = v.bounds
+                assert (lo is None or x >= lo - 1e-9) and (hi is None or x <= hi + 1e-9), v.name
+            for c in m.component_data_objects(pyo.Constraint, active=True):
+                body = pyo.value(c.body)
+                scale = 1e-9 * max(1.0, abs(body))
+                if c.has_lb():
+                    assert body >= pyo.value(c.lower) - scale, c.name
+                if c.has_ub():
+                    assert body <= pyo.value(c.upper) + scale, c.name
+
+
+def test_bounds_are_ordered_and_finite(hidden_goal):
+    b = minlp_bounds(hidden_goal)
+    live = ~hidden_goal.terminal
+    assert np.all(b.V_lo[live] <= b.V_hi[live]) and np.all(np.isfinite(b.V_hi))
+    assert np.all(b.kl_lo <= b.kl_hi) and np.all(b.w_hi >= 0) and np.all(b.nu_hi <= 1.0)
+    # B (the start) is occupied at least (1 - g) rho0(B); A can be held forever (A, Y loops)
+    assert b.nu_hi[1] >= (1 - hidden_goal.gamma) * hidden_goal.rho0[1]
+    assert 0.9 < b.nu_hi[0] < 1.0
