@@ -42,13 +42,26 @@ class Scip:
     abs_gap: float = 0.0
     options: dict | None = None
 
+    def _direct(self):
+        """The Pyomo interface of one solve (a subclass may add start solutions)."""
+        return ScipDirect()
+
+    def _solve_options(self) -> dict:
+        """Extra keyword arguments of the interface's solve."""
+        return {}
+
+    def _timings(self, opt, scip) -> dict:
+        return {"limits/time": scip.getParam("limits/time"),
+                "limits/gap": scip.getParam("limits/gap")}
+
     def solve(self, model, load=True) -> SolveResult:
         """Solve `model` globally. load=True writes the incumbent into the variables when the
         status is OPTIMAL or FEASIBLE; load="always" whenever there is an incumbent."""
         t0 = time.perf_counter()
-        opt = ScipDirect()
+        opt = self._direct()
         res = opt.solve(model, time_limit=float(self.time_limit), rel_gap=float(self.gap),
                         load_solutions=False, raise_exception_on_nonoptimal_result=False,
+                        **self._solve_options(),
                         solver_options={"limits/absgap": float(self.abs_gap),
                                         # silence SCIP: Pyomo captures its log through a pipe, and
                                         # a long log blocked SCIP on writes (seen: a 30 s time
@@ -61,9 +74,7 @@ class Scip:
         gap = float(scip.getGap()) if nsols else math.inf
         gap = math.inf if gap >= scip.infinity() else gap
         bound = res.objective_bound
-        timings = {"scip": scip.getSolvingTime(), "total": t1 - t0,
-                   "limits/time": scip.getParam("limits/time"),
-                   "limits/gap": scip.getParam("limits/gap")}
+        timings = {"scip": scip.getSolvingTime(), "total": t1 - t0, **self._timings(opt, scip)}
         info = dict(iterations=int(scip.getNNodes()), seconds=t1 - t0, timings=timings,
                     bound=None if bound is None else float(bound))
         msg = f"SCIP: {raw}, {scip.getNNodes()} nodes, {scip.getNLPIterations()} LP iterations"

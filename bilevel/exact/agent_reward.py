@@ -21,10 +21,10 @@ lemma, with the flow of mu)
 Split Phat(.|s,a) into its mass o off supp P and q = Phat / (1 - o) on supp P: then
 KL(P || Phat) = KL(P || q) + l, l = -log(1 - o) >= o, and by Pinsker TV(P, q) <= sqrt(KL(P || q) / 2), so
     Delta <= span_in TV(P, q) + span_out o,
-span_in / span_out the widths of R + g V over supp P / from supp P to K \ supp P under the V
+span_in / span_out the widths of R + g V over supp P / from supp P to K - supp P under the V
 bounds. With h = mu TV(P, q) and y = mu l this is
     (1 - g) rho0 . V <= sum mu r + sum span_in h + sum span_out y,
-    2 h^2 <= mu (z - y)   (a rotated cone: z - y >= mu KL(P || q)),   y >= l(|K \ supp P| eta) mu,
+    2 h^2 <= mu (z - y)   (a rotated cone: z - y >= mu KL(P || q)),   y >= l(|K - supp P| eta) mu,
 all valid at every integer point, so the relaxation only gains what a lie can buy, about
 (1 - alpha)^2 span^2 / (8 alpha (1 - g)^2) per unit of occupancy, instead of (1 - alpha) (W_opt - V).
 The cone's tangent planes at a grid of slopes are added as linear rows (SCIP's own
@@ -71,7 +71,7 @@ from bilevel.occupancy import (deterministic_policy, kl_fit, kl_rows, occupancy,
                                value_iteration)
 from solvers.base import SolveResult, Status
 from solvers.ipopt import Ipopt
-from solvers.scip import _LIMITS, Scip
+from solvers.scip import Scip
 
 FORMULATION = "MAL_agent_reward"
 SOLVER = "exact-minlp"
@@ -103,7 +103,7 @@ class MINLPBounds:
     kl_lo: np.ndarray      # (S, A)
     kl_hi: np.ndarray      # (S, A)
     span_in: np.ndarray    # (S, A) max - min of R + g V over t in supp P(.|s,a) (V_hi, V_lo)
-    span_out: np.ndarray   # (S, A) max over K \ supp P of R + g V_hi - min over supp P of R + g V_lo
+    span_out: np.ndarray   # (S, A) max over K - supp P of R + g V_hi - min over supp P of R + g V_lo
     ell_lo: np.ndarray     # (S, A) -log(1 - o) at the smallest model mass o off supp P (the floor)
     ell_hi: np.ndarray     # (S, A) ... at the largest (0 where K = supp P)
 
@@ -301,7 +301,7 @@ def point_from_arrays(bm: BilevelModel, actions, Phat: np.ndarray) -> ComponentM
         tv = 0.5 * float(np.abs(Phat[s, a, sup] / (1.0 - o) - mdp.P[s, a, sup]).sum())
         m_sa = float(mu[s, a]) if chosen else 0.0
         x[m.h[s, a]] = m_sa * tv
-        x[m.v[s, a]] = x[m.z[s, a]] - (m_sa * float(-np.log1p(-o)) if (s, a) in m.OUT else 0.0)
+        x[m.v[s, a]] = max(0.0, x[m.z[s, a]] - (m_sa * float(-np.log1p(-o)) if (s, a) in m.OUT else 0.0))
         if (s, a) in m.OUT:
             x[m.y[s, a]] = m_sa * float(-np.log1p(-o))
     for (s, a, t) in m.KSET:
@@ -345,49 +345,14 @@ class StartedScip(Scip):
 
     starts: tuple = field(default=(), compare=False)
 
-    def solve(self, model, load=True) -> SolveResult:
-        t0 = time.perf_counter()
-        opt = _StartingScipDirect(self.starts)
-        res = opt.solve(model, time_limit=float(self.time_limit), rel_gap=float(self.gap),
-                        load_solutions=False, raise_exception_on_nonoptimal_result=False,
-                        warmstart_discrete_vars=bool(self.starts),
-                        solver_options={"limits/absgap": float(self.abs_gap),
-                                        "display/verblevel": 0, **(self.options or {})})
-        scip = opt._solver_model  # noqa: SLF001 - the pyscipopt Model of this solve
-        t1 = time.perf_counter()
-        raw = scip.getStatus()
-        nsols = scip.getNSols()
-        gap = float(scip.getGap()) if nsols else math.inf
-        gap = math.inf if gap >= scip.infinity() else gap
-        bound = res.objective_bound
-        timings = {"scip": scip.getSolvingTime(), "total": t1 - t0, "starts": len(self.starts),
-                   "starts_accepted": opt.accepted}
-        info = dict(iterations=int(scip.getNNodes()), seconds=t1 - t0, timings=timings,
-                    bound=None if bound is None else float(bound))
-        msg = f"SCIP: {raw}, {scip.getNNodes()} nodes, {scip.getNLPIterations()} LP iterations"
-        abs_ok = (nsols and bound is not None and self.abs_gap > 0
-                  and abs(float(res.incumbent_objective) - float(bound)) <= self.abs_gap)
-        if raw == "optimal" or (raw == "gaplimit" and (gap <= self.gap or abs_ok)):
-            status = Status.OPTIMAL
-        elif raw == "infeasible":
-            status = Status.INFEASIBLE
-        elif raw == "unbounded":
-            status = Status.UNBOUNDED
-        elif raw == "inforunbd":
-            status, msg = Status.INFEASIBLE, msg + " (infeasible or unbounded)"
-        elif nsols:
-            status = Status.FEASIBLE
-        else:
-            status = _LIMITS.get(raw, Status.SOLVER_ERROR)
-        if not nsols or status in (Status.INFEASIBLE, Status.UNBOUNDED):
-            return SolveResult(status, gap=None, message=msg, **info)
-        x = res.solution_loader.get_vars()
-        if load == "always" or (load and status in (Status.OPTIMAL, Status.FEASIBLE)):
-            for v, val in x.items():
-                if not v.fixed:
-                    v.set_value(float(val), skip_validation=True)
-        return SolveResult(status, objective=float(res.incumbent_objective), x=ComponentMap(x),
-                           gap=gap, message=msg, **info)
+    def _direct(self):
+        return _StartingScipDirect(self.starts)
+
+    def _solve_options(self) -> dict:
+        return {"warmstart_discrete_vars": bool(self.starts)}
+
+    def _timings(self, opt, scip) -> dict:
+        return {"starts": len(self.starts), "starts_accepted": opt.accepted}
 
 
 # --------------------------------------------------------------------------- fixed-policy NLP

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bilevel.exact.structure import Check, FollowerStructure
+from bilevel.occupancy import deterministic_policy, occupancy
 from solvers.base import SolveResult
 from solvers.milp import MILP
 
@@ -170,9 +171,7 @@ class HidingMILP:
         """A MILP point from a passing check (an incumbent for HiGHS)."""
         fs, m = self.fs, self.fs.mdp
         x0 = np.array(self.p.lb, float)
-        S, A = m.n_states, m.n_actions
-        from bilevel.occupancy import deterministic_policy, occupancy
-        pi = deterministic_policy(chk.actions, A)
+        pi = deterministic_policy(chk.actions, m.n_actions)
         mu = occupancy(m.P, m.rho0, m.gamma, pi)
         for s in self.L:
             x0[self.x[s]] = pi[s]

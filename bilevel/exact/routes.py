@@ -28,7 +28,6 @@ from bilevel.exact.structure import Check, FollowerStructure, forced_pairs
 from bilevel.formulations import resolve_alpha
 from bilevel.mdp import TabularMDP
 from bilevel.occupancy import deterministic_policy, kl_fit, occupancy, policy_from_occupancy
-from solvers.base import Status
 
 EXACT_FORMULATIONS = ("PAL", "MAL", "MAL_random_noise")
 RETURN_TOL = 1e-9       # an incumbent within this of the bound over all policies is proved

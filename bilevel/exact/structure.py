@@ -153,7 +153,6 @@ class FollowerStructure:
         there); pi is an equilibrium iff  Q(s,a; V) <= V(s)  for every reached s and every a
         (fitted pairs: Q_Pv; free pairs: min_t Q_t)."""
         m = self.mdp
-        S, A = m.n_states, m.n_actions
         actions = np.asarray(actions, dtype=int).copy()
         Z = self.reached(actions)
         V = self._evaluate(actions, Z)
