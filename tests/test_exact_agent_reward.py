@@ -106,3 +106,42 @@ def test_bounds_are_ordered_and_finite(hidden_goal):
     # B (the start) is occupied at least (1 - g) rho0(B); A can be held forever (A, Y loops)
     assert b.nu_hi[1] >= (1 - hidden_goal.gamma) * hidden_goal.rho0[1]
     assert 0.9 < b.nu_hi[0] < 1.0
+
+
+def test_simulation_identity_and_the_pieces_of_its_bound(hidden_goal):
+    """(1 - g) rho0 . V_Phat = sum mu (r + Delta) for a deterministic policy, and per pair
+    Delta <= width_in TV(P, q) + width_out o with the widths of R + g V at the point (within
+    the static span_in, span_out), KL(P || Phat) = KL(P || q) - log(1 - o): the pieces of the
+    MINLP's simulation bound, on random floored models with the policy optimal in them."""
+    from bilevel.occupancy import kl_rows, occupancy, policy_evaluation
+    rng = np.random.default_rng(1)
+    for mdp in (hidden_goal, garnet(6, 3, 3, seed=4, support="neighbors", initial="first")):
+        b = minlp_bounds(mdp)
+        g = mdp.gamma
+        for _ in range(20):
+            Phat = random_model(mdp.K, mdp.floor, rng)
+            Phat[mdp.terminal] = 0.0
+            for s in np.flatnonzero(mdp.terminal):
+                Phat[s, :, s] = 1.0
+            _, pi = value_iteration(Phat, model_reward(mdp, Phat), mdp.gamma, tol=1e-13)
+            V = policy_evaluation(Phat, model_reward(mdp, Phat), g, pi)
+            mu = occupancy(mdp.P, mdp.rho0, g, pi)
+            f = mdp.R + g * V[None, None, :]
+            delta = np.einsum("sat,sat->sa", Phat - mdp.P, f)
+            assert (1 - g) * mdp.rho0 @ V == pytest.approx(float(np.sum(mu * (mdp.r + delta))), abs=1e-9)
+            kl = kl_rows(mdp.P, Phat)
+            for s in np.flatnonzero(~mdp.terminal):
+                for a in range(mdp.n_actions):
+                    sup = mdp.P[s, a] > 0
+                    o = Phat[s, a, ~sup].sum()
+                    q = Phat[s, a, sup] / (1 - o)
+                    tv = 0.5 * np.abs(q - mdp.P[s, a, sup]).sum()
+                    kl_q = float(np.sum(mdp.P[s, a, sup] * np.log(mdp.P[s, a, sup] / q)))
+                    assert kl[s, a] == pytest.approx(kl_q - np.log1p(-o), abs=1e-12)
+                    assert tv <= np.sqrt(max(kl_q, 0.0) / 2) + 1e-12
+                    f_sa = mdp.R[s, a] + g * np.where(mdp.terminal, 0.0, V)
+                    width_in = f_sa[sup].max() - f_sa[sup].min()
+                    out = mdp.K[s, a] & ~sup
+                    width_out = max(0.0, f_sa[out].max() - f_sa[sup].min()) if out.any() else 0.0
+                    assert delta[s, a] <= width_in * tv + width_out * o + 1e-9
+                    assert width_in <= b.span_in[s, a] + 1e-9 and width_out <= b.span_out[s, a] + 1e-9
