@@ -26,7 +26,7 @@ from bilevel.exact.search import (brute_force, hiding_descent, low_return_equili
                                   true_return)
 from bilevel.exact.structure import Check, FollowerStructure, forced_pairs
 from bilevel.formulations import resolve_alpha
-from bilevel.mdp import TabularMDP
+from bilevel.mdp import TabularMDP, reachable_states
 from bilevel.occupancy import deterministic_policy, kl_fit, occupancy, policy_from_occupancy
 
 EXACT_FORMULATIONS = ("PAL", "MAL", "MAL_random_noise")
@@ -155,7 +155,7 @@ def _mal_family(mdp, formulation, alpha, time_limit, say, floor_ends) -> Equilib
         ends["max"] = End.of(chk, 0.0, "J* (no policy returns more)")
     else:
         ends["max"] = _milp_end(fs, True, time_limit, say, info)
-    if forced[_reachable_any(mdp)].all() and chk.equilibrium:
+    if forced[reachable_states(mdp) & ~mdp.terminal].all() and chk.equilibrium:
         ends["min"] = End.of(chk, 0.0, "every reachable pair is fitted: pi is optimal in M there")
     else:
         found = low_return_equilibria(fs)
@@ -200,17 +200,6 @@ def _mal_family(mdp, formulation, alpha, time_limit, say, floor_ends) -> Equilib
     return EquilibriumInterval(formulation, "solved", alpha=alpha, certificate=certificate,
                                solver="exact", starts=0, leader_objective=0.0, tolerance=0.0,
                                low=records["min"], high=records["max"], details=details)
-
-
-def _reachable_any(mdp) -> np.ndarray:
-    """Live states reachable from rho0 under some policy."""
-    seen = (mdp.rho0 > 0) & ~mdp.terminal
-    frontier = seen.copy()
-    while frontier.any():
-        nxt = (mdp.P[frontier] > 0).any(axis=(0, 1)) & ~mdp.terminal & ~seen
-        seen |= nxt
-        frontier = nxt
-    return seen
 
 
 def _brute_force_end(fs, say) -> End:
