@@ -12,7 +12,7 @@ import gymnasium as gym
 import numpy as np
 
 from bilevel.mdp import load_mdp
-from bilevel.occupancy import uniform_policy
+from bilevel.tabular import uniform_policy
 from bilevel.rl.env import BatchStepper
 
 

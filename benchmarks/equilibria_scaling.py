@@ -1,4 +1,4 @@
-"""Exact-equilibria time and memory vs MDP size on gridworlds: the exact routes (bilevel.exact),
+"""Exact-equilibria time and memory vs MDP size on gridworlds: the exact routes (bilevel.equilibria.exact),
 IPOPT and SCIP (time limit) on the MPEC, vs the HiGHS occupancy LP (the floor: one LP of the same
 MDP, no bilevel structure).
 
@@ -76,8 +76,9 @@ def grid_mdp(size: str):
 def leader_mpec(mdp, solver: str, reduction: str, time_limit: float):
     """One MPEC solve of MAL's leader optimum: IPOPT from the first structured start (polish
     only, or the Scholtes homotopy then polish), or SCIP globally. Returns the MPECResult."""
-    from bilevel.equilibria import HOMOTOPY, set_objective, structured_starts
-    from bilevel.formulations import build
+    from bilevel.equilibria.mpec_route import HOMOTOPY, set_objective
+    from bilevel.equilibria.starts import structured_starts
+    from bilevel.game import build
     from bilevel.mpec import ExactProduct, Scholtes, solve_mpec
     bm = build(mdp, "MAL")
     m = bm.model
@@ -95,8 +96,8 @@ def worker(size: str, what: str, reduction: str, time_limit: float) -> dict:
     """One measurement (run in a subprocess by `measure`); the clock starts after the imports."""
     import bilevel.equilibria  # noqa: F401 - imports Pyomo, CasADi, cyipopt, pyscipopt
     from bilevel.equilibria import solve_formulation
-    from bilevel.exact import exact_interval
-    from bilevel.occupancy import occupancy_lp
+    from bilevel.equilibria.exact import exact_interval
+    from bilevel.tabular import occupancy_lp
     mdp = grid_mdp(size)
     t0 = time.perf_counter()
     if what == "highs":

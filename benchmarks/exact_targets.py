@@ -2,7 +2,7 @@
 MDP as the floor.
 
 Every formulation is solved by `solve_formulation(mdp, f, solver="auto")`: the exact route
-(bilevel.exact) for PAL, MAL and MAL + random noise, the MPEC route for MAL + agent reward
+(bilevel.equilibria.exact) for PAL, MAL and MAL + random noise, the MPEC route for MAL + agent reward
 (the follower-policy enumeration on tiny MDPs, else IPOPT, local). Each measurement (one MDP,
 one formulation, or the LP) runs in a fresh subprocess, `--repeats` times (default 3); the clock
 starts after the imports (their time is reported apart), and the table shows the median, min
@@ -87,7 +87,7 @@ def load(spec: str):
         from equilibria_scaling import grid_mdp
         return grid_mdp(rest)
     if kind == "garnet":
-        from bilevel.garnet import garnet
+        from bilevel.mdp.garnet import garnet
         S, A, b, seed, support = rest.split(":")
         return garnet(int(S), int(A), int(b), seed=int(seed), support=support, initial="first")
     raise ValueError(f"unknown MDP spec {spec!r}")
@@ -106,10 +106,10 @@ def label(spec: str) -> str:
 def worker(spec: str, what: str) -> dict:
     """One measurement (in a subprocess); the clock starts after the imports."""
     t_imp = time.perf_counter()
-    import bilevel.enumeration  # noqa: F401 - Pyomo, SCIP (MAL + agent reward on tiny MDPs)
-    import bilevel.exact  # noqa: F401
+    import bilevel.equilibria.enumeration  # noqa: F401 - Pyomo, SCIP (MAL + agent reward on tiny MDPs)
+    import bilevel.equilibria.exact  # noqa: F401
     from bilevel.equilibria import solve_formulation
-    from bilevel.occupancy import occupancy_lp
+    from bilevel.tabular import occupancy_lp
     mdp = load(spec)
     imports = time.perf_counter() - t_imp
     t0 = time.perf_counter()

@@ -19,11 +19,11 @@ import time
 
 import numpy as np
 
-from bilevel.exact.milp import HidingMILP
-from bilevel.exact.search import brute_force, low_return_equilibria, true_return
-from bilevel.exact.structure import FollowerStructure, forced_pairs
-from bilevel.garnet import garnet
-from bilevel.occupancy import occupancy_lp
+from bilevel.equilibria.exact.milp import HidingMILP
+from bilevel.equilibria.exact.search import brute_force, low_return_equilibria, true_return
+from bilevel.equilibria.exact.structure import FollowerStructure, forced_pairs
+from bilevel.mdp.garnet import garnet
+from bilevel.tabular import occupancy_lp
 
 
 def timed(f):

@@ -46,7 +46,7 @@ def verify_iterate(mdp, policy, model, interval, alpha: float | None = None):
     the theorem bound. Returns a `bilevel.verify.RunCheck` (`.ok`, `.failed`, `.to_dict()`)."""
     import numpy as np
 
-    from bilevel.occupancy import value_iteration
+    from bilevel.tabular import value_iteration
     from bilevel.rl.record import RunRecord
     from bilevel.verify import check_run
     eq = interval if isinstance(interval, dict) else interval.to_json()

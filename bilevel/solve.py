@@ -8,75 +8,23 @@ input (one line on stderr). The JSON holds null where a number is NaN or infinit
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
-import time
 
 import numpy as np
 
-from bilevel.equilibria import solve_formulation
-from bilevel.formulations import DEFAULT_ALPHA, FORMULATIONS, resolve_alpha
-from bilevel.mdp import MDPError, TabularMDP, ergodicity_report, load_mdp, model_size
-from bilevel.occupancy import episode_reward, value_iteration
+from bilevel.cli.common import _parse_alpha, json_dumps
+from bilevel.equilibria.document import SWEEP_ALPHAS, alpha_sweep, mdp_head, optimum, solve_to_dict, summary
+from bilevel.game.formulations import DEFAULT_ALPHA, FORMULATIONS
+from bilevel.mdp.graph import model_size
+from bilevel.mdp.io import load_mdp
+from bilevel.mdp.model import MDPError, TabularMDP
+
 
 NAMES = {"PAL": "PAL", "MAL": "MAL", "MAL_agent_reward": "MAL + agent reward",
          "MAL_random_noise": "MAL + random noise"}
-SWEEP_ALPHAS = (0.5, 0.9, 0.99, 0.999, 0.9999)
 NAMES_SHOWN = 8                   # a list of state names in the summary: at most this many
 LARGE_MODEL_ENTRIES = 1_000_000   # past this many model entries |K| ...
 LARGE_PAIRS = 20_000              # ... or state-action pairs S*A, say so before solving
-
-
-# --------------------------------------------------------------------------- JSON
-
-def json_clean(obj):
-    """`obj` ready for strict JSON: every NaN or infinity becomes None (null), numpy scalars and
-    arrays become plain Python, recursively through dicts, lists and tuples."""
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (float, np.floating)):
-        x = float(obj)
-        return x if math.isfinite(x) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.ndarray):
-        return json_clean(obj.tolist())
-    if isinstance(obj, dict):
-        return {k: json_clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_clean(v) for v in obj]
-    return obj
-
-
-def json_dumps(obj, **kw) -> str:
-    """json.dumps of json_clean(obj): never writes NaN or Infinity (strict JSON)."""
-    return json.dumps(json_clean(obj), allow_nan=False, **kw)
-
-
-def failure_reason(e: BaseException) -> str:
-    """One line: the exception's class and message."""
-    msg = " ".join(str(e).split())
-    return f"{e.__class__.__name__}: {msg}" if msg else e.__class__.__name__
-
-
-def optimum(mdp: TabularMDP) -> dict:
-    """J* = rho0.V* (value iteration), its greedy policy and exact episode reward."""
-    V, pi = value_iteration(mdp.P, mdp.r, mdp.gamma)
-    ep = episode_reward(mdp.P, mdp.r, mdp.rho0, pi, mdp.horizon) if mdp.horizon else None
-    return {"J": float(mdp.rho0 @ V), "episode_reward": ep, "policy": pi.tolist(),
-            "V": V.tolist()}
-
-
-def mdp_head(mdp: TabularMDP) -> dict:
-    """The `mdp` entry of the JSON document."""
-    return {"name": mdp.name, "states": mdp.n_states, "actions": mdp.n_actions,
-            "gamma": mdp.gamma, "horizon": mdp.horizon}
-
-
-def summary(mdp: TabularMDP) -> dict:
-    """What the file says, in numbers."""
-    return mdp_head(mdp), ergodicity_report(mdp)
 
 
 def name_list(names, limit: int = NAMES_SHOWN) -> str:
@@ -105,8 +53,8 @@ def planned_route(mdp: TabularMDP, formulation: str, solver: str = "auto",
                   epsilon: float | None = None) -> str:
     """The route bilevel.equilibria.solve_formulation takes for `formulation` with `solver`
     (a description; nothing is solved)."""
-    from bilevel.equilibria import SOLVER_ALIASES, choose_solver
-    from bilevel.exact import has_exact_route
+    from bilevel.equilibria.routing import SOLVER_ALIASES, choose_solver
+    from bilevel.equilibria.exact import has_exact_route
     s = SOLVER_ALIASES.get(solver, solver)
     if epsilon is not None:
         if formulation == "PAL":
@@ -159,63 +107,6 @@ def print_summary(mdp: TabularMDP, opt: dict, out=None) -> None:
           file=out)
     if mdp.n_states <= 12:
         print(f"  optimal policy: {format_policy(mdp, opt['policy'])}", file=out)
-
-
-def read_solution(path) -> dict:
-    """A saved `python -m bilevel.solve FILE --json` document; ValueError (one line) otherwise."""
-    from pathlib import Path
-    try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not readable JSON ({e.__class__.__name__})") from None
-    if not isinstance(doc, dict) or "formulations" not in doc or "optimal" not in doc:
-        raise ValueError(f"{path}: not a `bilevel.solve --json` output (needs formulations, optimal)")
-    return doc
-
-
-def solve_to_dict(mdp: TabularMDP, formulations=None, alpha=None, solver: str = "auto",
-                  starts: int = 3, seed: int = 0, log=None, epsilon: float | None = None) -> dict:
-    """The `--json` document: {"mdp", "optimal", "formulations": {F: interval.to_json()}}.
-    `alpha` is one number (used by both MAL fixes) or a mapping {formulation: alpha}.
-    A formulation whose solve raises is recorded as failed with the exception as its reason;
-    the others are still solved."""
-    opt = optimum(mdp)
-    out = {"mdp": mdp_head(mdp), "optimal": {"J": opt["J"], "episode_reward": opt["episode_reward"]},
-           "formulations": {}}
-    for f in formulations or FORMULATIONS:
-        a = alpha.get(f) if isinstance(alpha, dict) else alpha
-        out["formulations"][f] = _solve_one(mdp, f, a, log, solver=solver, starts=starts,
-                                            seed=seed, epsilon=epsilon)
-    return out
-
-
-def _solve_one(mdp: TabularMDP, formulation: str, alpha, log, **kw) -> dict:
-    """solve_formulation(...).to_json(), or a `failed` entry when it raises."""
-    t0 = time.perf_counter()
-    try:
-        return solve_formulation(mdp, formulation, alpha=alpha, log=log, **kw).to_json()
-    except Exception as e:     # one formulation's crash must not lose the others
-        why = failure_reason(e)
-        if log:
-            log(f"{formulation}: failed: {why}")
-        try:
-            a = resolve_alpha(formulation, alpha)
-        except (TypeError, ValueError):
-            a = alpha
-        return {"status": "failed", "alpha": a, "seconds": round(time.perf_counter() - t0, 3),
-                "reason": why}
-
-
-def alpha_sweep(mdp: TabularMDP, formulation: str, alphas=SWEEP_ALPHAS, solver: str = "auto",
-                starts: int = 3, seed: int = 0, log=None) -> list[dict]:
-    """The exact equilibrium interval of a MAL fix for each alpha."""
-    rows = []
-    for a in alphas:
-        d = _solve_one(mdp, formulation, a, log, solver=solver, starts=starts, seed=seed)
-        rows.append({"alpha": a, **{k: d.get(k) for k in ("status", "reason", "certificate", "J",
-                                                          "episode_reward", "leader_objective",
-                                                          "seconds")}})
-    return rows
 
 
 def _interval(d, key, fmt="{:.4g}"):
@@ -280,42 +171,6 @@ def print_sweep(formulation: str, rows: list[dict], out=None) -> None:
         else:
             print(f"  alpha={r['alpha']:<7g} J {_interval(r, 'J'):<22} episode reward "
                   f"{_interval(r, 'episode_reward'):<22} {r['certificate']}", file=out)
-
-
-def _parse_alpha(text: str | None):
-    """`A` (every formulation with an alpha) or `F=A[,F=A]`; ValueError (one line) on anything
-    else: a malformed item, a formulation that is unknown or has no alpha (PAL, MAL), a number
-    outside [0, 1]."""
-    if text is None:
-        return None
-    has = ", ".join(DEFAULT_ALPHA)
-    if "=" not in text:
-        return _alpha_number(text, text)
-    out = {}
-    for part in text.split(","):
-        key, eq, value = part.partition("=")
-        key = key.strip()
-        if not eq or not key or "=" in value:
-            raise ValueError(f"malformed item {part.strip()!r} in {text!r} (expected F=A[,F=A] "
-                             f"with F one of {has})")
-        if key not in DEFAULT_ALPHA:
-            why = "has no alpha" if key in FORMULATIONS else "is not a formulation"
-            raise ValueError(f"{key!r} {why} (alpha is set for {has})")
-        if key in out:
-            raise ValueError(f"{key!r} given twice in {text!r}")
-        out[key] = _alpha_number(value, part.strip(), key)
-    return out
-
-
-def _alpha_number(value: str, item: str, key: str | None = None) -> float:
-    where = f"{key}: " if key else ""
-    try:
-        a = float(value)
-    except ValueError:
-        raise ValueError(f"{where}not a number: {item!r}") from None
-    if not 0.0 <= a <= 1.0:
-        raise ValueError(f"{where}alpha must lie in [0, 1], got {value.strip()!r}")
-    return a
 
 
 def build_parser() -> argparse.ArgumentParser:

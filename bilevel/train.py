@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bilevel.mdp import MDPError, load_mdp
+from bilevel.mdp.io import load_mdp
+from bilevel.mdp.model import MDPError
 from bilevel.rl.record import ALGORITHMS, FORMULATIONS, RunRecord, default_alpha
 
 REFERENCE = {"MAL": "0.97 ± 0.05", "MAL_agent_reward": "36.93 ± 0.57",
@@ -27,7 +28,7 @@ REFERENCE = {"MAL": "0.97 ± 0.05", "MAL_agent_reward": "36.93 ± 0.57",
 def parse_alpha(values: list[str] | None) -> dict:
     """`--alpha A` sets every alpha-formulation; `--alpha F=A[,F=A]` some of them (the same
     spelling and checks as `bilevel.solve --alpha`); repeated flags add up."""
-    from bilevel.solve import _parse_alpha
+    from bilevel.cli.common import _parse_alpha
     out = {}
     for v in values or []:
         try:
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed0", type=int, default=0, help="first seed")
     ap.add_argument("--out", help="output directory (default runs/<mdp name>/)")
     ap.add_argument("--alpha", action="append", metavar="A|F=A",
-                    help="alpha of MAL_agent_reward / MAL_random_noise (default: bilevel.formulations)")
+                    help="alpha of MAL_agent_reward / MAL_random_noise (default: bilevel.game)")
     ap.add_argument("--budget", type=int, help="max true-env transitions per run")
     ap.add_argument("--iters", type=int, help="leader iterations (inner-outer)")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")

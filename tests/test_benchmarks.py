@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bilevel.occupancy import policy_evaluation, value_iteration
+from bilevel.tabular import policy_evaluation, value_iteration
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))

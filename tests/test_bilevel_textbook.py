@@ -11,7 +11,7 @@ import numpy as np
 import pyomo.environ as pyo
 import pytest
 
-from bilevel.kkt import Follower, check_follower, kkt_reduce
+from bilevel.mpec.kkt import Follower, check_follower, kkt_reduce
 from bilevel.mpec import BigM, ExactProduct, Scholtes, solve_mpec
 from solvers.base import Status
 from solvers.highs import linprog

@@ -13,14 +13,16 @@ import numpy as np
 import pytest
 
 from bilevel.mdp import dump_mdp
-from bilevel.occupancy import kl_fit
+from bilevel.tabular import kl_fit
 from bilevel.rl.record import RunRecord
 from conftest import MDPS, ROOT
 
 solve = importlib.import_module("bilevel.solve")
+common = importlib.import_module("bilevel.cli.common")
+document = importlib.import_module("bilevel.equilibria.document")
 verify = importlib.import_module("bilevel.verify")
-report = importlib.import_module("bilevel.report")
-studies = importlib.import_module("bilevel.studies")
+report = importlib.import_module("bilevel.report.core")
+studies = importlib.import_module("bilevel.studies.core")
 
 HIDDEN = MDPS / "hidden_goal.yaml"
 EQ = Path(__file__).parent / "data" / "hidden_goal_equilibria.json"
@@ -62,23 +64,23 @@ def test_solve_rejects_a_bad_alpha_key_or_malformed_alpha(text, key, capsys):
 
 
 def test_solve_alpha_for_a_formulation_with_alpha_is_accepted():
-    assert solve._parse_alpha("MAL_random_noise=0.3, MAL_agent_reward=1") == {
+    assert common._parse_alpha("MAL_random_noise=0.3, MAL_agent_reward=1") == {
         "MAL_random_noise": 0.3, "MAL_agent_reward": 1.0}
-    assert solve._parse_alpha("0.25") == 0.25
+    assert common._parse_alpha("0.25") == 0.25
 
 
 # --------------------------------------------------------------------------- 2. one crash
 
 @pytest.fixture
 def mal_crashes(monkeypatch):
-    real = solve.solve_formulation
+    real = document.solve_formulation
 
     def fake(mdp, formulation, *a, **kw):
         if formulation == "MAL":
             raise RuntimeError("boom\nin the MILP")
         return real(mdp, formulation, *a, **kw)
 
-    monkeypatch.setattr(solve, "solve_formulation", fake)
+    monkeypatch.setattr(document, "solve_formulation", fake)
 
 
 def test_solve_records_one_formulations_crash_and_solves_the_others(mal_crashes, capsys):
@@ -107,10 +109,10 @@ def test_json_clean_replaces_nan_and_infinities_everywhere():
     obj = {"a": float("nan"), "b": [1.0, math.inf, (-math.inf, 2)], "c": np.float64("nan"),
            "d": np.array([1.0, np.nan]), "e": {"f": np.float32(np.inf), "g": np.int64(3)},
            "h": np.bool_(True), "i": "NaN"}
-    assert solve.json_clean(obj) == {"a": None, "b": [1.0, None, [None, 2]], "c": None,
+    assert common.json_clean(obj) == {"a": None, "b": [1.0, None, [None, 2]], "c": None,
                                      "d": [1.0, None], "e": {"f": None, "g": 3}, "h": True,
                                      "i": "NaN"}
-    assert strict_json(solve.json_dumps(obj))["d"] == [1.0, None]
+    assert strict_json(common.json_dumps(obj))["d"] == [1.0, None]
 
 
 def test_solve_json_never_holds_nan(monkeypatch, capsys):
@@ -122,7 +124,7 @@ def test_solve_json_never_holds_nan(monkeypatch, capsys):
                     "J": {"min": 1.0, "max": 2.0}, "episode_reward": None,
                     "equilibria": {"min": {}, "max": {}}}
 
-    monkeypatch.setattr(solve, "solve_formulation", lambda *a, **kw: Fake())
+    monkeypatch.setattr(document, "solve_formulation", lambda *a, **kw: Fake())
     assert solve.main([str(HIDDEN), "--formulations", "MAL", "--json"]) == 0
     d = strict_json(capsys.readouterr().out)["formulations"]["MAL"]
     assert d["tolerance"] is None and d["proved_gap"] == {"min": None, "max": 0.0}
@@ -152,7 +154,7 @@ def test_verify_json_never_holds_nan(tmp_path, hidden_goal, capsys):
 @pytest.fixture(scope="module")
 def pal_doc():
     from bilevel.mdp import load_mdp
-    return solve.solve_to_dict(load_mdp(HIDDEN), formulations=["PAL"])
+    return document.solve_to_dict(load_mdp(HIDDEN), formulations=["PAL"])
 
 
 def test_report_json_never_holds_nan_and_a_failed_formulation_exits_1(pal_doc, tmp_path, capsys):
@@ -208,7 +210,7 @@ def test_report_reads_a_counterexample_with_a_failed_row(pal_doc, tmp_path):
 # --------------------------------------------------------------------------- 4. studies exit 1
 
 def test_worst_gap_records_a_crash_as_a_failed_result(monkeypatch):
-    import bilevel.equilibria as eqm
+    import bilevel.equilibria.routing as eqm
 
     def boom(*a, **kw):
         raise ValueError("no good")
@@ -258,7 +260,7 @@ def test_studies_fixes_exits_0_when_every_task_solved(tmp_path, monkeypatch, cap
 
 def test_studies_counterexample_exits_1_on_a_failed_solve_and_writes_null(tmp_path, monkeypatch,
                                                                           capsys):
-    import bilevel.equilibria as eqm
+    import bilevel.equilibria.routing as eqm
 
     def boom(mdp, formulation, **kw):
         raise RuntimeError(f"{formulation} broke")

@@ -1,13 +1,13 @@
-"""bilevel.enumeration: global intervals over deterministic follower policies, checked against
+"""bilevel.equilibria.enumeration: global intervals over deterministic follower policies, checked against
 the MPEC engine (SCIP, global) and against brute force on the policies' own numbers."""
 import math
 
 import numpy as np
 import pytest
 
-from bilevel.enumeration import deterministic_policies, enumerate_interval, policy_bounds
+from bilevel.equilibria.enumeration import deterministic_policies, enumerate_interval, policy_bounds
 from bilevel.equilibria import solve_formulation
-from bilevel.studies import fixes_mdp, optimal_return
+from bilevel.studies.core import fixes_mdp, optimal_return
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_policy_bounds_bracket_every_policy_and_the_optimum_is_deterministic(mdp
 
 
 def test_pal_and_large_mdps_are_refused(mdp):
-    from bilevel.garnet import garnet
+    from bilevel.mdp.garnet import garnet
     with pytest.raises(ValueError, match="MAL family"):
         policy_bounds(mdp, "PAL")
     with pytest.raises(ValueError, match="tiny MDPs"):          # 2^13 = 8192 policies

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from bilevel.equilibria import follower_gap, leader_value, solve_formulation
-from bilevel.garnet import garnet
+from bilevel.mdp.garnet import garnet
 from bilevel.mdp import load_mdp
-from bilevel.occupancy import occupancy, uniform_policy, value_iteration
+from bilevel.tabular import occupancy, uniform_policy, value_iteration
 from tests.conftest import MDPS, ROOT
 
 DECOY_EP, GOAL_EP, J_STAR, DECOY_J = 0.9875, 36.45, 73.96039604, 0.98503741
@@ -29,7 +29,7 @@ def test_mal_interval_spans_decoy_to_goal_with_global_certificate(scip_results):
     assert r.low.J == pytest.approx(DECOY_J, abs=1e-4)
     # the hiding equilibrium: the policy takes X in B, and the model is wrong exactly where the
     # policy never goes (true occupancy 0), so its data never corrects it
-    from bilevel.occupancy import kl_rows
+    from bilevel.tabular import kl_rows
     assert r.low.policy[1].argmax() == 0
     mdp = load_mdp(MDPS / "hidden_goal.yaml")
     mu = occupancy(mdp.P, mdp.rho0, mdp.gamma, r.low.policy)
@@ -171,8 +171,8 @@ def test_grid_10x10_all_formulations_locally():
 def test_random_starts_are_follower_optimal_points(formulation):
     """Random IPOPT starts satisfy every constraint but the leader's: the follower's gap is 0
     (independent check) and the starts differ from each other."""
-    from bilevel.equilibria import random_starts
-    from bilevel.formulations import build, extract
+    from bilevel.equilibria.starts import random_starts
+    from bilevel.game import build, extract
     mdp = garnet(6, 3, 3, seed=4, gamma=0.9)
     bm = build(mdp, formulation)
     starts = random_starts(bm, 4, seed=0)
@@ -189,7 +189,8 @@ def test_random_starts_are_follower_optimal_points(formulation):
 def test_failed_end_search_falls_back_to_the_leader_optimum(monkeypatch):
     """If no IPOPT start of an interval step converges, the end is the leader-optimal point
     (an equilibrium in the band), re-certified, and the fallback is reported."""
-    import bilevel.equilibria as eq
+    import bilevel.equilibria.mpec_route as eq
+    from bilevel.equilibria import solve_formulation
     from bilevel.mpec import MPECResult
     from solvers.base import Status
     real = eq._ipopt_best
@@ -204,7 +205,7 @@ def test_failed_end_search_falls_back_to_the_leader_optimum(monkeypatch):
 
     monkeypatch.setattr(eq, "_ipopt_best", failing_ends)
     mdp = garnet(4, 2, 2, seed=1, gamma=0.9)
-    r = eq.solve_formulation(mdp, "MAL", solver="ipopt", starts=1)
+    r = solve_formulation(mdp, "MAL", solver="ipopt", starts=1)
     assert r.ok and r.low.J == pytest.approx(r.high.J)
     assert r.low.follower_gap < 1e-6
     assert set(r.details["ends_at_leader_optimum"]) == {"min", "max"}
@@ -215,8 +216,8 @@ def test_snap_to_best_response_makes_pal_follower_exact():
     """A PAL model that deviates from the fit on a visited pair has a positive follower gap; the
     snap replaces visited rows by the closed-form best response (gap 0) and keeps the others."""
     from bilevel.equilibria import snap_to_best_response, starting_point
-    from bilevel.formulations import build, extract
-    from bilevel.occupancy import kl_fit
+    from bilevel.game import build, extract
+    from bilevel.tabular import kl_fit
     mdp = garnet(5, 2, 3, seed=3, gamma=0.9)
     bm = build(mdp, "PAL")
     pi = np.zeros((5, 2))
@@ -258,7 +259,8 @@ def test_an_end_failing_its_follower_certificate_is_snapped_and_reported(monkeyp
     the model to the closed-form best response, re-certifies it (gap ~0), and reports it."""
     import dataclasses
 
-    import bilevel.equilibria as eq
+    import bilevel.equilibria.mpec_route as eq
+    from bilevel.equilibria import solve_formulation
     real_certify, real_snap = eq.certify, eq.snap_to_best_response
     calls, snaps = [], []
 
@@ -275,7 +277,7 @@ def test_an_end_failing_its_follower_certificate_is_snapped_and_reported(monkeyp
 
     monkeypatch.setattr(eq, "certify", certify)
     monkeypatch.setattr(eq, "snap_to_best_response", snap)
-    r = eq.solve_formulation(hidden_goal, "PAL", solver="scip")
+    r = solve_formulation(hidden_goal, "PAL", solver="scip")
     assert r.ok and snaps == [1]
     assert list(r.details["snapped_to_best_response"]) == ["min"]
     assert r.low.follower_gap <= eq.FOLLOWER_GAP_TOL

@@ -1,16 +1,16 @@
-"""bilevel.exact.agent_reward: the MINLP route for MAL + agent reward (binary follower policy),
+"""bilevel.equilibria.exact.agent_reward: the MINLP route for MAL + agent reward (binary follower policy),
 checked against the enumeration of deterministic policies and from arrays."""
 
 import numpy as np
 import pyomo.environ as pyo
 import pytest
 
-from bilevel.enumeration import enumerate_interval
+from bilevel.equilibria.enumeration import enumerate_interval
 from bilevel.equilibria import FEASIBILITY_SLACK, FOLLOWER_GAP_TOL, model_reward
-from bilevel.exact.agent_reward import (agent_reward_interval, build_minlp, minlp_bounds,
+from bilevel.equilibria.exact.agent_reward import (agent_reward_interval, build_minlp, minlp_bounds,
                                         point_from_arrays)
-from bilevel.garnet import garnet
-from bilevel.occupancy import policy_return, random_model, value_iteration
+from bilevel.mdp.garnet import garnet
+from bilevel.tabular import policy_return, random_model, value_iteration
 
 ALPHA = 0.9999
 
@@ -113,7 +113,7 @@ def test_simulation_identity_and_the_pieces_of_its_bound(hidden_goal):
     Delta <= width_in TV(P, q) + width_out o with the widths of R + g V at the point (within
     the static span_in, span_out), KL(P || Phat) = KL(P || q) - log(1 - o): the pieces of the
     MINLP's simulation bound, on random floored models with the policy optimal in them."""
-    from bilevel.occupancy import kl_rows, occupancy, policy_evaluation
+    from bilevel.tabular import kl_rows, occupancy, policy_evaluation
     rng = np.random.default_rng(1)
     for mdp in (hidden_goal, garnet(6, 3, 3, seed=4, support="neighbors", initial="first")):
         b = minlp_bounds(mdp)

@@ -1,4 +1,4 @@
-"""bilevel.exact: the exact routes, checked against computations that do not share their logic.
+"""bilevel.equilibria.exact: the exact routes, checked against computations that do not share their logic.
 
 - brute force over every deterministic policy, each judged by value iteration in its own
   explicit witness model (no MILP, no heuristic, no bound);
@@ -16,13 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bilevel.equilibria import follower_gap, model_reward
-from bilevel.exact import exact_interval
-from bilevel.exact.milp import HidingMILP
-from bilevel.exact.search import true_return
-from bilevel.exact.structure import FollowerStructure, forced_pairs
-from bilevel.garnet import garnet
+from bilevel.equilibria.exact import exact_interval
+from bilevel.equilibria.exact.milp import HidingMILP
+from bilevel.equilibria.exact.search import true_return
+from bilevel.equilibria.exact.structure import FollowerStructure, forced_pairs
+from bilevel.mdp.garnet import garnet
 from bilevel.mdp import load_mdp
-from bilevel.occupancy import deterministic_policy, policy_evaluation, value_iteration
+from bilevel.tabular import deterministic_policy, policy_evaluation, value_iteration
 from conftest import MDPS, ROOT
 
 SUPPORTS = ("true", "neighbors", "all")
@@ -178,7 +178,7 @@ def test_cli_grid_hidden_goal_table_is_global_and_shows_the_zero():
 def test_milp_runs_after_an_lp_in_the_same_process(hidden_goal):
     """HiGHS fixes its scheduler at the first run in a process: a MILP solved after an LP (the
     benchmarks and studies do that) must still be solved."""
-    from bilevel.occupancy import occupancy_lp
+    from bilevel.tabular import occupancy_lp
     mdp = garnet(4, 3, 4, seed=0, support="all", initial="first")
     occupancy_lp(mdp.P, mdp.r, mdp.rho0, mdp.gamma)
     res, point = HidingMILP(FollowerStructure(mdp, 0.0, forced_pairs(mdp, "MAL", None))).solve(False)

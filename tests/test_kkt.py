@@ -10,7 +10,7 @@ import pyomo.environ as pyo
 import pytest
 from pyomo.mpec import Complementarity, complements
 
-from bilevel.kkt import Follower, check_follower, kkt_reduce
+from bilevel.mpec.kkt import Follower, check_follower, kkt_reduce
 from bilevel.mpec import (BigM, ExactProduct, Scholtes, complementarity_pairs,
                           complementarity_violation, solve_mpec)
 from solvers.base import Status

@@ -9,8 +9,9 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from bilevel.garnet import garnet
-from bilevel.mdp import _graph_from_P, ergodicity_report, model_size, reachable_states
+from bilevel.mdp.garnet import garnet
+from bilevel.mdp.graph import _graph_from_P
+from bilevel.mdp import ergodicity_report, model_size, reachable_states
 from conftest import MDPS
 
 solve = importlib.import_module("bilevel.solve")

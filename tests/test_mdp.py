@@ -8,7 +8,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from bilevel.garnet import garnet
+from bilevel.mdp.garnet import garnet
 from bilevel.mdp import (MDPError, dump_mdp, ergodicity_report, load_mdp, mdp_from_dict,
                          reachable_states, state_graph)
 from tests.conftest import MDPS, ROOT

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 import bilevel.equilibria as eq
-from bilevel.formulations import BilevelModel
+import bilevel.equilibria.mpec_route as mpec_route
+from bilevel.equilibria.starts import starting_point
+from bilevel.game import BilevelModel
 from bilevel.mpec import MPECResult
-from bilevel.occupancy import kl_fit, value_iteration
+from bilevel.tabular import kl_fit, value_iteration
 from solvers.base import Status
 from solvers.scip import Scip
 
@@ -51,7 +53,7 @@ def leader_point(mdp, m, formulation, Phat, certificate="local", policy=None):
     step's result."""
     policy = decoy_policy() if policy is None else policy
     bm = BilevelModel(formulation, mdp, m, None, "")
-    point = eq.starting_point(bm, policy, Phat)
+    point = starting_point(bm, policy, Phat)
     for v, x in point.items():
         v.set_value(x, skip_validation=True)
     L = eq.leader_value(formulation, mdp, policy, Phat, None)
@@ -64,17 +66,17 @@ def leader_point(mdp, m, formulation, Phat, certificate="local", policy=None):
 def plant_ipopt(monkeypatch, mdp, Phat, fail_min=True, fail_max=False):
     """IPOPT: the leader step returns the decoy with `Phat` (a poor local point); the min and /
     or max steps find nothing (so the leader point stands in for them)."""
-    real, calls = eq._ipopt_best, []
+    real, calls = mpec_route._ipopt_best, []
 
     def fake(m, backend, reduction, kw, warm_points, sense, warm_schedule):
         calls.append(sense)
         if len(calls) == 1:
             return leader_point(mdp, m, "PAL", Phat)
-        if (fail_min and sense == eq.pyo.minimize) or (fail_max and sense == eq.pyo.maximize):
+        if (fail_min and sense == mpec_route.pyo.minimize) or (fail_max and sense == mpec_route.pyo.maximize):
             return MPECResult(Status.INFEASIBLE, None, None, message="forced failure")
         return real(m, backend, reduction, kw, warm_points, sense, warm_schedule)
 
-    monkeypatch.setattr(eq, "_ipopt_best", fake)
+    monkeypatch.setattr(mpec_route, "_ipopt_best", fake)
     return calls
 
 
@@ -129,7 +131,7 @@ def test_a_global_leader_optimum_that_is_beaten_is_downgraded(monkeypatch, hidde
     _, pi_star = value_iteration(mdp.P, mdp.r, mdp.gamma)
     off = fitted(mdp)
     off[B, Y] = 0.9 * off[B, Y] + 0.1 * np.eye(3)[C]
-    real, calls = eq.solve_mpec, []
+    real, calls = mpec_route.solve_mpec, []
 
     def fake(m, reduction, backend, **kw):
         if isinstance(backend, Scip):
@@ -138,7 +140,7 @@ def test_a_global_leader_optimum_that_is_beaten_is_downgraded(monkeypatch, hidde
                 return leader_point(mdp, m, "MAL", off, certificate="global", policy=pi_star)
         return real(m, reduction, backend, **kw)
 
-    monkeypatch.setattr(eq, "solve_mpec", fake)
+    monkeypatch.setattr(mpec_route, "solve_mpec", fake)
     r = eq.solve_formulation(mdp, "MAL", solver="scip")
     assert r.ok, r.reason
     assert r.certificate == "local" and r.details["certificate_downgraded"]
@@ -180,7 +182,7 @@ def test_a_global_end_off_only_on_tolerance_is_polished(monkeypatch, hidden_goal
     just past the tie, so the decoy misses the follower certificate by ~1e-5. The end is not
     dropped: the policy is kept, IPOPT moves the model back to an exact follower optimum, and
     the polished end (same J, so still within SCIP's proof) is reported."""
-    real, calls = eq.solve_mpec, []
+    real, calls = mpec_route.solve_mpec, []
 
     def fake(m, reduction, backend, **kw):
         res = real(m, reduction, backend, **kw)
@@ -198,7 +200,7 @@ def test_a_global_end_off_only_on_tolerance_is_polished(monkeypatch, hidden_goal
                     m.Phat[s, a, t].set_value(float(moved[s, a, t]), skip_validation=True)
         return res
 
-    monkeypatch.setattr(eq, "solve_mpec", fake)
+    monkeypatch.setattr(mpec_route, "solve_mpec", fake)
     r = eq.solve_formulation(hidden_goal, "MAL", solver="scip")
     assert r.ok, r.reason
     polished = r.details["polished_to_follower_optimum"]["min"]
@@ -211,7 +213,7 @@ def test_a_global_end_off_only_on_tolerance_is_polished(monkeypatch, hidden_goal
 
 def test_polish_fixes_the_policy_and_moves_the_model(hidden_goal):
     """The helper on its own: rounded policy, model moved to make it an exact follower optimum."""
-    from bilevel.formulations import build
+    from bilevel.game import build
     mdp = hidden_goal
     bm = build(mdp, "MAL")
     pi = decoy_policy()
@@ -219,12 +221,12 @@ def test_polish_fixes_the_policy_and_moves_the_model(hidden_goal):
     hiding = fitted(mdp)
     hiding[B, Y] = [mdp.floor, mdp.floor, 1.0 - 2.0 * mdp.floor]      # B-Y claims C: X is best
     Phat = _tie_breaking_model(mdp, hiding, 1e-5)
-    for v, x in eq.starting_point(bm, pi, Phat).items():
+    for v, x in starting_point(bm, pi, Phat).items():
         v.set_value(x, skip_validation=True)
     before = eq.certify(bm, None)
     assert eq.FOLLOWER_GAP_TOL < before.follower_gap <= 1e-3
-    eq.set_objective(bm.model, bm.model.true_return)
-    after = eq._polish_policy_follower(bm, None)
+    mpec_route.set_objective(bm.model, bm.model.true_return)
+    after = mpec_route._polish_policy_follower(bm, None)
     assert after is not None and after.follower_gap <= eq.FOLLOWER_GAP_TOL
     assert np.array_equal(after.policy[:2], decoy_policy()[:2])
     assert not any(bm.model.pi[s, a].fixed for (s, a) in bm.model.SA)

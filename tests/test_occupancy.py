@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from bilevel.garnet import garnet
-from bilevel.occupancy import (episode_reward, expected_return, flow_residual, kl_fit, kl_rows,
+from bilevel.mdp.garnet import garnet
+from bilevel.tabular import (episode_reward, expected_return, flow_residual, kl_fit, kl_rows,
                                model_loss, occupancy, occupancy_lp, policy_evaluation,
                                policy_iteration, policy_return, q_values, simulation_terms,
                                uniform_policy, value_iteration)

@@ -75,7 +75,7 @@ def test_chi2_test_has_power(hidden_goal):
 
 
 def test_rollout_returns_match_exact_episode_reward(hidden_goal):
-    from bilevel.occupancy import episode_reward, uniform_policy
+    from bilevel.tabular import episode_reward, uniform_policy
     pi = uniform_policy(3, 2)
     st = BatchStepper.of(hidden_goal, rng=2)
     ro = st.rollout(pi, 20_000)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from bilevel.occupancy import kl_fit, policy_return, uniform_policy
+from bilevel.tabular import kl_fit, policy_return, uniform_policy
 from bilevel.rl import learners as L
 from bilevel.rl.env import BatchStepper
 from bilevel.rl.inner_outer import TrainConfig, train_inner_outer
@@ -59,7 +59,7 @@ def test_count_model_converges_to_the_kl_fit(hidden_goal):
 
 
 def test_transition_weights_estimate_the_occupancy(hidden_goal):
-    from bilevel.occupancy import occupancy
+    from bilevel.tabular import occupancy
     m = hidden_goal
     pi = np.array([[0.5, 0.5], [0.7, 0.3], [0.5, 0.5]])
     ro = BatchStepper.of(m, rng=4).rollout(pi, 20_000)

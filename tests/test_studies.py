@@ -4,9 +4,9 @@ import math
 import numpy as np
 import pytest
 
-from bilevel.garnet import garnet
-from bilevel.occupancy import kl_fit, model_loss, occupancy, policy_return
-from bilevel.studies import (check_instance, model_return, model_reward, optimal_return,
+from bilevel.mdp.garnet import garnet
+from bilevel.tabular import kl_fit, model_loss, occupancy, policy_return
+from bilevel.studies.core import (check_instance, model_return, model_reward, optimal_return,
                              pal_bound, random_study_mdp, theorem_instances, worst_case_loss)
 
 
@@ -69,7 +69,7 @@ def test_model_return_equals_true_return_for_the_true_model():
 
 
 def test_counterexample_gap_scales_with_k():
-    from bilevel.studies import counterexample_row
+    from bilevel.studies.core import counterexample_row
     r1 = counterexample_row(1, solver="scip", time_limit=20)
     r10 = counterexample_row(10, solver="scip", time_limit=20)
     assert r1.mal_certificate == "global" and r10.mal_certificate == "global"
@@ -79,7 +79,7 @@ def test_counterexample_gap_scales_with_k():
 
 
 def test_scaled_hidden_goal_scales_only_the_hidden_rewards():
-    from bilevel.studies import scaled_hidden_goal
+    from bilevel.studies.core import scaled_hidden_goal
     m1, m5 = scaled_hidden_goal(1), scaled_hidden_goal(5)
     assert np.allclose(m1.P, m5.P)
     A, B, X, Y = 0, 1, 0, 1
@@ -89,7 +89,7 @@ def test_scaled_hidden_goal_scales_only_the_hidden_rewards():
 
 @pytest.mark.slow
 def test_theorem_cli_200_mdps_no_violation(tmp_path):
-    from bilevel.studies import run_theorem
+    from bilevel.studies.core import run_theorem
     res = run_theorem(200, 0, tmp_path, mal_mdps=0)
     assert res["violations"] == [] and res["n_instances"] >= 200
 
@@ -97,7 +97,7 @@ def test_theorem_cli_200_mdps_no_violation(tmp_path):
 def test_early_stopped_mpec_iterates_are_checked_and_approach_the_optimum():
     """Early-stopped IPOPT iterates on PAL's MPEC: every one satisfies the bound with measured
     premises, and more iterations bring the policy closer to J* (the instances are not all alike)."""
-    from bilevel.studies import early_stopped_instances, random_study_mdp
+    from bilevel.studies.core import early_stopped_instances, random_study_mdp
     rows = early_stopped_instances(random_study_mdp(0, 0), iters=(1, 200))
     assert [r.model_param for r in rows] == [1.0, 200.0]
     assert not any(r.violation for r in rows)
@@ -108,7 +108,7 @@ def test_early_stopped_mpec_iterates_are_checked_and_approach_the_optimum():
 def test_fixes_shards_cache_and_summary(tmp_path, monkeypatch):
     """Shards solve disjoint MDPs into the cache; the unsharded run then solves nothing new
     (only the two named MDPs), and a changed setting invalidates the cache."""
-    import bilevel.studies as st
+    import bilevel.studies.core as st
     calls = []
 
     def fake_gap(mdp, f, a=None, solver="scip", time_limit=10.0, starts=8):
@@ -143,13 +143,13 @@ def test_fixes_shards_cache_and_summary(tmp_path, monkeypatch):
 
 
 def test_fixes_cli_rejects_a_bad_shard(tmp_path, capsys):
-    from bilevel.studies import main
+    from bilevel.studies.core import main
     assert main(["fixes", "--shard", "2/2", "--out", str(tmp_path)]) == 2
     assert "error: --shard" in capsys.readouterr().err
 
 
 def test_fixes_recheck_replaces_an_unproved_bad_gap_by_a_global_one(tmp_path, monkeypatch):
-    import bilevel.studies as st
+    import bilevel.studies.core as st
 
     def fake_gap(mdp, f, a=None, solver="scip", time_limit=10.0, starts=8):
         recheck = solver == "enumerate" and time_limit == 9.0

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bilevel import verify
-from bilevel.occupancy import kl_fit, value_iteration
+from bilevel.tabular import kl_fit, value_iteration
 from bilevel.rl.record import RunRecord
 from conftest import MDPS
 

@@ -26,12 +26,14 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from bilevel.mdp import TabularMDP
-from bilevel.occupancy import kl_fit, model_loss, occupancy, policy_return, value_iteration
+from bilevel.mdp.model import TabularMDP
+from bilevel.tabular.evaluation import policy_return, value_iteration
+from bilevel.tabular.fits import kl_fit, model_loss
+from bilevel.tabular.occupancy import occupancy
 from bilevel.rl import learners as L
 from bilevel.rl.env import BatchStepper, episode_horizon
 from bilevel.rl.inner_outer import _record_point, final_figures, leader_data, model_leader_update
-from bilevel.formulations import resolve_alpha
+from bilevel.game.formulations import resolve_alpha
 from bilevel.rl.record import RunRecord
 
 

@@ -21,7 +21,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from bilevel.mdp import TabularMDP, load_mdp
+from bilevel.mdp.io import load_mdp
+from bilevel.mdp.model import TabularMDP
 
 ENV_ID = "bilevel/Tabular-v0"
 DEFAULT_HORIZON = 200  # episode length for MDP files that give no horizon

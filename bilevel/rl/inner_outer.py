@@ -25,11 +25,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from bilevel.mdp import TabularMDP
-from bilevel.occupancy import episode_reward, policy_return, uniform_policy
+from bilevel.mdp.model import TabularMDP
+from bilevel.tabular.evaluation import episode_reward, policy_return
+from bilevel.tabular.policies import uniform_policy
 from bilevel.rl import learners as L
 from bilevel.rl.env import BatchStepper, episode_horizon
-from bilevel.formulations import resolve_alpha
+from bilevel.game.formulations import resolve_alpha
 from bilevel.rl.record import CurvePoint, RunRecord
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import softmax
 
-from bilevel.occupancy import policy_evaluation, transition_matrix
+from bilevel.tabular.evaluation import policy_evaluation, transition_matrix
 from bilevel.rl.env import BatchStepper, Rollouts
 
 LOGIT_CLIP = 20.0

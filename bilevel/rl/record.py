@@ -6,13 +6,13 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from bilevel.formulations import DEFAULT_ALPHA, FORMULATIONS  # noqa: F401 (re-exported)
+from bilevel.game.formulations import DEFAULT_ALPHA, FORMULATIONS  # noqa: F401 (re-exported)
 
 ALGORITHMS = ("inner-outer", "contextualized")
 
 
 def default_alpha() -> dict:
-    """The exact solver's default alphas (bilevel.formulations.DEFAULT_ALPHA)."""
+    """The exact solver's default alphas (bilevel.game.DEFAULT_ALPHA)."""
     return dict(DEFAULT_ALPHA)
 
 

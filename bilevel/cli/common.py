@@ -1,0 +1,75 @@
+"""What every command shares: alpha parsing (`--alpha F=v`), JSON without NaN, failure reasons."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+from bilevel.game.formulations import DEFAULT_ALPHA, FORMULATIONS
+
+
+def json_clean(obj):
+    """`obj` ready for strict JSON: every NaN or infinity becomes None (null), numpy scalars and
+    arrays become plain Python, recursively through dicts, lists and tuples."""
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (float, np.floating)):
+        x = float(obj)
+        return x if math.isfinite(x) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.ndarray):
+        return json_clean(obj.tolist())
+    if isinstance(obj, dict):
+        return {k: json_clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_clean(v) for v in obj]
+    return obj
+
+
+def json_dumps(obj, **kw) -> str:
+    """json.dumps of json_clean(obj): never writes NaN or Infinity (strict JSON)."""
+    return json.dumps(json_clean(obj), allow_nan=False, **kw)
+
+
+def failure_reason(e: BaseException) -> str:
+    """One line: the exception's class and message."""
+    msg = " ".join(str(e).split())
+    return f"{e.__class__.__name__}: {msg}" if msg else e.__class__.__name__
+
+
+def _parse_alpha(text: str | None):
+    """`A` (every formulation with an alpha) or `F=A[,F=A]`; ValueError (one line) on anything
+    else: a malformed item, a formulation that is unknown or has no alpha (PAL, MAL), a number
+    outside [0, 1]."""
+    if text is None:
+        return None
+    has = ", ".join(DEFAULT_ALPHA)
+    if "=" not in text:
+        return _alpha_number(text, text)
+    out = {}
+    for part in text.split(","):
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if not eq or not key or "=" in value:
+            raise ValueError(f"malformed item {part.strip()!r} in {text!r} (expected F=A[,F=A] "
+                             f"with F one of {has})")
+        if key not in DEFAULT_ALPHA:
+            why = "has no alpha" if key in FORMULATIONS else "is not a formulation"
+            raise ValueError(f"{key!r} {why} (alpha is set for {has})")
+        if key in out:
+            raise ValueError(f"{key!r} given twice in {text!r}")
+        out[key] = _alpha_number(value, part.strip(), key)
+    return out
+
+
+def _alpha_number(value: str, item: str, key: str | None = None) -> float:
+    where = f"{key}: " if key else ""
+    try:
+        a = float(value)
+    except ValueError:
+        raise ValueError(f"{where}not a number: {item!r}") from None
+    if not 0.0 <= a <= 1.0:
+        raise ValueError(f"{where}alpha must lie in [0, 1], got {value.strip()!r}")
+    return a

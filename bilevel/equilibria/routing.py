@@ -1,0 +1,101 @@
+"""Routing: which route (exact, enumeration, MPEC on SCIP or IPOPT) computes a formulation's interval."""
+from __future__ import annotations
+
+import math
+
+from bilevel.equilibria.interval import EquilibriumInterval
+from bilevel.equilibria.mpec_route import _solve_formulation
+from bilevel.mdp.graph import live_pairs, n_policies
+from bilevel.mdp.model import TabularMDP
+
+
+AUTO_SCIP_MAX_PAIRS = 16     # --solver auto: SCIP (global) up to this many state-action pairs
+# --solver auto for MAL_agent_reward (whose MPEC SCIP does not close): enumerate the follower's
+# deterministic policies (bilevel.equilibria.enumeration, global) when there are at most this many ...
+ENUMERATE_AUTO_MAX_POLICIES = 16
+ENUMERATE_TIME_LIMIT = 5.0   # ... with at most this many seconds per policy; else IPOPT
+SCIP_TIME_LIMIT = 30.0       # seconds per SCIP solve; auto falls back to IPOPT past it
+SOLVERS = ("auto", "exact", "mpec-scip", "mpec-ipopt", "enumerate")
+SOLVER_ALIASES = {"scip": "mpec-scip", "ipopt": "mpec-ipopt"}
+
+
+def choose_solver(mdp: TabularMDP, solver: str, formulation: str = "") -> str:
+    """`auto`: SCIP (global) for MDPs with at most AUTO_SCIP_MAX_PAIRS state-action pairs, except
+    MAL_agent_reward (SCIP did not close its gap in 30 s on hidden_goal for alpha >= 0.99):
+    enumeration of the follower's policies when there are at most ENUMERATE_AUTO_MAX_POLICIES,
+    else IPOPT. (solve_formulation: a SCIP solve that does not certify hands over to the
+    enumeration when it applies and proves both ends, else to IPOPT.) `enumerate` covers the
+    MAL family; PAL then takes the `auto` route."""
+    if solver == "enumerate":
+        return "enumerate" if formulation != "PAL" else choose_solver(mdp, "auto", formulation)
+    if solver != "auto":
+        return solver
+    if formulation == "MAL_agent_reward":
+        return "enumerate" if n_policies(mdp) <= ENUMERATE_AUTO_MAX_POLICIES else "ipopt"
+    return "scip" if live_pairs(mdp) <= AUTO_SCIP_MAX_PAIRS else "ipopt"
+
+
+
+
+def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = None,
+                      solver: str = "auto", starts: int = 3, seed: int = 0,
+                      time_limit: float = SCIP_TIME_LIMIT, pal_reduction: str = "closed_form",
+                      log=None, ipopt_mode: str = "auto",
+                      epsilon: float | None = None) -> EquilibriumInterval:
+    """The equilibrium interval of `formulation` (see module docstring).
+    epsilon: the interval over epsilon-leader-optimal equilibria (leader <= L* + epsilon, at the
+    file's floor) instead of the exact limit one: PAL in closed form, the MAL family on the
+    MPEC route with that band.
+    solver: "auto" takes the exact route (bilevel.equilibria.exact: PAL, MAL, MAL + random noise) and, for
+    MAL + agent reward, the MPEC route below; "exact" the same, but MAL + agent reward goes to
+    the binary-follower MINLP (bilevel.equilibria.exact.agent_reward, SCIP, `time_limit` per solve); "mpec-scip" / "mpec-ipopt" (aliases
+    "scip" / "ipopt") force the MPEC with that back-end. On the MPEC route with "auto", a SCIP
+    solve that cannot prove its gap in `time_limit` hands over to IPOPT (local).
+    ipopt_mode: "homotopy" (Scholtes eps schedule, then polish), "polish" (active-set polish
+    from follower-optimal starts only), "auto" (polish past POLISH_ONLY_PAIRS live pairs).
+    solver="enumerate" (MAL family, tiny MDPs): bilevel.equilibria.enumeration, at most
+    min(time_limit, ENUMERATE_TIME_LIMIT) s per policy (the bounds need only resolve the band)."""
+    say = log or (lambda msg: None)
+    solver = SOLVER_ALIASES.get(solver, solver)
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r} (choose from {', '.join(SOLVERS)})")
+    if epsilon is not None:
+        if not (epsilon >= 0.0 and math.isfinite(epsilon)):
+            raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon}")
+        if formulation == "PAL":
+            from bilevel.equilibria.exact.routes import pal_epsilon_interval
+            return pal_epsilon_interval(mdp, epsilon)
+        if solver in ("auto", "exact", "enumerate"):
+            solver = "auto"
+    elif solver in ("auto", "exact", "enumerate"):
+        from bilevel.equilibria.exact import exact_interval, has_exact_route
+        if has_exact_route(formulation) and (solver != "enumerate" or formulation == "PAL"):
+            return exact_interval(mdp, formulation, alpha, log=log)
+        if solver == "exact" and formulation == "MAL_agent_reward":
+            # no closed-form structure: SCIP on the binary-follower MINLP (global where proved)
+            from bilevel.equilibria.exact.agent_reward import agent_reward_interval
+            return agent_reward_interval(mdp, alpha, time_limit=time_limit, log=log)
+        if solver == "exact":
+            say(f"{formulation}: no exact route; the MPEC route of --solver auto")
+        if solver != "enumerate":
+            solver = "auto"
+    solver = {"mpec-scip": "scip", "mpec-ipopt": "ipopt"}.get(solver, solver)
+
+    def enumerated() -> EquilibriumInterval:
+        from bilevel.equilibria.enumeration import enumerate_interval
+        return enumerate_interval(mdp, formulation, alpha,
+                                  time_limit=min(time_limit, ENUMERATE_TIME_LIMIT), log=log)
+
+    which = choose_solver(mdp, solver, formulation)
+    if which == "enumerate":
+        return enumerated()
+    res = _solve_formulation(mdp, formulation, alpha, which, starts, seed,
+                             time_limit, pal_reduction, log, ipopt_mode, epsilon)
+    if solver in ("auto", "enumerate") and res.solver == "scip" and not res.ok:
+        say(f"{formulation}: SCIP did not certify ({res.reason}); IPOPT")
+        local = _solve_formulation(mdp, formulation, alpha, "ipopt", starts, seed, time_limit,
+                                   pal_reduction, log, ipopt_mode, epsilon)
+        details = dict(local.details, scip=res.reason)
+        return EquilibriumInterval(**{**local.__dict__, "details": details,
+                                      "seconds": local.seconds + res.seconds})
+    return res

@@ -1,0 +1,98 @@
+"""Starting points for the MPEC route: follower-optimal (structured) and random starts."""
+from __future__ import annotations
+
+import numpy as np
+from pyomo.common.collections import ComponentMap
+
+from bilevel.equilibria.certificates import model_reward
+from bilevel.game.formulations import BilevelModel
+from bilevel.tabular.evaluation import policy_evaluation, value_iteration
+from bilevel.tabular.fits import kl_fit, kl_rows, random_model
+from bilevel.tabular.occupancy import occupancy
+from bilevel.tabular.policies import uniform_policy
+
+
+def starting_point(bm: BilevelModel, pi: np.ndarray, Phat: np.ndarray | None = None) -> ComponentMap:
+    """A consistent start: policy pi, model Phat (default: the floored fit P_eta), the true
+    occupancy mu, and (MAL family) V, w of pi in Phat, or (PAL) the model occupancy d."""
+    mdp, m = bm.mdp, bm.model
+    if Phat is None:
+        Phat = kl_fit(mdp.P, mdp.K, mdp.floor)
+    mu = occupancy(mdp.P, mdp.rho0, mdp.gamma, pi)
+    x = ComponentMap()
+    for (s, a) in m.SA:
+        x[m.pi[s, a]] = float(pi[s, a])
+    for (s, a, t) in m.KSET:
+        x[m.Phat[s, a, t]] = float(Phat[s, a, t])
+    for s in range(mdp.n_states):
+        for a in range(mdp.n_actions):
+            if not m.mu[s, a].fixed:
+                x[m.mu[s, a]] = float(mu[s, a] if not mdp.terminal[s] else mu[s].sum())
+    if hasattr(m, "fit_up"):
+        diff = Phat - kl_fit(mdp.P, mdp.K, mdp.floor)
+        for (s, a, t) in m.KSET:
+            x[m.fit_up[s, a, t]] = float(max(diff[s, a, t], 0.0))
+            x[m.fit_down[s, a, t]] = float(max(-diff[s, a, t], 0.0))
+    if hasattr(m, "kl"):
+        kl = kl_rows(mdp.P, Phat)
+        for (s, a) in m.SA:
+            x[m.kl[s, a]] = float(kl[s, a])
+    rhat = model_reward(mdp, Phat)
+    if hasattr(m, "V"):
+        V = policy_evaluation(Phat, rhat, mdp.gamma, pi)
+        Q = rhat + mdp.gamma * Phat @ V
+        for s in range(mdp.n_states):
+            if not m.V[s].fixed:
+                x[m.V[s]] = float(V[s])
+        for (s, a) in m.SA:
+            x[m.w[s, a]] = float(max(0.0, V[s] - Q[s, a]))
+    if hasattr(m, "d"):
+        d = occupancy(Phat, mdp.rho0, mdp.gamma, pi)
+        for s in range(mdp.n_states):
+            for a in range(mdp.n_actions):
+                if not m.d[s, a].fixed:
+                    x[m.d[s, a]] = float(d[s, a] if not mdp.terminal[s] else d[s].sum())
+    return x
+
+
+def structured_starts(bm: BilevelModel) -> list[ComponentMap]:
+    """IPOPT starts that make the known equilibria reachable: the optimal policy of M with the
+    fitted model, the uniform policy, and (MAL family) the optimal policy of the fitted model."""
+    mdp = bm.mdp
+    _, pi_star = value_iteration(mdp.P, mdp.r, mdp.gamma)
+    starts = [starting_point(bm, pi_star), starting_point(bm, uniform_policy(mdp.n_states, mdp.n_actions))]
+    if bm.formulation != "PAL":
+        Peta = kl_fit(mdp.P, mdp.K, mdp.floor)
+        _, pi_eta = value_iteration(Peta, model_reward(mdp, Peta), mdp.gamma)
+        starts.insert(0, starting_point(bm, pi_eta, Peta))
+    return starts
+
+
+def random_starts(bm: BilevelModel, n: int, seed: int = 0) -> list[ComponentMap]:
+    """`n` seeded random starts that satisfy every constraint but the leader's, completed by
+    `starting_point` (so IPOPT starts on the flows, never from a box-random point, whose
+    log(Phat) and bilinear terms stall it for thousands of iterations on gridworlds):
+    MAL family: Phat(.|s,a) = (1-l) P_eta + l D, D = `random_model` (floored Dirichlet(1) on
+                K(s,a)), l = 0 or U(0,1) with probability 1/2 each, and pi greedy in Phat (an
+                exact follower optimum);
+    PAL:        pi(.|s) one-hot or Dirichlet(1) with probability 1/2 each, Phat = P_eta where
+                mu_pi > 0 (the exact model best response) and D elsewhere."""
+    mdp = bm.mdp
+    S, A = mdp.n_states, mdp.n_actions
+    rng = np.random.default_rng(seed)
+    Peta = kl_fit(mdp.P, mdp.K, mdp.floor)
+    out = []
+    for _ in range(n):
+        D = random_model(mdp.K, mdp.floor, rng)
+        if bm.formulation == "PAL":
+            pi = rng.dirichlet(np.ones(A), size=S)
+            onehot = rng.random(S) < 0.5
+            pi[onehot] = np.eye(A)[rng.integers(A, size=int(onehot.sum()))]
+            visited = occupancy(mdp.P, mdp.rho0, mdp.gamma, pi) > 0
+            Phat = np.where(visited[:, :, None], Peta, D)
+        else:
+            lam = np.where(rng.random((S, A)) < 0.5, 0.0, rng.random((S, A)))[:, :, None]
+            Phat = (1.0 - lam) * Peta + lam * D     # both floored on K: so is the mixture
+            _, pi = value_iteration(Phat, model_reward(mdp, Phat), mdp.gamma, tol=1e-10)
+        out.append(starting_point(bm, pi, Phat))
+    return out

@@ -1,0 +1,104 @@
+"""Tabular MDPs: load and validate the YAML format, the state graph, the model support.
+
+Arrays (plain numpy, one convention everywhere):
+    P[s, a, s']  transition probabilities, shape (S, A, S)
+    R[s, a, s']  reward of a transition,    shape (S, A, S)
+    r[s, a]      expected reward  r = sum_s' P R, shape (S, A)
+    rho0[s]      initial distribution, shape (S,)
+    K[s, a, s']  model support mask (bool), the next states a model may predict
+Terminal states are absorbing with zero reward: P[t, a, t] = 1, R[t] = 0, K[t, a] = {t}.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bilevel.mdp.graph import _graph_from_P
+
+
+SUM_TOL = 1e-9
+DEFAULT_FLOOR = 1e-6
+SUPPORT_KINDS = ("true", "neighbors", "all")
+
+
+class MDPError(ValueError):
+    """Invalid MDP input. `str(err)` is one line: `FILE: FIELD: problem`."""
+
+    def __init__(self, source: str, field_: str, problem: str):
+        self.source, self.field, self.problem = source, field_, problem
+        where = f"{source}: {field_}: " if field_ else f"{source}: "
+        super().__init__(where + problem)
+
+
+@dataclass(frozen=True, eq=False)
+class TabularMDP:
+    """A finite discounted MDP with arrays P (S,A,S), R (S,A,S), r (S,A), rho0 (S,), K (S,A,S)."""
+
+    name: str
+    states: tuple[str, ...]
+    actions: tuple[str, ...]
+    P: np.ndarray
+    R: np.ndarray
+    rho0: np.ndarray
+    gamma: float
+    terminal: np.ndarray                 # bool (S,)
+    K: np.ndarray                        # bool (S,A,S)
+    support: str = "all"                 # true | neighbors | all | explicit
+    horizon: int | None = None
+    floor: float = DEFAULT_FLOOR         # eta: Phat >= eta on K (keeps KL finite)
+    source: str = "<memory>"
+    grid: dict | None = field(default=None)  # gridworld layout, for drawing
+
+    def __post_init__(self):
+        for a in (self.P, self.R, self.rho0, self.terminal, self.K):
+            a.setflags(write=False)
+
+    @property
+    def r(self) -> np.ndarray:
+        """Expected reward r[s,a] = sum_s' P[s,a,s'] R[s,a,s']."""
+        return np.einsum("ijk,ijk->ij", self.P, self.R)
+
+    @property
+    def n_states(self) -> int:
+        return len(self.states)
+
+    @property
+    def n_actions(self) -> int:
+        return len(self.actions)
+
+    @property
+    def r_max(self) -> float:
+        """R_max: a bound on |R(s,a,s')| over the support of P."""
+        return float(np.max(np.abs(np.where(self.P > 0, self.R, 0.0)), initial=0.0))
+
+    def with_(self, **changes) -> "TabularMDP":
+        """A copy with some fields replaced (arrays are copied)."""
+        kw = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        kw.update(changes)
+        for k in ("P", "R", "rho0", "terminal", "K"):
+            kw[k] = np.array(kw[k])
+        return TabularMDP(**kw)
+
+
+def support_mask(P: np.ndarray, terminal: np.ndarray, kind: str) -> np.ndarray:
+    """K[s,a,s']: `true` = supp P(.|s,a); `neighbors` = successors of s in the state graph
+    plus s itself; `all` = every state. Terminal states keep K[t,a] = {t}."""
+    S, A, _ = P.shape
+    if kind == "true":
+        K = P > 0
+    elif kind == "all":
+        K = np.ones_like(P, dtype=bool)
+    elif kind == "neighbors":
+        g = _graph_from_P(P)
+        K = np.zeros_like(P, dtype=bool)
+        for s in range(S):
+            nb = list(g.successors(s)) + [s]
+            K[s][:, nb] = True
+    else:
+        raise ValueError(f"unknown model support {kind!r}")
+    K = np.array(K)
+    for t in np.flatnonzero(terminal):
+        K[t] = False
+        K[t, :, t] = True
+    return K

@@ -1,0 +1,3 @@
+from bilevel.report.core import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Studies of the reference study's theory with the exact engine, one module per study."""

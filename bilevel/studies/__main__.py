@@ -1,0 +1,3 @@
+from bilevel.studies.core import main
+
+raise SystemExit(main())

@@ -1,0 +1,3 @@
+from bilevel.verify.cli import main
+
+raise SystemExit(main())
