@@ -69,8 +69,14 @@ class TabularMDP:
 
     @property
     def r_max(self) -> float:
-        """R_max: a bound on |R(s,a,s')| over the support of P."""
-        return float(np.max(np.abs(np.where(self.P > 0, self.R, 0.0)), initial=0.0))
+        """R_max = max |R(s,a,s')| over the model support K (which contains supp P): it bounds
+        the true reward r and every model's reward rhat = sum_s' Phat R alike, so the PAL
+        theorem's bound, verify and the studies all use this one number."""
+        return float(np.max(np.abs(np.where(self.K, self.R, 0.0)), initial=0.0))
+
+    def model_reward(self, Phat: np.ndarray) -> np.ndarray:
+        """rhat(s,a) = sum_s' Phat(s'|s,a) R(s,a,s'): rewards are known, transitions learned."""
+        return np.einsum("ijk,ijk->ij", Phat, self.R)
 
     def with_(self, **changes) -> "TabularMDP":
         """A copy with some fields replaced (arrays are copied)."""
