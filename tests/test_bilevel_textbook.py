@@ -155,8 +155,10 @@ def test_scip_exact_product_proves_published_value(name):
 
 
 def test_big_m_agrees_with_exact_product():
-    """BigM (M = 100, valid: all multipliers and slacks here are below it) gives the same
-    global optimum as ExactProduct on a problem with several follower constraints."""
+    """BigM with a given M = 100 gives the same global optimum as ExactProduct on a problem
+    with several follower constraints. BigM checks 100 against the proven bounds of the
+    slack and bound sides (at most 16 here); for the multipliers, which have no proven bound,
+    it is a claim: at the optimum (1, 3) the only nonzero multiplier is 2(5 - y) = 4."""
     m, f, published = clark_westerberg_1990()
     kkt_reduce(m, f)
     res = solve_mpec(m, BigM(100.0), Scip(time_limit=30))

@@ -1,14 +1,14 @@
-"""Complementarity reductions (Scholtes, ExactProduct, BigM) and the MPEC driver `solve_mpec`.
+"""The MPEC driver `solve_mpec`: reduce the complementarity pairs, solve, restore.
 
 Every active `pyomo.mpec.Complementarity` in a model is read as pairs  a >= 0 _|_ b >= 0
 (a, b Pyomo expressions; see `complementarity_pairs` for the accepted forms). A reduction
-replaces the pairs by ordinary constraints in a new Block, deactivates the Complementarity
-components, and `invert` undoes both (variable values stay). Each side that is not a plain
-variable with lb >= 0 gets a slack  s == a, s >= 0  (the "lifted" form, friendlier to IPOPT).
+(`bilevel.mpec.modes`) replaces the pairs by ordinary constraints in a new Block, deactivates
+the Complementarity components, and `invert` undoes both (variable values stay):
 
     Scholtes(schedule):  a >= 0, b >= 0, a*b <= eps,  eps a Var fixed by bounds (lb = ub).
     ExactProduct():      a >= 0, b >= 0, a*b == 0                        (SCIP, global)
-    BigM(M):             a >= 0, b >= 0, a <= M_a z, b <= M_b (1 - z), z binary   (SCIP)
+    BigM(M=None):        a >= 0, b >= 0, a <= M_a z, b <= M_b (1 - z), z binary   (SCIP;
+                         M_a, M_b derived from proven bounds of the sides unless given)
 
 `solve_mpec` runs a reduced model on a back-end: IPOPT with multistart and (for Scholtes) the
 eps homotopy with warm starts on ONE compiled NLP, or SCIP once. Its solutions are

@@ -111,6 +111,20 @@ class KKTBlock:
         zu = b.zu[i] if i in b.zu else 0
         return self.follower.s * (zl - zu)
 
+    def bound_multipliers(self, upper: float) -> None:
+        """Restrict the pair multipliers to 0 <= mu, zl, zu <= upper (lam stays free).
+
+        An assumption, not a derivation: the restricted single-level problem is exact iff some
+        optimistic optimum has follower multipliers within `upper` (otherwise it is a
+        restriction: its value can only be worse). It gives BigM the finite bounds it derives
+        M from (the multipliers are the pair sides no model bound limits)."""
+        upper = float(upper)
+        if not upper >= 0:
+            raise ValueError(f"bound_multipliers: upper = {upper} must be >= 0")
+        b = self.block
+        for v in (*b.mu.values(), *b.zl.values(), *b.zu.values()):
+            v.setub(upper)
+
     def pairs(self):
         return complementarity_pairs(self.block)
 
