@@ -1,3 +1,3 @@
-from bilevel.report.core import main
+from bilevel.report.cli import main
 
 raise SystemExit(main())

@@ -1,6 +1,9 @@
 """Figures of the report (matplotlib, Agg). Every function draws from plain arrays / the report's
-data dict and returns a Figure; `save` writes it as PNG. No figure reads solver internals."""
+data dict and returns a Figure; `save` writes it as PNG; `make_figures` draws and saves all of a
+report's figures. No figure reads solver internals."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import matplotlib
 
@@ -264,3 +267,29 @@ def fig_sweeps(data: dict):
         ax.legend(fontsize=8, loc="center left")
     fig.tight_layout()
     return fig
+
+
+def make_figures(data: dict, mdp: TabularMDP, out: Path, studies_dir=None) -> dict:
+    """Draw and save the report's PNGs under `out` (and copy the studies' own from
+    `studies_dir`); return {name: png bytes}."""
+    from bilevel.equilibria.document import optimum
+    figs = {"mdp": fig_mdp(mdp, np.asarray(optimum(mdp)["policy"]))}
+    h = data["hiding"]
+    if h:
+        pairs = [(mdp.states.index(p["state"]), mdp.actions.index(p["action"])) for p in h["pairs"]]
+        figs["hiding"] = fig_hiding(mdp, np.asarray(h["policy"]), np.asarray(h["model"]), pairs)
+    if data["runs"]:
+        figs["curves"] = fig_curves(data)
+    if data["sweeps"]:
+        figs["sweeps"] = fig_sweeps(data)
+    pngs = {}
+    for name, fig in figs.items():
+        p = Path(out) / f"{name}.png"
+        save(fig, p)
+        pngs[name] = p.read_bytes()
+    for name in ("theorem", "counterexample", "fixes"):   # the studies' own figures
+        src = Path(studies_dir) / f"{name}.png" if data.get("studies") and studies_dir else None
+        if src is not None and name in data["studies"] and src.exists():
+            pngs[name] = src.read_bytes()
+            (Path(out) / f"{name}.png").write_bytes(pngs[name])
+    return pngs
