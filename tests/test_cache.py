@@ -28,7 +28,7 @@ def test_key_depends_on_settings_and_code(hidden_goal, monkeypatch):
 
 
 def test_report_sweep_is_reused_only_under_the_same_key():
-    from bilevel.report.core import build_data
+    from bilevel.report.data import build_data
     path = "mdps/hidden_goal.yaml"
     first = build_data(path, sweep_alphas=(0.5,))
     assert first["timings"]["sweep_source"] == "solved"
@@ -39,7 +39,7 @@ def test_report_sweep_is_reused_only_under_the_same_key():
 
 
 def test_fixes_cache_recomputes_a_stale_entry(tmp_path):
-    from bilevel.studies import core as studies
+    from bilevel.studies import fixes as studies
     settings = {"seed": 0, "solver": "auto", "time_limit": 5.0, "agent_solver": "auto",
                 "agent_time_limit": 1.0, "alphas": [0.5], "with_pal": False, "agent_alphas": [],
                 "recheck": None}

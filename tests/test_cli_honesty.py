@@ -21,8 +21,11 @@ solve = importlib.import_module("bilevel.solve")
 common = importlib.import_module("bilevel.cli.common")
 document = importlib.import_module("bilevel.equilibria.document")
 verify = importlib.import_module("bilevel.verify")
-report = importlib.import_module("bilevel.report.core")
-studies = importlib.import_module("bilevel.studies.core")
+report = importlib.import_module("bilevel.report.cli")
+report_data = importlib.import_module("bilevel.report.data")
+studies = importlib.import_module("bilevel.studies.cli")
+fixes = importlib.import_module("bilevel.studies.fixes")
+theorem = importlib.import_module("bilevel.studies.theorem")
 
 HIDDEN = MDPS / "hidden_goal.yaml"
 EQ = Path(__file__).parent / "data" / "hidden_goal_equilibria.json"
@@ -165,7 +168,7 @@ def test_report_json_never_holds_nan_and_a_failed_formulation_exits_1(pal_doc, t
     eq = tmp_path / "eq.json"
     eq.write_text(json.dumps(doc))            # Python writes NaN here; the report must not
     out = tmp_path / "report"
-    rc = report.main([str(HIDDEN), "--equilibria", str(eq), "--no-sweep", "--out", str(out)])
+    rc = report.main([str(HIDDEN), "--equilibria", str(eq), "--no-sweep", "--out", str(out), "-q"])
     line = one_error_line(capsys.readouterr().err)
     assert rc == 1 and "MAL" in line
     data = strict_json((out / "data.json").read_text())
@@ -178,7 +181,7 @@ def test_report_exits_0_when_everything_solved(pal_doc, tmp_path, capsys):
     eq = tmp_path / "eq.json"
     eq.write_text(json.dumps(pal_doc))
     assert report.main([str(HIDDEN), "--equilibria", str(eq), "--no-sweep",
-                        "--out", str(tmp_path / "r")]) == 0
+                        "--out", str(tmp_path / "r"), "-q"]) == 0
     assert capsys.readouterr().err == ""
 
 
@@ -188,9 +191,9 @@ def test_report_exits_1_when_a_sweep_point_failed(pal_doc, tmp_path, monkeypatch
     rows = [{"alpha": 0.5, "status": "solved", "certificate": "global", "J": {"min": 1.0, "max": 2.0},
              "episode_reward": {"min": 1.0, "max": 2.0}},
             {"alpha": 0.9, "status": "failed", "reason": "RuntimeError: boom"}]
-    monkeypatch.setattr(report, "sweeps", lambda mdp, alphas, log=None: {"MAL_random_noise": rows})
+    monkeypatch.setattr(report_data, "sweeps", lambda mdp, alphas, log=None: {"MAL_random_noise": rows})
     rc = report.main([str(HIDDEN), "--equilibria", str(eq), "--alphas", "0.5,0.9",
-                      "--out", str(tmp_path / "r")])
+                      "--out", str(tmp_path / "r"), "-q"])
     line = one_error_line(capsys.readouterr().err)
     assert rc == 1 and "MAL_random_noise" in line and "0.9" in line
 
@@ -203,7 +206,7 @@ def test_report_reads_a_counterexample_with_a_failed_row(pal_doc, tmp_path):
         {"k": 1.0, "J_star": 74.0, "mal_min_J": None, "mal_gap": None, "pal_min_J": None,
          "pal_gap": None, "pal_closed_form_gap": 0.0, "mal_certificate": "failed: boom",
          "pal_certificate": "failed: boom", "seconds": 0.1}]}))
-    st = report.studies_data(str(d))
+    st = report_data.studies_data(str(d))
     assert st["counterexample"]["rows"][0]["gap_per_k"] is None
 
 
@@ -216,22 +219,22 @@ def test_worst_gap_records_a_crash_as_a_failed_result(monkeypatch):
         raise ValueError("no good")
 
     monkeypatch.setattr(eqm, "solve_formulation", boom)
-    r = studies.worst_gap(studies.fixes_mdp(0, 0), "MAL", None, "scip", 1.0)
+    r = fixes.worst_gap(fixes.fixes_mdp(0, 0), "MAL", None, "scip", 1.0)
     assert not r.ok and r.reason == "ValueError: no good" and math.isnan(r.gap)
 
 
 def _fake_gap(mdp, f, a=None, solver="scip", time_limit=10.0, starts=8):
     ok = f != "MAL_random_noise"
-    return studies.FixResult(mdp=mdp.name, formulation=f, alpha=a, ok=ok,
-                             gap=1.0 if ok else float("nan"), solver=solver,
-                             certificate="global" if ok else "none", seconds=0.0,
-                             reason="" if ok else "RuntimeError: boom")
+    return fixes.FixResult(mdp=mdp.name, formulation=f, alpha=a, ok=ok,
+                           gap=1.0 if ok else float("nan"), solver=solver,
+                           certificate="global" if ok else "none", seconds=0.0,
+                           reason="" if ok else "RuntimeError: boom")
 
 
 def test_studies_fixes_exits_1_when_a_task_failed_and_writes_no_nan(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(studies, "worst_gap", _fake_gap)
+    monkeypatch.setattr(fixes, "worst_gap", _fake_gap)
     args = ["fixes", "--mdps", "2", "--alphas", "0.5", "--agent-mdps", "0", "--no-pal",
-            "--out", str(tmp_path)]
+            "--out", str(tmp_path), "-q"]                         # -q: no progress lines
     assert studies.main(args + ["--shard", "0/2"]) == 1          # a shard too
     assert "RuntimeError: boom" in one_error_line(capsys.readouterr().err)
     assert studies.main(args) == 1
@@ -243,18 +246,18 @@ def test_studies_fixes_exits_1_when_a_task_failed_and_writes_no_nan(tmp_path, mo
     for f in (tmp_path / "fixes_cache").iterdir():
         strict_json(f.read_text())
     # the cache read back: a failed result is NaN again, not None
-    res = studies.fixes_for_mdp(0, studies.fixes_settings(0, [0.5], "scip", 10.0, False, "ipopt",
-                                                          [0.5]), False, tmp_path / "fixes_cache")
+    res = fixes.fixes_for_mdp(0, fixes.fixes_settings(0, [0.5], "scip", 10.0, False, "ipopt",
+                                                      [0.5]), False, tmp_path / "fixes_cache")
     assert math.isnan([r for r in res if not r.ok][0].gap)
 
 
 def test_studies_fixes_exits_0_when_every_task_solved(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(studies, "worst_gap", lambda mdp, f, a=None, solver="scip", time_limit=10.0,
-                        starts=8: studies.FixResult(mdp=mdp.name, formulation=f, alpha=a, ok=True,
-                                                    gap=0.0, solver=solver, certificate="global",
-                                                    seconds=0.0))
+    monkeypatch.setattr(fixes, "worst_gap", lambda mdp, f, a=None, solver="scip", time_limit=10.0,
+                        starts=8: fixes.FixResult(mdp=mdp.name, formulation=f, alpha=a, ok=True,
+                                                  gap=0.0, solver=solver, certificate="global",
+                                                  seconds=0.0))
     assert studies.main(["fixes", "--mdps", "1", "--alphas", "0.5", "--agent-mdps", "0",
-                         "--no-pal", "--out", str(tmp_path)]) == 0
+                         "--no-pal", "--out", str(tmp_path), "-q"]) == 0
     assert capsys.readouterr().err == ""
 
 
@@ -273,7 +276,7 @@ def test_studies_counterexample_exits_1_on_a_failed_solve_and_writes_null(tmp_pa
 
 
 def test_studies_theorem_exits_1_when_the_mal_terms_failed(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(studies, "mal_terms", lambda mdp, solver="scip", time_limit=10.0: None)
+    monkeypatch.setattr(theorem, "mal_terms", lambda mdp, solver="scip", time_limit=10.0: None)
     assert studies.main(["theorem", "--mdps", "1", "--mal-mdps", "1", "--early-mdps", "0",
                          "--out", str(tmp_path)]) == 1
     assert "MAL terms" in one_error_line(capsys.readouterr().err)

@@ -1,4 +1,4 @@
-"""Studies (issue 7): the PAL theorem check, the scaled counterexample, the fixes study."""
+"""Studies: the PAL theorem check, the scaled counterexample, the fixes study."""
 import math
 
 import numpy as np
@@ -6,8 +6,9 @@ import pytest
 
 from bilevel.mdp.garnet import garnet
 from bilevel.tabular import kl_fit, model_loss, occupancy, policy_return
-from bilevel.studies.core import (check_instance, model_return, model_reward, optimal_return,
-                             pal_bound, random_study_mdp, theorem_instances, worst_case_loss)
+from bilevel.studies.common import model_return, optimal_return
+from bilevel.studies.theorem import (check_instance, pal_bound, random_study_mdp,
+                                     theorem_instances, worst_case_loss)
 
 
 def test_theorem_holds_on_random_mdps_and_is_not_vacuous():
@@ -65,11 +66,28 @@ def test_model_return_equals_true_return_for_the_true_model():
     pi = np.full((4, 2), 0.5)
     assert model_return(mdp, mdp.P, pi) == pytest.approx(
         policy_return(mdp.P, mdp.r, mdp.rho0, mdp.gamma, pi))
-    assert np.allclose(model_reward(mdp, mdp.P), mdp.r)
+    assert np.allclose(mdp.model_reward(mdp.P), mdp.r)
+
+
+def test_model_return_is_the_discounted_sum_of_model_rewards():
+    """J(pi, Mhat) against a truncated rollout sum_t gamma^t E[rhat] in a random model, with
+    rhat(s,a) = sum_s' Phat(s'|s,a) R(s,a,s') summed term by term."""
+    mdp = garnet(4, 2, 4, seed=3, gamma=0.8)
+    rng = np.random.default_rng(2)
+    Phat = np.where(mdp.K, rng.dirichlet(np.ones(4), size=(4, 2)), 0.0)
+    Phat /= Phat.sum(-1, keepdims=True)
+    pi = rng.dirichlet(np.ones(2), size=4)
+    rhat = np.array([[sum(Phat[s, a, t] * mdp.R[s, a, t] for t in range(4)) for a in range(2)]
+                     for s in range(4)])
+    d, J = mdp.rho0.copy(), 0.0
+    for t in range(400):
+        J += mdp.gamma ** t * sum(d[s] * pi[s, a] * rhat[s, a] for s in range(4) for a in range(2))
+        d = np.einsum("s,sa,sat->t", d, pi, Phat)
+    assert model_return(mdp, Phat, pi) == pytest.approx(J, rel=1e-9)
 
 
 def test_counterexample_gap_scales_with_k():
-    from bilevel.studies.core import counterexample_row
+    from bilevel.studies.counterexample import counterexample_row
     r1 = counterexample_row(1, solver="scip", time_limit=20)
     r10 = counterexample_row(10, solver="scip", time_limit=20)
     assert r1.mal_certificate == "global" and r10.mal_certificate == "global"
@@ -79,7 +97,7 @@ def test_counterexample_gap_scales_with_k():
 
 
 def test_scaled_hidden_goal_scales_only_the_hidden_rewards():
-    from bilevel.studies.core import scaled_hidden_goal
+    from bilevel.studies.counterexample import scaled_hidden_goal
     m1, m5 = scaled_hidden_goal(1), scaled_hidden_goal(5)
     assert np.allclose(m1.P, m5.P)
     A, B, X, Y = 0, 1, 0, 1
@@ -89,7 +107,7 @@ def test_scaled_hidden_goal_scales_only_the_hidden_rewards():
 
 @pytest.mark.slow
 def test_theorem_cli_200_mdps_no_violation(tmp_path):
-    from bilevel.studies.core import run_theorem
+    from bilevel.studies.theorem import run_theorem
     res = run_theorem(200, 0, tmp_path, mal_mdps=0)
     assert res["violations"] == [] and res["n_instances"] >= 200
 
@@ -97,7 +115,7 @@ def test_theorem_cli_200_mdps_no_violation(tmp_path):
 def test_early_stopped_mpec_iterates_are_checked_and_approach_the_optimum():
     """Early-stopped IPOPT iterates on PAL's MPEC: every one satisfies the bound with measured
     premises, and more iterations bring the policy closer to J* (the instances are not all alike)."""
-    from bilevel.studies.core import early_stopped_instances, random_study_mdp
+    from bilevel.studies.theorem import early_stopped_instances
     rows = early_stopped_instances(random_study_mdp(0, 0), iters=(1, 200))
     assert [r.model_param for r in rows] == [1.0, 200.0]
     assert not any(r.violation for r in rows)
@@ -108,7 +126,7 @@ def test_early_stopped_mpec_iterates_are_checked_and_approach_the_optimum():
 def test_fixes_shards_cache_and_summary(tmp_path, monkeypatch):
     """Shards solve disjoint MDPs into the cache; the unsharded run then solves nothing new
     (only the two named MDPs), and a changed setting invalidates the cache."""
-    import bilevel.studies.core as st
+    import bilevel.studies.fixes as st
     calls = []
 
     def fake_gap(mdp, f, a=None, solver="scip", time_limit=10.0, starts=8):
@@ -143,13 +161,13 @@ def test_fixes_shards_cache_and_summary(tmp_path, monkeypatch):
 
 
 def test_fixes_cli_rejects_a_bad_shard(tmp_path, capsys):
-    from bilevel.studies.core import main
+    from bilevel.studies.cli import main
     assert main(["fixes", "--shard", "2/2", "--out", str(tmp_path)]) == 2
     assert "error: --shard" in capsys.readouterr().err
 
 
 def test_fixes_recheck_replaces_an_unproved_bad_gap_by_a_global_one(tmp_path, monkeypatch):
-    import bilevel.studies.core as st
+    import bilevel.studies.fixes as st
 
     def fake_gap(mdp, f, a=None, solver="scip", time_limit=10.0, starts=8):
         recheck = solver == "enumerate" and time_limit == 9.0
@@ -163,3 +181,23 @@ def test_fixes_recheck_replaces_an_unproved_bad_gap_by_a_global_one(tmp_path, mo
     assert res[("MAL", None)].gap == 0.5                      # plain MAL is not rechecked
     for k in (("MAL_random_noise", 0.5), ("MAL_agent_reward", 0.9)):
         assert res[k].certificate == "global" and res[k].gap == 0.0
+
+
+def test_fixes_progress_goes_to_stderr_and_q_drops_it(tmp_path, monkeypatch, capsys):
+    """stdout holds the table; the per-MDP progress lines are messages on stderr, and -q drops
+    them."""
+    import bilevel.studies.fixes as st
+    from bilevel.studies.cli import main
+    monkeypatch.setattr(st, "worst_gap", lambda mdp, f, a=None, solver="scip", time_limit=10.0,
+                        starts=8: st.FixResult(mdp=mdp.name, formulation=f, alpha=a, ok=True,
+                                               gap=0.25, solver=solver, certificate="global",
+                                               seconds=0.0))
+    args = ["fixes", "--mdps", "2", "--alphas", "0.5", "--agent-mdps", "0", "--no-pal",
+            "--out", str(tmp_path)]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert [ln.split(":")[0].strip() for ln in err.splitlines()] == ["fixes0_S4_A2", "fixes1_S4_A2"]
+    assert "MAL=0.25" in err and "MAL=0.25" not in out and "formulation" in out
+    assert main(args + ["-q"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and "formulation" in out

@@ -15,6 +15,22 @@ import sys
 LOGGER = "bilevel"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler writing to whatever `sys.stderr` is when a record is emitted (so a replaced or
+    captured stderr, as in tests, is followed)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def add_verbosity(parser: argparse.ArgumentParser) -> None:
     """Add the shared -q/--quiet and -v/--verbose flags."""
     g = parser.add_mutually_exclusive_group()
@@ -31,7 +47,7 @@ def setup_logging(args: argparse.Namespace) -> logging.Logger:
     for h in list(log.handlers):
         if getattr(h, "_bilevel", False):
             log.removeHandler(h)
-    h = logging.StreamHandler(sys.stderr)
+    h = _StderrHandler()
     h.setFormatter(logging.Formatter("%(message)s"))
     h._bilevel = True
     log.addHandler(h)
@@ -45,8 +61,11 @@ def logger(name: str = "") -> logging.Logger:
 
 
 def say(name: str = ""):
-    """A `log(msg)` callable for the engine's `log=` parameters, at INFO on `bilevel.<name>`."""
-    return logger(name).info
+    """A `log(msg)` callable for the engine's `log=` parameters: INFO on `bilevel.<name>`,
+    printed as `[name] msg`."""
+    log = logger(name)
+    prefix = f"[{name}] " if name else ""
+    return lambda msg: log.info(prefix + str(msg))
 
 
 def progress(iterable=None, total: int | None = None, desc: str = "", quiet: bool = False):

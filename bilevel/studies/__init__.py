@@ -1,1 +1,6 @@
-"""Studies of the reference study's theory with the exact engine, one module per study."""
+"""Studies of the reference study's theory with the exact engine, one module per study:
+theorem (the PAL theorem), counterexample (MAL on the scaled hidden goal), fixes (MAL's fixes
+against alpha); common (shared quantities and output), cli (`python -m bilevel.studies`)."""
+from bilevel.studies.fixes import BAD_GAP
+
+__all__ = ["BAD_GAP"]

@@ -1,3 +1,3 @@
-from bilevel.studies.core import main
+from bilevel.studies.cli import main
 
 raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""Studies of the reference study's theory with the exact engine.
+
+    python -m bilevel.studies theorem --mdps 200 --seed 0      # PAL theorem, 0 violations expected
+    python -m bilevel.studies counterexample --scales 1 10 100 1000
+    python -m bilevel.studies fixes --mdps 50
+
+Each subcommand prints a table on stdout (progress messages on stderr; -q/-v as in every
+command, bilevel.cli.output) and writes JSON + a PNG under --out (default studies_out/); the
+JSON holds null where a number is NaN or infinite. Exit status: 0 done, 1 some task failed (a
+solve that raised or found no certified interval; theorem: also a violation), 2 bad input.
+The studies themselves: bilevel.studies.theorem, .counterexample and .fixes.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bilevel.cli.output import add_verbosity, logger, setup_logging
+from bilevel.studies.counterexample import run_counterexample
+from bilevel.studies.fixes import run_fixes
+from bilevel.studies.theorem import run_theorem
+
+
+def parser() -> argparse.ArgumentParser:
+    """The `python -m bilevel.studies` argument parser (one subcommand per study)."""
+    p = argparse.ArgumentParser(prog="python -m bilevel.studies", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("theorem", help="numerical check of the PAL theorem")
+    t.add_argument("--mdps", type=int, default=200)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--mal-mdps", type=int, default=3, help="extra random 3-state MDPs for MAL terms")
+    t.add_argument("--mal-floor", type=float, default=1e-9)
+    t.add_argument("--early-mdps", type=int, default=None,
+                   help="early-stopped PAL MPEC iterates on the first K MDPs (default: all)")
+    c = sub.add_parser("counterexample", help="MAL gap on the k-scaled hidden goal")
+    c.add_argument("--scales", type=float, nargs="+", default=[1, 10, 100, 1000])
+    c.add_argument("--time-limit", type=float, default=30.0)
+    f = sub.add_parser("fixes", help="worst-case gaps of the MAL fixes vs alpha")
+    f.add_argument("--mdps", type=int, default=50)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--alphas", type=float, nargs="+", default=[0.5, 0.9, 0.99])
+    f.add_argument("--time-limit", type=float, default=10.0)
+    f.add_argument("--agent-mdps", type=int, default=None,
+                   help="solve MAL_agent_reward on the first K MDPs only (default: all)")
+    f.add_argument("--agent-alphas", type=float, nargs="+", default=None)
+    f.add_argument("--agent-time-limit", type=float, default=None,
+                   help="time limit of the MAL_agent_reward solves (default: --time-limit; "
+                        "per policy with enumerate)")
+    f.add_argument("--recheck", type=float, default=None, metavar="SECONDS",
+                   help="enumerate again, with SECONDS per policy, each MAL-fix result that is "
+                        "local with a gap > BAD_GAP; a global result replaces it")
+    f.add_argument("--agent-solver", default="ipopt",
+                   choices=("scip", "ipopt", "auto", "enumerate"))
+    f.add_argument("--no-pal", action="store_true",
+                   help="skip the PAL MPEC (the closed-form PAL column is always computed)")
+    f.add_argument("--shard", default="0/1", metavar="K/N",
+                   help="solve only the MDPs i with i %% N == K (no summary); run the N shards in "
+                        "parallel, then once without --shard to print the table from the cache")
+    f.add_argument("--fresh", action="store_true",
+                   help="ignore per-MDP results cached under OUT/fixes_cache")
+    for s in (t, c, f):
+        s.add_argument("--out", default="studies_out")
+        s.add_argument("--solver", default="scip" if s is f else "auto",
+                       choices=("scip", "ipopt", "auto") + (("enumerate",) if s is f else ()),
+                       help="auto: SCIP, and IPOPT (local) where SCIP does not certify; "
+                            "enumerate (fixes): SCIP per deterministic follower policy "
+                            "(bilevel.equilibria.enumeration), --time-limit per policy")
+        add_verbosity(s)
+    return p
+
+
+def main(argv=None) -> int:
+    """Run the study named in argv; return the exit status (0 done, 1 a task failed, 2 bad input)."""
+    a = parser().parse_args(argv)
+    log = setup_logging(a)
+    out = Path(a.out)
+    if a.cmd == "theorem":
+        res = run_theorem(a.mdps, a.seed, out, a.mal_mdps, a.solver, a.mal_floor, a.early_mdps)
+        if res["violations"]:
+            log.error(f"error: {len(res['violations'])} violation(s) of the PAL theorem")
+            return 1
+        return exit_status(res["failed"])
+    if a.cmd == "counterexample":
+        return exit_status(run_counterexample(a.scales, out, a.solver, a.time_limit)["failed"])
+    if a.cmd == "fixes":
+        shard = parse_shard(a.shard)
+        if shard is None:
+            log.error(f"error: --shard: expected K/N with integers 0 <= K < N, got {a.shard!r}")
+            return 2
+        failed: list[str] = []
+        run_fixes(a.mdps, a.seed, a.alphas, out, a.solver, a.time_limit, not a.no_pal,
+                  a.agent_mdps, a.agent_solver, a.agent_alphas, shard=shard, fresh=a.fresh,
+                  agent_time_limit=a.agent_time_limit, recheck=a.recheck, failed=failed)
+        return exit_status(failed)
+    return 2
+
+
+def exit_status(failed: list[str]) -> int:
+    """1 with one error line on stderr when some task failed, else 0."""
+    if failed:
+        more = f" ... ({len(failed) - 3} more)" if len(failed) > 3 else ""
+        logger().error(f"error: {len(failed)} task(s) failed: {'; '.join(failed[:3])}{more}")
+        return 1
+    return 0
+
+
+def parse_shard(text: str) -> tuple[int, int] | None:
+    """`K/N` with integers 0 <= K < N, else None."""
+    parts = text.split("/")
+    if len(parts) != 2:
+        return None
+    try:
+        k, n = int(parts[0]), int(parts[1])
+    except ValueError:
+        return None
+    return (k, n) if 0 <= k < n else None

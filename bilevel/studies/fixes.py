@@ -1,0 +1,270 @@
+"""Worst-case gaps of MAL's fixes against alpha (`python -m bilevel.studies fixes`).
+
+On small random MDPs, gap = J* - min J(pi, M) over the equilibria of MAL, MAL + agent reward
+(alpha), MAL + random noise (alpha), PAL (MPEC) and PAL's closed form
+(bilevel.studies.common.pal_closed_form_gap); then plain MAL on the deterministic and ergodic
+hidden goals. An equilibrium more than BAD_GAP below J* counts as a bad one. Results are cached
+per MDP (bilevel.studies.common.load_results / store_results), so a long study can be resumed,
+extended or split into shards (`--shard K/N`).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bilevel.cache import cache_key
+from bilevel.cli.output import logger
+from bilevel.mdp.garnet import garnet
+from bilevel.mdp.io import load_mdp
+from bilevel.mdp.model import TabularMDP
+from bilevel.studies.common import (MDPS, load_results, pal_closed_form_gap, pyplot, save_json,
+                                    store_results, true_optimum)
+
+BAD_GAP = 1e-3          # an equilibrium this far below J* counts as a bad one
+FORMULATION_ORDER = ["MAL", "MAL_agent_reward", "MAL_random_noise", "PAL", "PAL_closed_form"]
+
+
+@dataclass(frozen=True)
+class FixResult:
+    """The worst-case gap J* - min J(pi, M) over one formulation's equilibria on one MDP."""
+
+    mdp: str
+    formulation: str
+    alpha: float | None
+    ok: bool
+    gap: float               # nan when the solve failed
+    solver: str
+    certificate: str
+    seconds: float
+    reason: str = ""
+
+
+def fixes_mdp(i: int, seed: int) -> TabularMDP:
+    """Small random MDP number i for the fixes study: S in 3..4, A = 2, branching 2, start in
+    state 0 (so that a model can hide states), gamma 0.9."""
+    rng = np.random.default_rng([seed, i, 7])
+    S = int(rng.integers(3, 5))
+    return garnet(S, 2, 2, seed=int(rng.integers(2**31)), gamma=0.9, initial="first",
+                  support="all", name=f"fixes{i}_S{S}_A2")
+
+
+def worst_gap(mdp: TabularMDP, formulation: str, alpha=None, solver="scip",
+              time_limit=10.0, starts: int = 8) -> FixResult:
+    """The equilibrium interval by solve_formulation, or with solver="enumerate" by
+    bilevel.equilibria.enumeration (time_limit per policy); gap = J* - low.J (J discounted).
+    A solve that raises is a failed result (gap NaN, the reason recorded)."""
+    from bilevel.cli.common import failure_reason
+    from bilevel.equilibria.enumeration import enumerate_interval
+    from bilevel.equilibria.routing import solve_formulation
+    J_star, _ = true_optimum(mdp)
+    t0 = time.perf_counter()
+    try:
+        if solver == "enumerate":
+            res = enumerate_interval(mdp, formulation, alpha, time_limit=time_limit)
+        else:
+            res = solve_formulation(mdp, formulation, alpha=alpha, solver=solver,
+                                    time_limit=time_limit, starts=starts)
+    except Exception as e:      # a failed result; the study goes on
+        return FixResult(mdp=mdp.name, formulation=formulation, alpha=alpha, ok=False,
+                         gap=float("nan"), solver=solver, certificate="none",
+                         seconds=time.perf_counter() - t0, reason=failure_reason(e))
+    return FixResult(mdp=mdp.name, formulation=formulation, alpha=res.alpha, ok=res.ok,
+                     gap=J_star - res.low.J if res.ok else float("nan"), solver=res.solver,
+                     certificate=res.certificate, seconds=res.seconds, reason=res.reason)
+
+
+def pal_closed_form(mdp: TabularMDP) -> FixResult:
+    """PAL's closed-form equilibrium as a FixResult: gap = common.pal_closed_form_gap(mdp)."""
+    t0 = time.perf_counter()
+    gap = pal_closed_form_gap(mdp)
+    return FixResult(mdp=mdp.name, formulation="PAL_closed_form", alpha=None, ok=True, gap=gap,
+                     solver="value_iteration", certificate="closed_form",
+                     seconds=time.perf_counter() - t0)
+
+
+def failure_line(r: FixResult) -> str:
+    """'<mdp> <formulation>(<alpha>): <reason>' for a failed result."""
+    a = "" if r.alpha is None else f"({r.alpha:g})"
+    return f"{r.mdp} {r.formulation}{a}: {r.reason or 'failed'}"
+
+
+def fixes_settings(seed, alphas, solver, time_limit, with_pal, agent_solver, agent_alphas,
+                   agent_time_limit=None, recheck=None) -> dict:
+    """The fixes study's settings. recheck: seconds per policy of a second enumeration of each
+    MAL-fix result that is local with a gap > BAD_GAP; a global recheck replaces it."""
+    return {"seed": seed, "alphas": [float(a) for a in alphas], "solver": solver,
+            "time_limit": float(time_limit), "with_pal": bool(with_pal),
+            "agent_solver": agent_solver, "agent_alphas": [float(a) for a in agent_alphas],
+            "agent_time_limit": float(time_limit if agent_time_limit is None
+                                      else agent_time_limit),
+            "recheck": None if recheck is None else float(recheck)}
+
+
+def fixes_for_mdp(i: int, settings: dict, with_agent: bool, cache: Path | None = None,
+                  fresh: bool = False) -> list[FixResult]:
+    """All formulations of the fixes study on MDP number i. With a cache directory, each result
+    is stored in cache/fixes{i}.json under its content key (bilevel.cache: the MDP's content,
+    formulation, alpha, requested solver, time limit and the code version) and reused by a
+    later run whose key is the same (so a long study can be resumed, extended
+    with more alphas or solvers, or split across processes with --shard); `fresh` ignores it."""
+    f_cache = None if cache is None else cache / f"fixes{i}.json"
+    mdp = fixes_mdp(i, settings["seed"])
+
+    def content_key(k):
+        return cache_key(mdp, study="fixes", formulation=k[0], alpha=k[1], solver=k[2],
+                         time_limit=k[3])
+
+    stored = ({} if f_cache is None or fresh
+              else load_results(f_cache, content_key, FixResult))
+    solver, tl, agent_solver = settings["solver"], settings["time_limit"], settings["agent_solver"]
+    agent_tl = settings["agent_time_limit"]
+    todo = [("MAL", None, solver, tl)] + [("MAL_random_noise", a, solver, tl)
+                                          for a in settings["alphas"]]
+    if settings["with_pal"]:
+        todo.append(("PAL", None, solver, tl))
+    if with_agent:
+        todo += [("MAL_agent_reward", a, agent_solver, agent_tl) for a in settings["agent_alphas"]]
+    todo.append(("PAL_closed_form", None, "closed_form", None))
+
+    def solved(key):
+        if key not in stored:
+            f, a, which, limit = key
+            starts = 1 if which == "ipopt" and f == "MAL_agent_reward" else 8
+            stored[key] = (pal_closed_form(mdp) if f == "PAL_closed_form"
+                           else worst_gap(mdp, f, a, which, limit, starts=starts))
+            if f_cache is not None:   # after every solve: a stopped run loses at most this one
+                store_results(f_cache, stored, content_key, settings["seed"])
+        return stored[key]
+
+    results = [solved(key) for key in todo]
+    recheck = settings.get("recheck")
+    for j, r in enumerate(results):
+        # a fix's bad gap that is not proved: the enumeration again, with `recheck` s per policy
+        if recheck and r.formulation in ("MAL_agent_reward", "MAL_random_noise") and r.ok \
+                and r.certificate == "local" and r.gap > BAD_GAP:
+            again = solved((r.formulation, r.alpha, "enumerate", float(recheck)))
+            if again.ok and again.certificate == "global":
+                results[j] = again
+    return results
+
+
+def run_fixes(n_mdps: int, seed: int, alphas, out: Path, solver: str = "scip",
+              time_limit: float = 10.0, with_pal: bool = True, agent_mdps: int | None = None,
+              agent_solver: str = "ipopt", agent_alphas=None, shard: tuple[int, int] = (0, 1),
+              cache: bool = True, fresh: bool = False,
+              agent_time_limit: float | None = None, recheck: float | None = None,
+              failed: list | None = None) -> dict | None:
+    """Worst-case gaps of MAL, MAL + agent reward (alpha), MAL + random noise (alpha) and PAL
+    over n_mdps random MDPs, then plain MAL on the deterministic and ergodic hidden goals.
+    MAL + agent reward is the expensive one (SCIP did not certify it within 15 s even on
+    3-state Garnets; IPOPT with one random start takes ~30 s): it is solved with `agent_solver`
+    (one start for IPOPT) on the first `agent_mdps` MDPs only (None: all), at `agent_alphas`.
+    Results are cached per MDP, formulation, alpha and solver under out/fixes_cache (see
+    fixes_for_mdp; ignored with `fresh`). shard = (k, n) solves only the MDPs i with
+    i % n == k and returns None without the summary: run n shards in parallel, then once
+    unsharded to print the table from the cache. `failed`: a list to which a line is appended
+    for each result that failed (also in a shard); the payload's "failed" holds the same.
+    Prints the table, writes out/fixes.json and out/fixes.png; returns the JSON payload."""
+    log = logger("studies")
+    agent_alphas = alphas if agent_alphas is None else agent_alphas
+    agent_mdps = n_mdps if agent_mdps is None else agent_mdps
+    settings = fixes_settings(seed, alphas, solver, time_limit, with_pal, agent_solver,
+                              agent_alphas, agent_time_limit, recheck)
+    cache_dir = out / "fixes_cache" if cache else None
+    results: list[FixResult] = []
+    t0 = time.perf_counter()
+    k, n_shards = shard
+    for i in range(n_mdps):
+        if i % n_shards != k:
+            continue
+        done = fixes_for_mdp(i, settings, i < agent_mdps, cache_dir, fresh)
+        results += done
+        log.info(f"  {done[0].mdp}: " + ", ".join(
+            f"{r.formulation}{'' if r.alpha is None else f'({r.alpha:g})'}="
+            f"{r.gap:.3g}" for r in done))
+    lost = [failure_line(r) for r in results if not r.ok]
+    if failed is not None:
+        failed += lost
+    if n_shards > 1:
+        return None
+    print(f"\nfixes: {n_mdps} random MDPs (S 3..4, A 2, gamma 0.9, start in s0), solver {solver}, "
+          f"MPEC time limit {time_limit:g} s per solve (exact routes: none); "
+          f"MAL_agent_reward on the first {min(agent_mdps, n_mdps)} MDPs with {agent_solver} "
+          f"(time limit {settings['agent_time_limit']:g} s{' per policy' if agent_solver == 'enumerate' else ''}); "
+          f"solver time {sum(r.seconds for r in results):.0f} s (this run "
+          f"{time.perf_counter() - t0:.0f} s, the rest cached); "
+          "gap = J* - min J over equilibria found (discounted; exact routes: the limit interval, "
+          "docs/DESIGN.md 5.1); global = proved (exact route, SCIP, or a resolved enumeration), "
+          "the other solved ones are local (IPOPT, or an enumeration whose bounds did not resolve "
+          "the leader optimum); max global = largest gap among the global ones; failed = no "
+          "certified end (not counted)")
+    table = summary_table(results)
+    named = []
+    print("\nplain MAL on the named hidden-goal variants:")
+    for f in ("hidden_goal_deterministic.yaml", "hidden_goal_ergodic.yaml"):
+        mdp = load_mdp(MDPS / f)
+        r = worst_gap(mdp, "MAL", None, solver, max(time_limit, 30.0))
+        named.append(r)
+        if not r.ok:
+            lost.append(failure_line(r))
+            if failed is not None:
+                failed.append(lost[-1])
+        J_star, _ = true_optimum(mdp)
+        print(f"  {mdp.name}: J* = {J_star:.4f}, MAL worst gap = {r.gap:.4f} "
+              f"({r.certificate}{'' if r.ok else ', ' + r.reason}) -> "
+              f"{'MAL fails' if r.ok and r.gap > 1.0 else 'no failure found'}")
+    payload = {"n_mdps": n_mdps, "seed": seed, "alphas": list(alphas), "solver": solver,
+               "time_limit": time_limit, "settings": settings, "table": table,
+               "results": [asdict(r) for r in results], "named": [asdict(r) for r in named],
+               "failed": lost}
+    save_json(out, "fixes", payload)
+    _plot(table, n_mdps, out / "fixes.png")
+    return payload
+
+
+def summary_table(results: list[FixResult]) -> list[dict]:
+    """Per (formulation, alpha): solved, failed, n_global, max_gap_global, max_gap, mean_gap and
+    n_bad (gaps > BAD_GAP) over the solved results; printed, and returned as dicts."""
+    print(f"{'formulation':>18} {'alpha':>6} {'solved':>7} {'global':>7} {'failed':>7} "
+          f"{'max gap':>9} {'mean gap':>9} {f'#gap>{BAD_GAP:g}':>9} {'max global':>10}")
+    table = []
+    keys = sorted({(r.formulation, r.alpha) for r in results},
+                  key=lambda k: (FORMULATION_ORDER.index(k[0]), k[1] or 0))
+    for f, a in keys:
+        rs = [r for r in results if r.formulation == f and r.alpha == a]
+        g = np.array([r.gap for r in rs if r.ok])
+        g_global = [r.gap for r in rs if r.ok and r.certificate in ("global", "closed_form")]
+        e = dict(formulation=f, alpha=a, solved=int(g.size), failed=len(rs) - int(g.size),
+                 n_global=len(g_global),
+                 max_gap_global=max(g_global) if g_global else None,
+                 max_gap=float(g.max()) if g.size else float("nan"),
+                 mean_gap=float(g.mean()) if g.size else float("nan"),
+                 n_bad=int((g > BAD_GAP).sum()))
+        table.append(e)
+        print(f"{f:>18} {'-' if a is None else f'{a:g}':>6} {e['solved']:>7} {e['n_global']:>7} "
+              f"{e['failed']:>7} {e['max_gap']:>9.4g} {e['mean_gap']:>9.4g} {e['n_bad']:>9} "
+              f"{'-' if e['max_gap_global'] is None else format(e['max_gap_global'], '.4g'):>10}")
+    return table
+
+
+def _plot(table: list[dict], n_mdps: int, path: Path) -> None:
+    """Largest gap against alpha for the two alpha fixes; MAL and PAL as horizontal lines."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for f in ("MAL_agent_reward", "MAL_random_noise"):
+        rows = [e for e in table if e["formulation"] == f]
+        ax.plot([e["alpha"] for e in rows], [e["max_gap"] for e in rows], "o-", label=f"{f} max gap")
+    for f, st in (("MAL", "--"), ("PAL", ":"), ("PAL_closed_form", "-.")):
+        rows = [e for e in table if e["formulation"] == f]
+        if rows:
+            ax.axhline(rows[0]["max_gap"], ls=st, color={"MAL": "k", "PAL": "g"}.get(f, "c"),
+                       label=f"{f} max gap")
+    ax.set_xlabel("alpha")
+    ax.set_ylabel("largest J* - min J over equilibria")
+    ax.set_title(f"{n_mdps} random MDPs")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
