@@ -1,0 +1,64 @@
+"""Small task functions that exercise the engine: real computations with known answers, a
+failure, a trace of executions, an empty task (the engine's overhead).
+
+    value_optimum   J* = rho0 . V*, V*(s) = max_a r(s,a) + gamma sum_s' P(s'|s,a) V*(s')
+                    (value iteration), of a seeded Garnet MDP
+    mal_interval    MAL's equilibrium interval [J_low, J_high] of a seeded Garnet MDP
+    traced          writes a file per execution (its process id), then runs another task
+    fail, die       raises; ends its process with a signal
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+from bilevel.sweep.task import resolve
+
+
+def value_optimum(n_states: int, n_actions: int, branching: int, seed: int,
+                  gamma: float = 0.9) -> dict:
+    """J* = rho0 . V* and the greedy optimal policy (action per state) of
+    garnet(n_states, n_actions, branching, seed, gamma), V* by value iteration."""
+    from bilevel.mdp.garnet import garnet
+    from bilevel.tabular.evaluation import value_iteration
+    mdp = garnet(n_states, n_actions, branching, seed=seed, gamma=gamma)
+    V, pi = value_iteration(mdp.P, mdp.r, mdp.gamma)
+    return {"J_star": float(mdp.rho0 @ V), "policy": [int(a) for a in pi.argmax(axis=1)]}
+
+
+def mal_interval(n_states: int, n_actions: int, branching: int, seed: int) -> dict:
+    """MAL's equilibrium interval of garnet(n_states, n_actions, branching, seed)
+    (bilevel.equilibria.solve_formulation, solver auto): status, certificate, J at both ends."""
+    from bilevel.equilibria import solve_formulation
+    from bilevel.mdp.garnet import garnet
+    iv = solve_formulation(garnet(n_states, n_actions, branching, seed=seed), "MAL")
+    return {"status": iv.status, "certificate": iv.certificate, "J_low": iv.low.J,
+            "J_high": iv.high.J}
+
+
+def traced(trace: str, fn: str, kwargs: dict | None = None, sleep: float = 0.0):
+    """Write `<trace>/<random>.json` = {"pid", "fn", "kwargs"} (one file per execution), sleep
+    `sleep` seconds, then return fn(**kwargs)."""
+    doc = {"pid": os.getpid(), "fn": fn, "kwargs": kwargs or {}}
+    Path(trace, f"{uuid.uuid4().hex}.json").write_text(json.dumps(doc))
+    time.sleep(sleep)
+    return resolve(fn)(**(kwargs or {}))
+
+
+def fail(message: str = "task failed") -> None:
+    """Raise RuntimeError(message)."""
+    raise RuntimeError(message)
+
+
+def die(signal_name: str = "SIGKILL") -> None:
+    """End this process with a signal, as a crashing solver would."""
+    os.kill(os.getpid(), getattr(signal, signal_name))
+
+
+def empty(**kwargs) -> None:
+    """Nothing: the engine's own cost per task."""
+    return None
