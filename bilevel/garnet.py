@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     try:
         mdp = garnet(a.states, a.actions, a.branching, a.seed, a.gamma, a.horizon, a.support)
     except ValueError as e:
-        print(f"garnet: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 2
     text = dump_mdp(mdp)
     if a.out:

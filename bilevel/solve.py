@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 
+from bilevel.cli.output import add_verbosity, logger, say, setup_logging
 from bilevel.cli.common import _parse_alpha, json_dumps
 from bilevel.equilibria.document import SWEEP_ALPHAS, alpha_sweep, mdp_head, optimum, solve_to_dict, summary
 from bilevel.game.formulations import DEFAULT_ALPHA, FORMULATIONS
@@ -20,8 +21,7 @@ from bilevel.mdp.io import load_mdp
 from bilevel.mdp.model import MDPError, TabularMDP
 
 
-NAMES = {"PAL": "PAL", "MAL": "MAL", "MAL_agent_reward": "MAL + agent reward",
-         "MAL_random_noise": "MAL + random noise"}
+NAMES = {name: f.label for name, f in FORMULATIONS.items()}   # table labels
 NAMES_SHOWN = 8                   # a list of state names in the summary: at most this many
 LARGE_MODEL_ENTRIES = 1_000_000   # past this many model entries |K| ...
 LARGE_PAIRS = 20_000              # ... or state-action pairs S*A, say so before solving
@@ -204,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--summary-only", action="store_true", help="only the MDP summary and optimum")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    add_verbosity(p)
     return p
 
 
@@ -228,7 +229,8 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: --alpha: {e}", file=sys.stderr)
         return 2
-    log = (lambda msg: print(f"[solve] {msg}", file=sys.stderr, flush=True))
+    setup_logging(args)
+    log = say("solve")
     opt = optimum(mdp)
     if args.summary_only:
         doc = {"mdp": mdp_head(mdp), "optimal": {"J": opt["J"], "episode_reward": opt["episode_reward"]}}
@@ -243,7 +245,7 @@ def main(argv=None) -> int:
         return 2
     note = size_note(mdp, forms, args.solver, args.epsilon)
     if note:
-        print(note, file=sys.stderr, flush=True)
+        logger("solve").warning(note)
     doc = solve_to_dict(mdp, forms, alpha, args.solver, args.starts, args.seed, log, args.epsilon)
     sweeps = {}
     if args.alpha_sweep:

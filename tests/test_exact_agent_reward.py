@@ -7,8 +7,9 @@ import pytest
 
 from bilevel.equilibria.enumeration import enumerate_interval
 from bilevel.equilibria import FEASIBILITY_SLACK, FOLLOWER_GAP_TOL, model_reward
-from bilevel.equilibria.exact.agent_reward import (agent_reward_interval, build_minlp, minlp_bounds,
-                                        point_from_arrays)
+from bilevel.equilibria.exact.agent_reward import agent_reward_interval
+from bilevel.equilibria.exact.minlp import (build_minlp, minlp_bounds,
+                                            point_from_arrays)
 from bilevel.mdp.garnet import garnet
 from bilevel.tabular import policy_return, random_model, value_iteration
 

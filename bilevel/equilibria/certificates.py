@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 
+import bilevel.game as game
 from bilevel.equilibria.interval import Equilibrium
 from bilevel.game.formulations import BilevelModel, extract
 from bilevel.mdp.model import TabularMDP
-from bilevel.tabular.evaluation import episode_reward, policy_evaluation, value_iteration
+from bilevel.tabular.evaluation import episode_reward, policy_return
 from bilevel.tabular.fits import kl_fit, model_loss
 from bilevel.tabular.occupancy import occupancy
-from bilevel.tabular.policies import uniform_policy
 
 
 FOLLOWER_GAP_TOL = 1e-6
@@ -21,35 +21,21 @@ FEASIBILITY_SLACK = 1e-5     # relative allowance for solver feasibility toleran
 
 
 def model_reward(mdp: TabularMDP, Phat: np.ndarray) -> np.ndarray:
-    """rhat(s,a) = sum_s' Phat(s'|s,a) R(s,a,s')."""
-    return np.einsum("ijk,ijk->ij", Phat, mdp.R)
+    """rhat(s,a) = sum_s' Phat(s'|s,a) R(s,a,s') (TabularMDP.model_reward)."""
+    return mdp.model_reward(Phat)
 
 
 def leader_value(formulation: str, mdp: TabularMDP, pi, Phat, alpha) -> float:
-    """The leader objective (to minimize) evaluated from arrays, independently of the MPEC."""
-    mu = occupancy(mdp.P, mdp.rho0, mdp.gamma, pi)
-    J_model = float(mdp.rho0 @ policy_evaluation(Phat, model_reward(mdp, Phat), mdp.gamma, pi))
-    if formulation == "PAL":
-        return -J_model
-    if formulation == "MAL":
-        return model_loss(mdp.P, Phat, mu)
-    if formulation == "MAL_agent_reward":
-        return alpha * model_loss(mdp.P, Phat, mu) - (1 - alpha) * J_model
-    mu_rand = occupancy(mdp.P, mdp.rho0, mdp.gamma, uniform_policy(mdp.n_states, mdp.n_actions))
-    return model_loss(mdp.P, Phat, alpha * mu + (1 - alpha) * mu_rand)
+    """The leader objective (to minimize) evaluated from arrays, independently of the MPEC
+    (`Formulation.leader_value`)."""
+    return game.formulation(formulation).leader_value(mdp, pi, Phat, alpha)
 
 
 def follower_gap(formulation: str, mdp: TabularMDP, pi, Phat) -> float:
     """Policy follower: max_s V*_Phat(s) - V^pi_Phat(s) (value iteration in Phat).
-    Model follower (PAL): l(Phat, mu_M^pi) - l(P_eta fit, mu_M^pi) (closed-form KL fit)."""
-    if formulation == "PAL":
-        mu = occupancy(mdp.P, mdp.rho0, mdp.gamma, pi)
-        best = kl_fit(mdp.P, mdp.K, mdp.floor)
-        return max(0.0, model_loss(mdp.P, Phat, mu) - model_loss(mdp.P, best, mu))
-    rhat = model_reward(mdp, Phat)
-    V_star, _ = value_iteration(Phat, rhat, mdp.gamma, tol=1e-10)
-    V_pi = policy_evaluation(Phat, rhat, mdp.gamma, pi)
-    return max(0.0, float(np.max(V_star - V_pi)))
+    Model follower (PAL): l(Phat, mu_M^pi) - l(P_eta fit, mu_M^pi) (closed-form KL fit).
+    (`Formulation.follower_gap`.)"""
+    return game.formulation(formulation).follower_gap(mdp, pi, Phat)
 
 
 def snap_to_best_response(bm: BilevelModel) -> None:
@@ -59,7 +45,7 @@ def snap_to_best_response(bm: BilevelModel) -> None:
     visited pairs; the snapped point is an exact equilibrium with the same policy (so the same
     J(pi, M)). Used on an interval end that fails its follower certificate; the band check
     stays on the solver's point and the change of the leader objective is reported."""
-    if bm.formulation != "PAL":
+    if not game.formulation(bm.formulation).closed_form_follower:
         return
     mdp, m = bm.mdp, bm.model
     pi = extract(bm)["policy"]
@@ -75,9 +61,9 @@ def certify_point(mdp: TabularMDP, formulation: str, alpha, pi: np.ndarray, Phat
     """Every reported number of (pi, Phat), recomputed from the arrays: J(pi, M), episode
     reward, l(Phat, mu_M^pi), J(pi, Phat), the leader objective and the follower gap."""
     mu = occupancy(mdp.P, mdp.rho0, mdp.gamma, pi)
-    J = float(mdp.rho0 @ policy_evaluation(mdp.P, mdp.r, mdp.gamma, pi))
+    J = policy_return(mdp.P, mdp.r, mdp.rho0, mdp.gamma, pi)
     ep = episode_reward(mdp.P, mdp.r, mdp.rho0, pi, mdp.horizon) if mdp.horizon else None
-    J_model = float(mdp.rho0 @ policy_evaluation(Phat, model_reward(mdp, Phat), mdp.gamma, pi))
+    J_model = policy_return(Phat, mdp.model_reward(Phat), mdp.rho0, mdp.gamma, pi)
     return Equilibrium(policy=pi, model=Phat, J=J, episode_reward=ep,
                        model_loss=model_loss(mdp.P, Phat, mu), J_model=J_model,
                        leader_objective=leader_value(formulation, mdp, pi, Phat, alpha),
@@ -93,9 +79,6 @@ def certify(bm: BilevelModel, violation: float | None) -> Equilibrium:
 
 def equilibrium_tolerance(bm: BilevelModel, L: float) -> float:
     """The band: (pi, Phat) is an equilibrium when leader <= L* + tol, tol = 1e-6 max(1, |L*|)
-    plus, for the MAL family, what the model floor can cost (2 floor |K(s,a)|)."""
-    mdp = bm.mdp
-    tol = 1e-6 * max(1.0, abs(L))
-    if bm.formulation != "PAL":
-        tol += 2.0 * mdp.floor * float(mdp.K.sum(axis=-1).max())
-    return tol
+    plus the formulation's `band_allowance` (loss-based leaders: what the model floor can cost,
+    2 floor max |K(s,a)|)."""
+    return 1e-6 * max(1.0, abs(L)) + game.formulation(bm.formulation).band_allowance(bm.mdp)

@@ -33,7 +33,8 @@ from bilevel.mdp.graph import n_policies
 from bilevel.equilibria.certificates import FOLLOWER_GAP_TOL, certify, equilibrium_tolerance
 from bilevel.equilibria.interval import Equilibrium, EquilibriumInterval
 from bilevel.equilibria.mpec_route import set_objective
-from bilevel.game.formulations import FORMULATIONS, build
+import bilevel.game as game
+from bilevel.game.formulations import build
 from bilevel.mdp.model import TabularMDP
 from bilevel.mpec.driver import solve_mpec
 from bilevel.mpec.modes import ExactProduct
@@ -70,8 +71,8 @@ def deterministic_policies(mdp: TabularMDP):
 def policy_bounds(mdp: TabularMDP, formulation: str, alpha=None, time_limit: float = 2.0,
                   log=None) -> tuple[list[PolicyBound], object]:
     """[PolicyBound per deterministic policy], and the BilevelModel used."""
-    if formulation not in FORMULATIONS or formulation == "PAL":
-        raise ValueError(f"enumeration covers the MAL family, not {formulation!r}")
+    if not game.formulation(formulation).enumerable:
+        raise ValueError(f"enumeration covers the MAL family (a policy follower), not {formulation!r}")
     n = n_policies(mdp)
     if n > MAX_POLICIES:
         raise ValueError(f"{n} deterministic policies: enumeration is for tiny MDPs "

@@ -22,6 +22,7 @@ import numpy as np
 import pyomo.environ as pyo
 from pyomo.common.collections import ComponentMap
 
+import bilevel.game as game
 from bilevel.equilibria.certificates import (FEASIBILITY_SLACK, FOLLOWER_GAP_TOL, certify,
                                              equilibrium_tolerance, snap_to_best_response)
 from bilevel.equilibria.interval import Equilibrium, EquilibriumInterval
@@ -39,10 +40,7 @@ from solvers.scip import Scip
 # step at ~26 ms each on a 10x10 grid); every start is follower-optimal and goes straight to the
 # active-set polish, a smooth NLP on the start's complementarity branch (1 s on the 10x10 grid)
 POLISH_ONLY_PAIRS = 200
-# ... and always for these: on a 5-state, 3-action Garnet (support all) MAL + agent reward's
-# homotopy took 124 s and stopped at a worse leader optimum (-5.17e-4) than the polish from the
-# follower-optimal starts (-6.46e-4, 2.3 s), so its band held non-equilibria
-POLISH_FORMULATIONS = ("MAL_agent_reward",)
+# ... and always for a formulation with `polish_only` (bilevel.game: MAL + agent reward)
 SCIP_GAP = 1e-3              # relative gap at which SCIP stops ...
 SCIP_ABS_GAP = 1e-5          # ... or absolute gap (L* ~ 0); either way the proven gap widens tol
 HOMOTOPY = (1e-1, 1e-3, 1e-5, 1e-7, 1e-9)   # Scholtes eps schedule (then an active-set polish)
@@ -82,6 +80,12 @@ def _ipopt_best(m, backend, reduction, kw, warm_points, sense=pyo.minimize, warm
 
 _LEADER_RESTARTS = 3     # at most this many restarts of the interval from an improved L*
 _POLISH_MAX_GAP = 1e-3   # a global end whose follower gap is at most this is polished, not dropped
+
+
+def _snaps(bm: BilevelModel) -> bool:
+    """Whether a point failing its follower certificate is snapped to the follower's closed-form
+    best response (`snap_to_best_response`; PAL's model follower)."""
+    return game.formulation(bm.formulation).closed_form_follower
 
 
 def _load(point) -> None:
@@ -135,7 +139,7 @@ def _certified_end(bm: BilevelModel, name: str, res: MPECResult, which: str, ban
     Returns (equilibrium, failure reason or "", reason the end is only local or "")."""
     eq = certify(bm, res.complementarity_violation)
     before, repair, local = eq, "", ""
-    if eq.follower_gap > FOLLOWER_GAP_TOL and bm.formulation == "PAL":
+    if eq.follower_gap > FOLLOWER_GAP_TOL and _snaps(bm):
         snap_to_best_response(bm)
         eq = certify(bm, res.complementarity_violation)
         repair = " after the snap to the follower's best response"
@@ -181,7 +185,7 @@ def _other_equilibria(bm: BilevelModel, res: MPECResult) -> list[Equilibrium]:
         for _, point in others:
             _load(point)
             eq = certify(bm, None)
-            if eq.follower_gap > FOLLOWER_GAP_TOL and bm.formulation == "PAL":
+            if eq.follower_gap > FOLLOWER_GAP_TOL and _snaps(bm):
                 snap_to_best_response(bm)
                 eq = certify(bm, None)
             if eq.follower_gap <= FOLLOWER_GAP_TOL:
@@ -207,7 +211,7 @@ def _descend_leader(bm: BilevelModel, found: Equilibrium, schedule) -> Equilibri
     if not res.ok:
         return found
     eq = certify(bm, res.complementarity_violation)
-    if eq.follower_gap > FOLLOWER_GAP_TOL and bm.formulation == "PAL":
+    if eq.follower_gap > FOLLOWER_GAP_TOL and _snaps(bm):
         snap_to_best_response(bm)
         eq = certify(bm, res.complementarity_violation)
     if eq.follower_gap > FOLLOWER_GAP_TOL or eq.leader_objective >= found.leader_objective:
@@ -223,7 +227,7 @@ def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit,
     t0 = time.perf_counter()
     polish_only = which == "ipopt" and (
         ipopt_mode == "polish" or (ipopt_mode == "auto" and (
-            live_pairs(mdp) > POLISH_ONLY_PAIRS or formulation in POLISH_FORMULATIONS)))
+            live_pairs(mdp) > POLISH_ONLY_PAIRS or game.formulation(formulation).polish_only)))
     if polish_only and pal_reduction == "closed_form":
         # the polish fixes one side of each pair to 0; a squared-norm side is degenerate there
         pal_reduction = "closed_form_split"

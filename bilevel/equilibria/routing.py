@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import bilevel.game as game
 from bilevel.equilibria.interval import EquilibriumInterval
 from bilevel.equilibria.mpec_route import _solve_formulation
 from bilevel.mdp.graph import live_pairs, n_policies
@@ -10,8 +11,9 @@ from bilevel.mdp.model import TabularMDP
 
 
 AUTO_SCIP_MAX_PAIRS = 16     # --solver auto: SCIP (global) up to this many state-action pairs
-# --solver auto for MAL_agent_reward (whose MPEC SCIP does not close): enumerate the follower's
-# deterministic policies (bilevel.equilibria.enumeration, global) when there are at most this many ...
+# --solver auto for a formulation with `enumerate_on_auto` (MAL + agent reward, whose MPEC SCIP
+# does not close): enumerate the follower's deterministic policies (bilevel.equilibria.enumeration,
+# global) when there are at most this many ...
 ENUMERATE_AUTO_MAX_POLICIES = 16
 ENUMERATE_TIME_LIMIT = 5.0   # ... with at most this many seconds per policy; else IPOPT
 SCIP_TIME_LIMIT = 30.0       # seconds per SCIP solve; auto falls back to IPOPT past it
@@ -21,16 +23,18 @@ SOLVER_ALIASES = {"scip": "mpec-scip", "ipopt": "mpec-ipopt"}
 
 def choose_solver(mdp: TabularMDP, solver: str, formulation: str = "") -> str:
     """`auto`: SCIP (global) for MDPs with at most AUTO_SCIP_MAX_PAIRS state-action pairs, except
-    MAL_agent_reward (SCIP did not close its gap in 30 s on hidden_goal for alpha >= 0.99):
-    enumeration of the follower's policies when there are at most ENUMERATE_AUTO_MAX_POLICIES,
-    else IPOPT. (solve_formulation: a SCIP solve that does not certify hands over to the
-    enumeration when it applies and proves both ends, else to IPOPT.) `enumerate` covers the
-    MAL family; PAL then takes the `auto` route."""
+    a formulation with `enumerate_on_auto` (MAL + agent reward: SCIP did not close its gap in
+    30 s on hidden_goal for alpha >= 0.99): enumeration of the follower's policies when there
+    are at most ENUMERATE_AUTO_MAX_POLICIES, else IPOPT. (solve_formulation: a SCIP solve that
+    does not certify hands over to the enumeration when it applies and proves both ends, else to
+    IPOPT.) `enumerate` covers the `enumerable` formulations (a policy follower: the MAL
+    family); the others (PAL) then take the `auto` route."""
+    spec = game.formulation(formulation) if formulation else None
     if solver == "enumerate":
-        return "enumerate" if formulation != "PAL" else choose_solver(mdp, "auto", formulation)
+        return "enumerate" if spec is None or spec.enumerable else choose_solver(mdp, "auto", formulation)
     if solver != "auto":
         return solver
-    if formulation == "MAL_agent_reward":
+    if spec is not None and spec.enumerate_on_auto:
         return "enumerate" if n_policies(mdp) <= ENUMERATE_AUTO_MAX_POLICIES else "ipopt"
     return "scip" if live_pairs(mdp) <= AUTO_SCIP_MAX_PAIRS else "ipopt"
 
@@ -46,9 +50,10 @@ def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = N
     epsilon: the interval over epsilon-leader-optimal equilibria (leader <= L* + epsilon, at the
     file's floor) instead of the exact limit one: PAL in closed form, the MAL family on the
     MPEC route with that band.
-    solver: "auto" takes the exact route (bilevel.equilibria.exact: PAL, MAL, MAL + random noise) and, for
-    MAL + agent reward, the MPEC route below; "exact" the same, but MAL + agent reward goes to
-    the binary-follower MINLP (bilevel.equilibria.exact.agent_reward, SCIP, `time_limit` per solve); "mpec-scip" / "mpec-ipopt" (aliases
+    solver: "auto" takes the exact route where the formulation has one (bilevel.equilibria.exact:
+    PAL, MAL, MAL + random noise) and the MPEC route below otherwise (MAL + agent reward);
+    "exact" the same, but a formulation with `exact_minlp` (MAL + agent reward) goes to the
+    binary-follower MINLP (bilevel.equilibria.exact.agent_reward, SCIP, `time_limit` per solve); "mpec-scip" / "mpec-ipopt" (aliases
     "scip" / "ipopt") force the MPEC with that back-end. On the MPEC route with "auto", a SCIP
     solve that cannot prove its gap in `time_limit` hands over to IPOPT (local).
     ipopt_mode: "homotopy" (Scholtes eps schedule, then polish), "polish" (active-set polish
@@ -59,19 +64,20 @@ def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = N
     solver = SOLVER_ALIASES.get(solver, solver)
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r} (choose from {', '.join(SOLVERS)})")
+    spec = game.formulation(formulation)
     if epsilon is not None:
         if not (epsilon >= 0.0 and math.isfinite(epsilon)):
             raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon}")
-        if formulation == "PAL":
+        if spec.epsilon_closed_form:
             from bilevel.equilibria.exact.routes import pal_epsilon_interval
             return pal_epsilon_interval(mdp, epsilon)
         if solver in ("auto", "exact", "enumerate"):
             solver = "auto"
     elif solver in ("auto", "exact", "enumerate"):
         from bilevel.equilibria.exact import exact_interval, has_exact_route
-        if has_exact_route(formulation) and (solver != "enumerate" or formulation == "PAL"):
+        if has_exact_route(formulation) and (solver != "enumerate" or not spec.enumerable):
             return exact_interval(mdp, formulation, alpha, log=log)
-        if solver == "exact" and formulation == "MAL_agent_reward":
+        if solver == "exact" and spec.exact_minlp:
             # no closed-form structure: SCIP on the binary-follower MINLP (global where proved)
             from bilevel.equilibria.exact.agent_reward import agent_reward_interval
             return agent_reward_interval(mdp, alpha, time_limit=time_limit, log=log)

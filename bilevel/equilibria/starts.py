@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from pyomo.common.collections import ComponentMap
 
-from bilevel.equilibria.certificates import model_reward
+import bilevel.game as game
 from bilevel.game.formulations import BilevelModel
 from bilevel.tabular.evaluation import policy_evaluation, value_iteration
 from bilevel.tabular.fits import kl_fit, kl_rows, random_model
@@ -37,7 +37,7 @@ def starting_point(bm: BilevelModel, pi: np.ndarray, Phat: np.ndarray | None = N
         kl = kl_rows(mdp.P, Phat)
         for (s, a) in m.SA:
             x[m.kl[s, a]] = float(kl[s, a])
-    rhat = model_reward(mdp, Phat)
+    rhat = mdp.model_reward(Phat)
     if hasattr(m, "V"):
         V = policy_evaluation(Phat, rhat, mdp.gamma, pi)
         Q = rhat + mdp.gamma * Phat @ V
@@ -57,13 +57,13 @@ def starting_point(bm: BilevelModel, pi: np.ndarray, Phat: np.ndarray | None = N
 
 def structured_starts(bm: BilevelModel) -> list[ComponentMap]:
     """IPOPT starts that make the known equilibria reachable: the optimal policy of M with the
-    fitted model, the uniform policy, and (MAL family) the optimal policy of the fitted model."""
+    fitted model, the uniform policy, and (policy follower) the optimal policy of the fitted model."""
     mdp = bm.mdp
     _, pi_star = value_iteration(mdp.P, mdp.r, mdp.gamma)
     starts = [starting_point(bm, pi_star), starting_point(bm, uniform_policy(mdp.n_states, mdp.n_actions))]
-    if bm.formulation != "PAL":
+    if game.formulation(bm.formulation).follower == "policy":
         Peta = kl_fit(mdp.P, mdp.K, mdp.floor)
-        _, pi_eta = value_iteration(Peta, model_reward(mdp, Peta), mdp.gamma)
+        _, pi_eta = value_iteration(Peta, mdp.model_reward(Peta), mdp.gamma)
         starts.insert(0, starting_point(bm, pi_eta, Peta))
     return starts
 
@@ -72,19 +72,20 @@ def random_starts(bm: BilevelModel, n: int, seed: int = 0) -> list[ComponentMap]
     """`n` seeded random starts that satisfy every constraint but the leader's, completed by
     `starting_point` (so IPOPT starts on the flows, never from a box-random point, whose
     log(Phat) and bilinear terms stall it for thousands of iterations on gridworlds):
-    MAL family: Phat(.|s,a) = (1-l) P_eta + l D, D = `random_model` (floored Dirichlet(1) on
-                K(s,a)), l = 0 or U(0,1) with probability 1/2 each, and pi greedy in Phat (an
-                exact follower optimum);
-    PAL:        pi(.|s) one-hot or Dirichlet(1) with probability 1/2 each, Phat = P_eta where
+    policy follower (MAL family): Phat(.|s,a) = (1-l) P_eta + l D, D = `random_model` (floored
+                Dirichlet(1) on K(s,a)), l = 0 or U(0,1) with probability 1/2 each, and pi
+                greedy in Phat (an exact follower optimum);
+    model follower (PAL): pi(.|s) one-hot or Dirichlet(1) with probability 1/2 each, Phat = P_eta where
                 mu_pi > 0 (the exact model best response) and D elsewhere."""
     mdp = bm.mdp
     S, A = mdp.n_states, mdp.n_actions
     rng = np.random.default_rng(seed)
     Peta = kl_fit(mdp.P, mdp.K, mdp.floor)
+    model_follower = game.formulation(bm.formulation).follower == "model"
     out = []
     for _ in range(n):
         D = random_model(mdp.K, mdp.floor, rng)
-        if bm.formulation == "PAL":
+        if model_follower:
             pi = rng.dirichlet(np.ones(A), size=S)
             onehot = rng.random(S) < 0.5
             pi[onehot] = np.eye(A)[rng.integers(A, size=int(onehot.sum()))]
@@ -93,6 +94,6 @@ def random_starts(bm: BilevelModel, n: int, seed: int = 0) -> list[ComponentMap]
         else:
             lam = np.where(rng.random((S, A)) < 0.5, 0.0, rng.random((S, A)))[:, :, None]
             Phat = (1.0 - lam) * Peta + lam * D     # both floored on K: so is the mixture
-            _, pi = value_iteration(Phat, model_reward(mdp, Phat), mdp.gamma, tol=1e-10)
+            _, pi = value_iteration(Phat, mdp.model_reward(Phat), mdp.gamma, tol=1e-10)
         out.append(starting_point(bm, pi, Phat))
     return out

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bilevel.mdp.model import DEFAULT_FLOOR, TabularMDP, support_mask
+from bilevel.mdp.model import DEFAULT_FLOOR, TabularMDP
+from bilevel.mdp.graph import support_mask
 
 
 def garnet(n_states: int, n_actions: int, branching: int, seed: int = 0, gamma: float = 0.9,

@@ -1,13 +1,10 @@
 """The state graph of an MDP: reachability, closed classes (ergodicity), model size."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import networkx as nx
 import numpy as np
 
-if TYPE_CHECKING:
-    from bilevel.mdp.model import TabularMDP
+from bilevel.mdp.model import TabularMDP
 
 
 def _graph_from_P(P: np.ndarray) -> nx.DiGraph:
@@ -16,6 +13,29 @@ def _graph_from_P(P: np.ndarray) -> nx.DiGraph:
     s, _, s2 = np.nonzero(P > 0)
     g.add_edges_from(zip(s.tolist(), s2.tolist()))
     return g
+
+
+def support_mask(P: np.ndarray, terminal: np.ndarray, kind: str) -> np.ndarray:
+    """K[s,a,s']: `true` = supp P(.|s,a); `neighbors` = successors of s in the state graph
+    plus s itself; `all` = every state. Terminal states keep K[t,a] = {t}."""
+    S, A, _ = P.shape
+    if kind == "true":
+        K = P > 0
+    elif kind == "all":
+        K = np.ones_like(P, dtype=bool)
+    elif kind == "neighbors":
+        g = _graph_from_P(P)
+        K = np.zeros_like(P, dtype=bool)
+        for s in range(S):
+            nb = list(g.successors(s)) + [s]
+            K[s][:, nb] = True
+    else:
+        raise ValueError(f"unknown model support {kind!r}")
+    K = np.array(K)
+    for t in np.flatnonzero(terminal):
+        K[t] = False
+        K[t, :, t] = True
+    return K
 
 
 def state_graph(mdp: TabularMDP) -> nx.DiGraph:

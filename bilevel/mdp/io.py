@@ -8,7 +8,8 @@ from typing import Any, Mapping
 import numpy as np
 import yaml
 
-from bilevel.mdp.model import DEFAULT_FLOOR, MDPError, SUM_TOL, SUPPORT_KINDS, TabularMDP, support_mask
+from bilevel.mdp.model import DEFAULT_FLOOR, MDPError, SUM_TOL, SUPPORT_KINDS, TabularMDP
+from bilevel.mdp.graph import support_mask
 
 
 def load_mdp(path: str | Path) -> TabularMDP:

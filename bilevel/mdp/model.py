@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bilevel.mdp.graph import _graph_from_P
+from bilevel.tabular.evaluation import expected_reward
 
 
 SUM_TOL = 1e-9
@@ -57,7 +57,7 @@ class TabularMDP:
     @property
     def r(self) -> np.ndarray:
         """Expected reward r[s,a] = sum_s' P[s,a,s'] R[s,a,s']."""
-        return np.einsum("ijk,ijk->ij", self.P, self.R)
+        return expected_reward(self.P, self.R)
 
     @property
     def n_states(self) -> int:
@@ -76,7 +76,7 @@ class TabularMDP:
 
     def model_reward(self, Phat: np.ndarray) -> np.ndarray:
         """rhat(s,a) = sum_s' Phat(s'|s,a) R(s,a,s'): rewards are known, transitions learned."""
-        return np.einsum("ijk,ijk->ij", Phat, self.R)
+        return expected_reward(Phat, self.R)
 
     def with_(self, **changes) -> "TabularMDP":
         """A copy with some fields replaced (arrays are copied)."""
@@ -85,26 +85,3 @@ class TabularMDP:
         for k in ("P", "R", "rho0", "terminal", "K"):
             kw[k] = np.array(kw[k])
         return TabularMDP(**kw)
-
-
-def support_mask(P: np.ndarray, terminal: np.ndarray, kind: str) -> np.ndarray:
-    """K[s,a,s']: `true` = supp P(.|s,a); `neighbors` = successors of s in the state graph
-    plus s itself; `all` = every state. Terminal states keep K[t,a] = {t}."""
-    S, A, _ = P.shape
-    if kind == "true":
-        K = P > 0
-    elif kind == "all":
-        K = np.ones_like(P, dtype=bool)
-    elif kind == "neighbors":
-        g = _graph_from_P(P)
-        K = np.zeros_like(P, dtype=bool)
-        for s in range(S):
-            nb = list(g.successors(s)) + [s]
-            K[s][:, nb] = True
-    else:
-        raise ValueError(f"unknown model support {kind!r}")
-    K = np.array(K)
-    for t in np.flatnonzero(terminal):
-        K[t] = False
-        K[t, :, t] = True
-    return K

@@ -26,14 +26,12 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+import bilevel.game as game
 from bilevel.mdp.model import TabularMDP
-from bilevel.tabular.evaluation import policy_return, value_iteration
-from bilevel.tabular.fits import kl_fit, model_loss
-from bilevel.tabular.occupancy import occupancy
+from bilevel.tabular.evaluation import return_gap
 from bilevel.rl import learners as L
 from bilevel.rl.env import BatchStepper, episode_horizon
 from bilevel.rl.inner_outer import _record_point, final_figures, leader_data, model_leader_update
-from bilevel.game.formulations import resolve_alpha
 from bilevel.rl.record import RunRecord
 
 
@@ -60,9 +58,8 @@ class ContextConfig:
 
 
 def _eps_pi(mdp, Phat, pi) -> float:
-    rh = np.einsum("ijk,ijk->ij", Phat, mdp.R)
-    V, _ = value_iteration(Phat, rh, mdp.gamma, tol=1e-9)
-    return float(mdp.rho0 @ V - policy_return(Phat, rh, mdp.rho0, mdp.gamma, pi))
+    """eps_pi = J*(Phat) - J(pi, Phat), rewards rhat (`return_gap`)."""
+    return return_gap(Phat, mdp.model_reward(Phat), mdp.rho0, mdp.gamma, pi)
 
 
 # --------------------------------------------------------------------------- MAL: PPO follower
@@ -150,7 +147,7 @@ def _train_mal(mdp, formulation, seed, cfg, alpha, env, mrng):
 
 # --------------------------------------------------------------------------- PAL: model follower
 
-def _train_pal(mdp, seed, cfg, env, mrng):
+def _train_pal(mdp, spec, seed, cfg, env, mrng):
     import torch
     torch.manual_seed(seed)
     S, A = mdp.n_states, mdp.n_actions
@@ -209,10 +206,9 @@ def _train_pal(mdp, seed, cfg, env, mrng):
     curve.append(_record_point(mdp, pi, T, env, ro))
     fit([d], cfg.finetune_epochs)
     Phat = model_of(torch.as_tensor(pi)).detach().numpy()
-    mu = occupancy(mdp.P, mdp.rho0, g, pi)
-    best = model_loss(mdp.P, kl_fit(mdp.P, mdp.K, eta), mu)
-    notes = {"eps_M_frozen_follower": model_loss(mdp.P, Phat_frozen, mu) - best,
-             "eps_M_after_finetune": model_loss(mdp.P, Phat, mu) - best,
+    # the model follower's gap is its excess loss eps_M = l(Phat, mu) - l(P_eta, mu)
+    notes = {"eps_M_frozen_follower": spec.follower_gap(mdp, pi, Phat_frozen),
+             "eps_M_after_finetune": spec.follower_gap(mdp, pi, Phat),
              "eps_pi_after_finetune": _eps_pi(mdp, Phat, pi)}
     return pi, Phat, curve, notes
 
@@ -223,12 +219,13 @@ def train_contextualized(mdp: TabularMDP, formulation: str, seed: int, cfg: Cont
     import torch
     torch.set_num_threads(1)   # small networks; the machine is shared
     t0 = time.perf_counter()
-    alpha = resolve_alpha(formulation, alpha)
+    spec = game.formulation(formulation)
+    alpha = spec.resolve_alpha(alpha)
     rng = np.random.default_rng(seed)
     env = BatchStepper.of(mdp, rng=np.random.default_rng(rng.integers(2**63)))
     mrng = np.random.default_rng(rng.integers(2**63))
-    if formulation == "PAL":
-        pi, Phat, curve, notes = _train_pal(mdp, seed, cfg, env, mrng)
+    if spec.leader == "policy":
+        pi, Phat, curve, notes = _train_pal(mdp, spec, seed, cfg, env, mrng)
     else:
         pi, Phat, curve, notes = _train_mal(mdp, formulation, seed, cfg, alpha, env, mrng)
     final = final_figures(mdp, pi, episode_horizon(mdp), mrng, cfg.eval_episodes)

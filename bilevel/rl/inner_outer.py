@@ -30,7 +30,7 @@ from bilevel.tabular.evaluation import episode_reward, policy_return
 from bilevel.tabular.policies import uniform_policy
 from bilevel.rl import learners as L
 from bilevel.rl.env import BatchStepper, episode_horizon
-from bilevel.game.formulations import resolve_alpha
+import bilevel.game as game
 from bilevel.rl.record import CurvePoint, RunRecord
 
 
@@ -76,28 +76,36 @@ def final_figures(mdp: TabularMDP, pi: np.ndarray, T: int, rng, n: int) -> dict:
 
 def leader_data(env: BatchStepper, mdp: TabularMDP, formulation: str, pi: np.ndarray, episodes: int,
                 alpha: float | None):
-    """Collect the leader's data with pi: (rollouts of pi, transition weights W (S,A,S)); for
-    MAL_random_noise W mixes in as many uniform-random episodes: alpha W_pi + (1-alpha) W_rand."""
+    """Collect the leader's data with pi: (rollouts of pi, transition weights W (S,A,S)), the
+    sample version of nu = a mu + c mu_rand (`Formulation.data_mixture`): with c > 0
+    (MAL_random_noise, alpha < 1) W mixes in as many uniform-random episodes, a W_pi + c W_rand."""
     S, A = pi.shape
     ro = env.rollout(pi, episodes)
     W = L.transition_weights(ro, S, A, mdp.gamma)
-    if formulation == "MAL_random_noise":
+    spec = game.formulation(formulation)
+    a, c = spec.data_mixture(spec.resolve_alpha(alpha))
+    if c > 0.0:
         ro_rand = env.rollout(uniform_policy(S, A), episodes)
-        W = alpha * W + (1.0 - alpha) * L.transition_weights(ro_rand, S, A, mdp.gamma)
+        W = a * W + c * L.transition_weights(ro_rand, S, A, mdp.gamma)
     return ro, W
 
 
 def model_leader_update(mdp: TabularMDP, formulation: str, model_theta: np.ndarray, opt: L.Adam,
                         W: np.ndarray, alpha: float | None, tau: float, steps: int) -> np.ndarray:
     """`steps` Adam steps of the softmax model leader on its objective with data weights W:
-    NLL (MAL, MAL_random_noise), or alpha NLL - (1-alpha) J(pi_tau, Phat) (MAL_agent_reward)."""
+    w_l NLL - w_J J(pi_tau, Phat) (`Formulation.objective_weights`: NLL for MAL and
+    MAL_random_noise, alpha NLL - (1-alpha) J(pi_tau, Phat) for MAL_agent_reward)."""
     K, eta, g = mdp.K, mdp.floor, mdp.gamma
+    spec = game.formulation(formulation)
+    w_l, w_J = spec.objective_weights(spec.resolve_alpha(alpha))
     for _ in range(steps):
         Phat = L.softmax_model(model_theta, K, eta)
         grad = L.nll_gradient_model(W, Phat)
-        if formulation == "MAL_agent_reward":
+        if w_J:
             pi_tau = L.soft_best_response(Phat, mdp.R, g, tau)
-            grad = alpha * grad - (1.0 - alpha) * L.return_gradient(Phat, mdp.R, mdp.rho0, g, pi_tau)
+            grad = w_l * grad - w_J * L.return_gradient(Phat, mdp.R, mdp.rho0, g, pi_tau)
+        elif w_l != 1.0:
+            grad = w_l * grad
         model_theta = opt.step(model_theta, L.logit_gradient(grad, model_theta, K, eta))
     return model_theta
 
@@ -106,7 +114,8 @@ def train_inner_outer(mdp: TabularMDP, formulation: str, seed: int, cfg: TrainCo
                       alpha: float | None = None, mdp_path: str = "", progress=None) -> RunRecord:
     """One inner-outer run; returns its RunRecord. `progress(i)` is called per leader iteration."""
     t0 = time.perf_counter()
-    alpha = resolve_alpha(formulation, alpha)
+    spec = game.formulation(formulation)
+    alpha = spec.resolve_alpha(alpha)
     rng = np.random.default_rng(seed)
     T = episode_horizon(mdp)
     env = BatchStepper.of(mdp, rng=np.random.default_rng(rng.integers(2**63)))
@@ -118,7 +127,7 @@ def train_inner_outer(mdp: TabularMDP, formulation: str, seed: int, cfg: TrainCo
     def budget_left():
         return cfg.budget is None or env.steps < cfg.budget
 
-    if formulation == "PAL":
+    if spec.leader == "policy":
         theta = np.zeros((S, A))
         model_theta = np.zeros((S, A, S))
 
@@ -148,7 +157,7 @@ def train_inner_outer(mdp: TabularMDP, formulation: str, seed: int, cfg: TrainCo
         ro = env.rollout(pi, cfg.episodes)
         curve.append(_record_point(mdp, pi, T, env, ro))
         Phat = fit(ro)
-    elif formulation in ("MAL", "MAL_agent_reward", "MAL_random_noise"):
+    else:
         theta = np.zeros((S, A))                   # follower logits
         model_theta = np.zeros((S, A, S))          # leader logits: uniform on K
         opt = L.Adam(cfg.model_lr)
@@ -175,8 +184,6 @@ def train_inner_outer(mdp: TabularMDP, formulation: str, seed: int, cfg: TrainCo
         Phat = L.softmax_model(model_theta, K, eta)
         theta = follow(Phat, theta)
         pi = L.softmax_policy(theta)
-    else:
-        raise ValueError(f"unknown formulation {formulation!r}")
 
     final = final_figures(mdp, pi, T, mrng, cfg.eval_episodes)
     return RunRecord(mdp=mdp.name, mdp_path=mdp_path or mdp.source, formulation=formulation,

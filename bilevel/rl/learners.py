@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import softmax
 
-from bilevel.tabular.evaluation import policy_evaluation, transition_matrix
+from bilevel.tabular.evaluation import expected_reward, policy_evaluation, transition_matrix
 from bilevel.rl.env import BatchStepper, Rollouts
 
 LOGIT_CLIP = 20.0
@@ -150,7 +150,7 @@ def return_gradient(Phat: np.ndarray, R: np.ndarray, rho0: np.ndarray, gamma: fl
                     pi: np.ndarray) -> np.ndarray:
     """dJ(pi, Phat)/dPhat(s'|s,a) = d(s) pi(a|s) [R(s,a,s') + g V(s')], with pi fixed,
     V = V^pi in Phat (rewards rhat = sum Phat R) and d = (I - g P_pi^T)^{-1} rho0."""
-    r_hat = np.einsum("ijk,ijk->ij", Phat, R)
+    r_hat = expected_reward(Phat, R)
     V = policy_evaluation(Phat, r_hat, gamma, pi)
     S = Phat.shape[0]
     d = np.linalg.solve(np.eye(S) - gamma * transition_matrix(Phat, pi).T, rho0)
@@ -162,7 +162,7 @@ def soft_best_response(Phat: np.ndarray, R: np.ndarray, gamma: float, tau: float
     """Entropy-regularized best response in Phat by soft policy iteration:
     Q = rhat + g Phat V_tau,  V_tau(s) = tau logsumexp(Q(s,.)/tau),  pi = softmax(Q/tau)."""
     S, A, _ = Phat.shape
-    r_hat = np.einsum("ijk,ijk->ij", Phat, R)
+    r_hat = expected_reward(Phat, R)
     pi = np.full((S, A), 1.0 / A)
     for _ in range(iters):
         ent = -(pi * np.log(np.maximum(pi, 1e-300))).sum(axis=1)

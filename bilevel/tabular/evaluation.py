@@ -1,6 +1,8 @@
 """Evaluation on plain arrays: V^pi = (I - g P_pi)^-1 r_pi, value and policy iteration, returns.
 
+    r(s,a)   = sum_s' P(s'|s,a) R(s,a,s')                     (expected reward; a model's rhat)
     J(pi, M) = rho0 . V^pi = sum_{s,a} mu(s,a) r(s,a) / (1-gamma)
+    return gap  J*(M) - J(pi, M) = rho0 . (V* - V^pi) >= 0
     episode reward = E[sum_{t<T} r(s_t, a_t)]   (undiscounted, T = horizon)
 """
 from __future__ import annotations
@@ -8,6 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 from bilevel.tabular.policies import deterministic_policy, greedy_policy
+
+
+def expected_reward(P: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """r(s,a) = sum_s' P(s'|s,a) R(s,a,s') (with P a model Phat: its reward rhat)."""
+    return np.einsum("ijk,ijk->ij", P, R)
 
 
 def transition_matrix(P: np.ndarray, pi: np.ndarray) -> np.ndarray:
@@ -75,6 +82,15 @@ def expected_return(mu: np.ndarray, r: np.ndarray, gamma: float) -> float:
 def policy_return(P, r, rho0, gamma, pi) -> float:
     """J(pi, M) = rho0 . V^pi."""
     return float(rho0 @ policy_evaluation(P, r, gamma, pi))
+
+
+def return_gap(P: np.ndarray, r: np.ndarray, rho0: np.ndarray, gamma: float, pi: np.ndarray,
+               tol: float = 1e-9) -> float:
+    """J*(P) - J(pi, P) = rho0 . V* - rho0 . V^pi, V* by value iteration (within `tol`), V^pi by
+    a linear solve; clamped at 0 (the true gap is >= 0, the computed one within `tol` of it).
+    With a model (P = Phat, r = rhat) this is eps_pi, the follower's suboptimality in its model."""
+    V_star, _ = value_iteration(P, r, gamma, tol=tol)
+    return max(0.0, float(rho0 @ V_star) - policy_return(P, r, rho0, gamma, pi))
 
 
 def episode_reward(P: np.ndarray, r: np.ndarray, rho0: np.ndarray, pi: np.ndarray,

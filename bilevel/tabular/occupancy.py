@@ -14,6 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from bilevel.tabular.evaluation import transition_matrix
+from bilevel.tabular.policies import uniform_policy
 from solvers import highs
 from solvers.base import SolveResult
 
@@ -23,6 +24,12 @@ def occupancy(P: np.ndarray, rho0: np.ndarray, gamma: float, pi: np.ndarray) -> 
     S = P.shape[0]
     d = np.linalg.solve(np.eye(S) - gamma * transition_matrix(P, pi).T, (1.0 - gamma) * rho0)
     return np.maximum(d, 0.0)[:, None] * pi
+
+
+def uniform_occupancy(P: np.ndarray, rho0: np.ndarray, gamma: float) -> np.ndarray:
+    """mu_rand = occupancy of the uniform policy pi(a|s) = 1/A in P (the random-noise data)."""
+    S, A, _ = P.shape
+    return occupancy(P, rho0, gamma, uniform_policy(S, A))
 
 
 def flow_matrix(P: np.ndarray, gamma: float) -> sp.csr_matrix:

@@ -30,13 +30,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from bilevel.game.formulations import DEFAULT_ALPHA
+from bilevel.game.base import Formulation
+from bilevel.game.formulations import FORMULATIONS
 from bilevel.mdp.model import TabularMDP
 from bilevel.rl.record import RunRecord
-from bilevel.tabular.evaluation import episode_reward, policy_return, value_iteration
-from bilevel.tabular.fits import kl_fit, model_loss
-from bilevel.tabular.occupancy import occupancy
-from bilevel.tabular.policies import uniform_policy
+from bilevel.tabular.evaluation import episode_reward, policy_return, return_gap
 
 
 TOL_J_REL = 1e-6        # the floor of the J tolerance, relative to max(1, |J_min|, |J_max|)
@@ -87,10 +85,6 @@ class RunCheck:
         return d
 
 
-def _rhat(mdp: TabularMDP, Phat: np.ndarray) -> np.ndarray:
-    return np.einsum("ijk,ijk->ij", Phat, mdp.R)
-
-
 def _finite(x) -> float | None:
     try:
         x = float(x)
@@ -124,10 +118,20 @@ def interval_tolerance(eq: dict) -> tuple[float, list[str]]:
     return max(abs(x) for x in parts if x is not None), notes
 
 
+def run_formulation(rec: RunRecord, file: str) -> Formulation:
+    """The run's registered formulation; VerifyInputError naming the file otherwise."""
+    f = FORMULATIONS.get(rec.formulation)
+    if f is None:
+        raise VerifyInputError(f"{file}: run record of unknown formulation {rec.formulation!r} "
+                               f"(choose from {', '.join(FORMULATIONS)})")
+    return f
+
+
 def require_alpha(rec: RunRecord, file: str) -> None:
     """A run of a formulation with an alpha (MAL_agent_reward, MAL_random_noise) must record it:
     VerifyInputError naming the file and the field otherwise (never a silent alpha 0)."""
-    if rec.formulation in DEFAULT_ALPHA and rec.alpha is None:
+    f = FORMULATIONS.get(rec.formulation)
+    if f is not None and f.takes_alpha and rec.alpha is None:
         raise VerifyInputError(f"{file}: run record of {rec.formulation} lacks its alpha (field "
                                "'alpha' is missing or null)")
 
@@ -135,6 +139,7 @@ def require_alpha(rec: RunRecord, file: str) -> None:
 def check_run(rec: RunRecord, mdp: TabularMDP, eq: dict, optimal_J: float, file: str = "") -> RunCheck:
     """Verify one run against `eq`, the solve output's entry for its formulation."""
     f = rec.formulation
+    spec = run_formulation(rec, file)
     require_alpha(rec, file)
     pi, Phat = np.asarray(rec.policy, float), np.asarray(rec.model, float)
     S, A = mdp.n_states, mdp.n_actions
@@ -144,17 +149,10 @@ def check_run(rec: RunRecord, mdp: TabularMDP, eq: dict, optimal_J: float, file:
     g, T = mdp.gamma, mdp.horizon
     tol_J, notes = interval_tolerance(eq)
     tol_pi = TOL_PI_FRACTION * max(mdp.r_max, 1e-12) / (1.0 - g)
-    mu = occupancy(mdp.P, mdp.rho0, g, pi)
-    nu = mu
-    if f == "MAL_random_noise":
-        mu_rand = occupancy(mdp.P, mdp.rho0, g, uniform_policy(S, A))
-        nu = rec.alpha * mu + (1.0 - rec.alpha) * mu_rand
-    loss = model_loss(mdp.P, Phat, nu)
-    eps_M = max(0.0, loss - model_loss(mdp.P, kl_fit(mdp.P, mdp.K, mdp.floor), nu))
-    rh = _rhat(mdp, Phat)
+    eps_M = spec.excess_loss(mdp, pi, Phat, rec.alpha)
+    rh = mdp.model_reward(Phat)
     J_model = policy_return(Phat, rh, mdp.rho0, g, pi)
-    V_star, _ = value_iteration(Phat, rh, g, tol=1e-9)
-    eps_pi = max(0.0, float(mdp.rho0 @ V_star) - J_model)
+    eps_pi = return_gap(Phat, rh, mdp.rho0, g, pi)
     J = policy_return(mdp.P, mdp.r, mdp.rho0, g, pi)
     ep = episode_reward(mdp.P, mdp.r, mdp.rho0, pi, T) if T else float("nan")
     lo, hi = float(eq["J"]["min"]), float(eq["J"]["max"])
@@ -162,10 +160,7 @@ def check_run(rec: RunRecord, mdp: TabularMDP, eq: dict, optimal_J: float, file:
     position = INSIDE if outside == 0.0 else WITHIN if outside <= tol_J else OUTSIDE
     ep_int = (float(eq["episode_reward"]["min"]), float(eq["episode_reward"]["max"])) \
         if eq.get("episode_reward") else None
-    if f == "MAL_agent_reward":
-        leader = rec.alpha * loss - (1.0 - rec.alpha) * J_model
-    else:
-        leader = {"PAL": -J_model, "MAL": loss, "MAL_random_noise": loss}[f]
+    leader = spec.leader_value(mdp, pi, Phat, rec.alpha)
 
     failed = []
     if position == OUTSIDE:
@@ -173,10 +168,10 @@ def check_run(rec: RunRecord, mdp: TabularMDP, eq: dict, optimal_J: float, file:
                       f"> tolerance {tol_J:.3g}")
     if eps_pi > tol_pi:
         failed.append(f"eps_pi={eps_pi:.3g} > {tol_pi:.3g}: policy not a best response in its model")
-    if f != "MAL_agent_reward" and eps_M > TOL_M:
+    if spec.fits_leader_data and eps_M > TOL_M:
         failed.append(f"eps_M={eps_M:.3g} > {TOL_M}: model not fit to the leader's data")
     bound = gap = None
-    if f == "PAL":
+    if spec.leader == "policy":     # PAL's theorem
         L = _pal_value(eq)
         eps_pi_thm = max(eps_pi, L - J_model) if L is not None else eps_pi
         bound = eps_pi_thm + 4.0 * g * math.sqrt(eps_M) * mdp.r_max / (1.0 - g) ** 2
@@ -193,7 +188,7 @@ def check_run(rec: RunRecord, mdp: TabularMDP, eq: dict, optimal_J: float, file:
             equilibrium = "best (goal)"
         else:
             equilibrium = "intermediate (hiding)"
-    if f in DEFAULT_ALPHA and eq.get("alpha") is None:
+    if spec.takes_alpha and eq.get("alpha") is None:
         notes.append(f"the exact solution records no alpha for {f}: the run's alpha "
                      f"{rec.alpha:g} is not checked against it")
     exact_L = eq.get("leader_objective")

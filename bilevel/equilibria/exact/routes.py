@@ -27,14 +27,16 @@ from bilevel.equilibria.exact.milp import HidingMILP
 from bilevel.equilibria.exact.search import (brute_force, hiding_descent, low_return_equilibria, return_extremes,
                                   true_return)
 from bilevel.equilibria.exact.structure import Check, FollowerStructure, forced_pairs
-from bilevel.game.formulations import resolve_alpha
+import bilevel.game as game
+from bilevel.game.formulations import FORMULATIONS
 from bilevel.mdp.graph import reachable_states
 from bilevel.mdp.model import TabularMDP
 from bilevel.tabular.fits import kl_fit
 from bilevel.tabular.occupancy import occupancy
 from bilevel.tabular.policies import deterministic_policy, policy_from_occupancy
 
-EXACT_FORMULATIONS = ("PAL", "MAL", "MAL_random_noise")
+# the formulations with an exact route ("closed_form": PAL; "hiding": MAL, MAL + random noise)
+EXACT_FORMULATIONS = tuple(name for name, f in FORMULATIONS.items() if f.exact_route)
 RETURN_TOL = 1e-9       # an incumbent within this of the bound over all policies is proved
 PROVED_TOL = 1e-6       # an end is global when its proved gap is at most this (relative to J*)
 MILP_TIME_LIMIT = 600.0
@@ -45,6 +47,7 @@ BRUTE_FORCE_MAX_POLICIES = 2_000
 
 
 def has_exact_route(formulation: str) -> bool:
+    """Whether `formulation` (a name) has an exact route (False for an unknown name)."""
     return formulation in EXACT_FORMULATIONS
 
 
@@ -57,10 +60,11 @@ def exact_interval(mdp: TabularMDP, formulation: str, alpha=None,
     if not has_exact_route(formulation):
         raise ValueError(f"no exact route for {formulation!r} (exact: {', '.join(EXACT_FORMULATIONS)})")
     t0 = time.perf_counter()
-    alpha = resolve_alpha(formulation, alpha)
+    spec = game.formulation(formulation)
+    alpha = spec.resolve_alpha(alpha)
     say = log or (lambda msg: None)
     say(f"{formulation}: exact route")
-    if formulation == "PAL":
+    if spec.exact_route == "closed_form":
         res = _pal(mdp, alpha, say)
     else:
         res = _mal_family(mdp, formulation, alpha, time_limit, say, floor_ends)
@@ -76,11 +80,10 @@ def pal_floor_bracket(mdp: TabularMDP) -> dict:
         delta = g/(1-g) max_{s,a} TV(P, P_eta)(s,a) (V_hi - V_lo),
     with [V_lo, V_hi] the value range of any model, so its return lies in
     [J* - 2 delta - tol, J*] (tol: the leader band)."""
-    from bilevel.game.formulations import value_bounds
     g = mdp.gamma
     Peta = kl_fit(mdp.P, mdp.K, mdp.floor)
     tv = 0.5 * np.abs(Peta - mdp.P).sum(axis=-1)
-    lo, hi = value_bounds(mdp)
+    lo, hi = game.value_bounds(mdp)
     return {"delta": float(g / (1 - g) * tv[~mdp.terminal].max(initial=0.0) * (hi - lo))}
 
 

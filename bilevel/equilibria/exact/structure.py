@@ -26,11 +26,10 @@ from functools import cached_property
 
 import numpy as np
 
+import bilevel.game as game
 from bilevel.mdp.model import TabularMDP
 from bilevel.tabular.evaluation import value_iteration
 from bilevel.tabular.fits import kl_fit
-from bilevel.tabular.occupancy import occupancy
-from bilevel.tabular.policies import uniform_policy
 
 CHECK_TOL = 1e-9     # relative slack of a Bellman inequality in `check`
 
@@ -251,9 +250,7 @@ class Check:
 
 
 def forced_pairs(mdp: TabularMDP, formulation: str, alpha: float | None) -> np.ndarray:
-    """Pairs whose loss weight does not depend on the follower: for MAL + random noise with
-    alpha < 1, every pair with mu_rand(s,a) > 0 (uniform policy's true occupancy); else none."""
-    if formulation == "MAL_random_noise" and alpha is not None and alpha < 1.0:
-        mu = occupancy(mdp.P, mdp.rho0, mdp.gamma, uniform_policy(mdp.n_states, mdp.n_actions))
-        return (mu > 0) & ~mdp.terminal[:, None]
-    return np.zeros((mdp.n_states, mdp.n_actions), dtype=bool)
+    """Pairs whose loss weight does not depend on the follower (`Formulation.forced_pairs`):
+    for MAL + random noise with alpha < 1, every live pair with mu_rand(s,a) > 0 (uniform
+    policy's true occupancy); else none."""
+    return game.formulation(formulation).forced_pairs(mdp, alpha)

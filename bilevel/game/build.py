@@ -1,0 +1,162 @@
+"""The Pyomo pieces every formulation's single-level MPEC shares (docs/DESIGN.md sections 2 and 3).
+
+Variables (all arrays are indexed like the numpy conventions):
+    Phat[s,a,s']  model, on the support K (terminal rows fixed to the self-loop), Phat >= eta
+    pi[s,a]       policy (rows on the simplex)
+    mu[s,a]       true occupancy of pi in M:  sum_a mu(s',a) = (1-g) rho0(s') + g sum P(s'|s,a) mu(s,a),
+                  mu(s,a) = pi(a|s) sum_b mu(s,b)
+    V[s], w[s,a]  (policy follower) follower value in Phat and Bellman slack
+                  w(s,a) = V(s) - rhat(s,a) - g sum_s' Phat(s'|s,a) V(s') >= 0,  pi ⊥ w
+    kl[s,a]       KL(P(.|s,a) || Phat(.|s,a)), for the loss l(Phat, nu) = sum nu kl
+with the model's reward rhat(s,a) = sum_s' Phat(s'|s,a) R(s,a,s') (rewards known, transitions
+learned: a model hides a goal through its transitions alone), and `true_return` =
+J(pi, M) = sum mu r / (1-g), the quantity whose equilibrium interval is reported.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyomo.environ as pyo
+from pyomo.mpec import Complementarity, complements
+
+from bilevel.mdp.model import TabularMDP
+from bilevel.tabular.fits import kl_fit
+from bilevel.tabular.occupancy import uniform_occupancy
+from bilevel.tabular.policies import uniform_policy
+
+
+@dataclass(frozen=True, eq=False)
+class BilevelModel:
+    """A single-level MPEC for one formulation, with named handles for the chain."""
+
+    formulation: str            # the formulation's name (bilevel.game.formulation(name))
+    mdp: TabularMDP
+    model: pyo.ConcreteModel
+    alpha: float | None
+    reduction: str              # policy follower: "bellman"; PAL: "closed_form" | "closed_form_split" | "kkt"
+
+    @property
+    def leader(self):
+        """Leader objective to minimize (Pyomo expression)."""
+        return self.model.leader
+
+    @property
+    def true_return(self):
+        return self.model.true_return
+
+
+def base_model(mdp: TabularMDP) -> pyo.ConcreteModel:
+    """Sets, the model Phat on K, the policy pi and its true occupancy mu (flow in M)."""
+    S, A = mdp.n_states, mdp.n_actions
+    g, P, eta = mdp.gamma, mdp.P, mdp.floor
+    m = pyo.ConcreteModel(name=mdp.name)
+    m.S = pyo.RangeSet(0, S - 1)
+    m.A = pyo.RangeSet(0, A - 1)
+    live = [s for s in range(S) if not mdp.terminal[s]]
+    m.LIVE = pyo.Set(initialize=live, ordered=True)
+    m.SA = pyo.Set(initialize=[(s, a) for s in live for a in range(A)], dimen=2, ordered=True)
+    # the occupancy-policy link for the last action follows from the simplex rows: leaving it
+    # out keeps the constraint Jacobian full rank (LICQ), which IPOPT needs
+    m.SA_LINK = pyo.Set(initialize=[(s, a) for s in live for a in range(A - 1)], dimen=2, ordered=True)
+    m.KSET = pyo.Set(initialize=[(s, a, t) for (s, a) in m.SA for t in range(S) if mdp.K[s, a, t]],
+                     dimen=3, ordered=True)
+    p_eta = kl_fit(P, mdp.K, eta)
+    m.Phat = pyo.Var(m.KSET, bounds=(eta, 1.0), initialize=lambda m_, s, a, t: p_eta[s, a, t])
+    m.model_simplex = pyo.Constraint(
+        m.SA, rule=lambda m_, s, a: sum(m_.Phat[s, a, t] for t in range(S) if mdp.K[s, a, t]) == 1.0)
+    m.pi = pyo.Var(m.SA, bounds=(0.0, 1.0), initialize=1.0 / A)
+    m.policy_simplex = pyo.Constraint(m.LIVE, rule=lambda m_, s: sum(m_.pi[s, a] for a in m_.A) == 1.0)
+
+    mu0 = uniform_occupancy(P, mdp.rho0, g)
+    m.mu = pyo.Var(m.S, m.A, bounds=(0.0, 1.0), initialize=lambda m_, s, a: mu0[s, a])
+    m.flow = pyo.Constraint(m.S, rule=lambda m_, t: sum(m_.mu[t, a] for a in m_.A) == (1 - g) * mdp.rho0[t]
+                            + g * sum(P[s, a, t] * m_.mu[s, a] for s in m_.S for a in m_.A if P[s, a, t] > 0))
+    m.mu_policy = pyo.Constraint(m.SA_LINK, rule=lambda m_, s, a:
+                                 m_.mu[s, a] == m_.pi[s, a] * sum(m_.mu[s, b] for b in m_.A))
+    # in terminal states the action split is irrelevant: fix it to keep the model bounded
+    for s in range(S):
+        if mdp.terminal[s]:
+            for a in range(1, A):
+                m.mu[s, a].fix(0.0)
+    r = mdp.r
+    m.true_return = pyo.Expression(expr=sum(r[s, a] * m.mu[s, a] for (s, a) in m.SA) / (1 - g))
+    return m
+
+
+def model_prob(m, mdp: TabularMDP, s: int, a: int, t: int):
+    """Phat(t|s,a) as a Pyomo term (a constant on terminal rows and off the support)."""
+    if mdp.terminal[s]:
+        return 1.0 if s == t else 0.0
+    return m.Phat[s, a, t] if mdp.K[s, a, t] else 0.0
+
+
+def model_reward_term(m, mdp: TabularMDP, s: int, a: int):
+    """rhat(s,a) = sum_s' Phat(s'|s,a) R(s,a,s') as a Pyomo term."""
+    return sum(mdp.R[s, a, t] * m.Phat[s, a, t] for t in range(mdp.n_states)
+               if mdp.K[s, a, t] and mdp.R[s, a, t] != 0.0)
+
+
+def value_bounds(mdp: TabularMDP) -> tuple[float, float]:
+    """Any model's values lie in [min(0, min_K R), max(0, max_K R)] / (1-g)."""
+    Rk = mdp.R[mdp.K & ~mdp.terminal[:, None, None]]
+    lo = min(0.0, float(Rk.min(initial=0.0))) / (1 - mdp.gamma)
+    hi = max(0.0, float(Rk.max(initial=0.0))) / (1 - mdp.gamma)
+    return lo, hi
+
+
+def policy_follower(m, mdp: TabularMDP) -> None:
+    """Bellman optimality of pi in Phat at every state:
+    w(s,a) = V(s) - rhat(s,a) - g sum_s' Phat(s'|s,a) V(s') >= 0,  pi(a|s) ⊥ w(s,a)."""
+    g, S = mdp.gamma, mdp.n_states
+    lo, hi = value_bounds(mdp)
+    m.V = pyo.Var(m.S, bounds=(lo, hi), initialize=0.0)
+    for s in range(S):
+        if mdp.terminal[s]:
+            m.V[s].fix(0.0)
+    m.w = pyo.Var(m.SA, bounds=(0.0, hi - lo), initialize=0.0)
+    m.bellman = pyo.Constraint(m.SA, rule=lambda m_, s, a: m_.w[s, a] == m_.V[s] - model_reward_term(m_, mdp, s, a)
+                               - g * sum(m_.Phat[s, a, t] * m_.V[t] for t in range(S)
+                                         if mdp.K[s, a, t] and not mdp.terminal[t]))
+    m.optimality = Complementarity(m.SA, rule=lambda m_, s, a: complements(m_.pi[s, a] >= 0, m_.w[s, a] >= 0))
+
+
+def kl_loss(m, mdp: TabularMDP, weights=None):
+    """l(Phat, nu) = sum_{s,a} nu(s,a) kl(s,a),  kl(s,a) = sum_{s' in supp P} P log(P / Phat) >= 0
+    (Gibbs: a valid bound that lets a global solver see l >= 0), with nu = mu, or with
+    weights = (a, c) the mixture nu = a mu + c (c a constant (S,A) array)."""
+    P, eta = mdp.P, mdp.floor
+    kl_hi = -np.log(max(eta, 1e-300))
+    m.kl = pyo.Var(m.SA, bounds=(0.0, kl_hi), initialize=0.0)
+
+    def kl_def(m_, s, a):
+        nz = np.flatnonzero(P[s, a] > 0)
+        entropy = float(np.sum(P[s, a, nz] * np.log(P[s, a, nz])))
+        return m_.kl[s, a] == entropy - sum(float(P[s, a, t]) * pyo.log(m_.Phat[s, a, t]) for t in nz)
+
+    m.kl_def = pyo.Constraint(m.SA, rule=kl_def)
+    if weights is None:
+        return sum(m.mu[s, a] * m.kl[s, a] for (s, a) in m.SA)
+    a_mu, c = weights
+    return sum((a_mu * m.mu[s, a] + float(c[s, a])) * m.kl[s, a] for (s, a) in m.SA)
+
+
+def extract(bm: BilevelModel) -> dict:
+    """Arrays (policy (S,A), model (S,A,S)) from the model's current values."""
+    mdp, m = bm.mdp, bm.model
+    S, A = mdp.n_states, mdp.n_actions
+    pi = uniform_policy(S, A)
+    Phat = np.zeros((S, A, S))
+    for s in range(S):
+        if mdp.terminal[s]:
+            Phat[s, :, s] = 1.0
+    for (s, a) in m.SA:
+        pi[s, a] = pyo.value(m.pi[s, a])
+    for (s, a, t) in m.KSET:
+        Phat[s, a, t] = pyo.value(m.Phat[s, a, t])
+    # clean solver noise: project onto the simplices
+    pi = np.clip(pi, 0.0, None)
+    pi /= pi.sum(axis=1, keepdims=True)
+    Phat = np.clip(Phat, 0.0, None)
+    Phat /= Phat.sum(axis=-1, keepdims=True)
+    return {"policy": pi, "model": Phat}
