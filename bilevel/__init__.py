@@ -17,7 +17,14 @@ from __future__ import annotations
 
 __all__ = ["FORMULATIONS", "load_mdp", "equilibrium_interval", "verify_iterate"]
 
-FORMULATIONS = ("PAL", "MAL", "MAL_agent_reward", "MAL_random_noise")
+
+def __getattr__(name):
+    """`bilevel.FORMULATIONS`: the formulation names of the registry (bilevel.game), imported
+    on first use so that `import bilevel` stays light."""
+    if name == "FORMULATIONS":
+        from bilevel.game import FORMULATIONS
+        return tuple(FORMULATIONS)
+    raise AttributeError(f"module 'bilevel' has no attribute {name!r}")
 
 
 def load_mdp(path):

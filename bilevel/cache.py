@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -18,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+# where the commands keep sweep results (bilevel.sweep.ResultStore) unless told otherwise
+TASK_CACHE = Path(os.environ.get("BILEVEL_CACHE", "~/.cache/stackelberg-mbrl")).expanduser() / "tasks"
 
 
 @lru_cache(maxsize=1)

@@ -12,10 +12,13 @@ import sys
 
 import numpy as np
 
+from bilevel.cache import TASK_CACHE
+from bilevel.sweep import add_sweep_args, sweep_options
 from bilevel.cli.output import add_verbosity, logger, say, setup_logging
 from bilevel.cli.common import _parse_alpha, json_dumps
-from bilevel.equilibria.document import SWEEP_ALPHAS, alpha_sweep, mdp_head, optimum, solve_to_dict, summary
+from bilevel.equilibria.document import SWEEP_ALPHAS, alpha_sweeps, mdp_head, optimum, solve_to_dict, summary
 from bilevel.game.formulations import DEFAULT_ALPHA, FORMULATIONS
+from bilevel.game.formulations import formulation as game_formulation
 from bilevel.mdp.graph import model_size
 from bilevel.mdp.io import load_mdp
 from bilevel.mdp.model import MDPError, TabularMDP
@@ -56,13 +59,14 @@ def planned_route(mdp: TabularMDP, formulation: str, solver: str = "auto",
     from bilevel.equilibria.routing import SOLVER_ALIASES, choose_solver
     from bilevel.equilibria.exact import has_exact_route
     s = SOLVER_ALIASES.get(solver, solver)
+    form = game_formulation(formulation)
     if epsilon is not None:
-        if formulation == "PAL":
+        if form.epsilon_closed_form:
             return "closed form (epsilon interval)"
         if s in ("auto", "exact", "enumerate"):
             s = "auto"
     elif s in ("auto", "exact", "enumerate"):
-        if has_exact_route(formulation) and (s != "enumerate" or formulation == "PAL"):
+        if has_exact_route(formulation) and (s != "enumerate" or not form.enumerable):
             return "exact route"
         if s != "enumerate":
             s = "auto"
@@ -204,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--summary-only", action="store_true", help="only the MDP summary and optimum")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    p.add_argument("--fresh", action="store_true",
+                   help="--alpha-sweep: solve every point again instead of reusing cached results")
+    add_sweep_args(p)
     add_verbosity(p)
     return p
 
@@ -246,11 +253,16 @@ def main(argv=None) -> int:
     note = size_note(mdp, forms, args.solver, args.epsilon)
     if note:
         logger("solve").warning(note)
-    doc = solve_to_dict(mdp, forms, alpha, args.solver, args.starts, args.seed, log, args.epsilon)
+    where = sweep_options(args)
+    if where["workers"] is None and where["scheduler"] is None:
+        where["workers"] = 0       # one table: four tasks, in this process unless told otherwise
+    doc = solve_to_dict(mdp, forms, alpha, args.solver, args.starts, args.seed, log, args.epsilon,
+                        sweep=where)
     sweeps = {}
-    if args.alpha_sweep:
-        for f in ("MAL_agent_reward", "MAL_random_noise"):
-            sweeps[f] = alpha_sweep(mdp, f, solver=args.solver, starts=args.starts, seed=args.seed, log=log)
+    if args.alpha_sweep:           # a sweep: on a local cluster by default, results cached
+        where = dict(sweep_options(args), store=None if args.fresh else TASK_CACHE)
+        sweeps = alpha_sweeps(mdp, list(DEFAULT_ALPHA), SWEEP_ALPHAS, solver=args.solver,
+                              starts=args.starts, seed=args.seed, log=log, sweep=where)
     if args.json:
         if sweeps:
             doc["alpha_sweep"] = sweeps

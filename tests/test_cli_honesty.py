@@ -191,7 +191,7 @@ def test_report_exits_1_when_a_sweep_point_failed(pal_doc, tmp_path, monkeypatch
     rows = [{"alpha": 0.5, "status": "solved", "certificate": "global", "J": {"min": 1.0, "max": 2.0},
              "episode_reward": {"min": 1.0, "max": 2.0}},
             {"alpha": 0.9, "status": "failed", "reason": "RuntimeError: boom"}]
-    monkeypatch.setattr(report_data, "sweeps", lambda mdp, alphas, log=None: {"MAL_random_noise": rows})
+    monkeypatch.setattr(report_data, "sweeps", lambda mdp, alphas, log=None, sweep=None: {"MAL_random_noise": rows})
     rc = report.main([str(HIDDEN), "--equilibria", str(eq), "--alphas", "0.5,0.9",
                       "--out", str(tmp_path / "r"), "-q"])
     line = one_error_line(capsys.readouterr().err)

@@ -239,7 +239,7 @@ def test_sweep_is_reused_from_data_json_with_the_same_alphas(monkeypatch, solved
     fake = {f: [{"alpha": a, "status": "solved", "certificate": "global", "J": {"min": 1.0, "max": 2.0},
                  "episode_reward": {"min": 1.0, "max": 2.0}} for a in (0.5, 1.0)]
             for f in ("MAL_agent_reward", "MAL_random_noise")}
-    monkeypatch.setattr(report_data, "sweeps", lambda mdp, alphas, log=None: calls.append(alphas) or fake)
+    monkeypatch.setattr(report_data, "sweeps", lambda mdp, alphas, log=None, sweep=None: calls.append(alphas) or fake)
     args = [str(TINY), "--equilibria", str(solved[1]), "--alphas", "0.5,1", "--out", str(tmp_path)]
     assert report.main(args) == 0 and report.main(args) == 0
     assert len(calls) == 1

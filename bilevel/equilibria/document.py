@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
-import time
 
-from bilevel.cli.common import failure_reason
+from bilevel.cli.output import say
 from bilevel.equilibria.routing import solve_formulation
 from bilevel.game.formulations import FORMULATIONS, resolve_alpha
 from bilevel.mdp.graph import ergodicity_report
+from bilevel.mdp.io import mdp_from_arrays, mdp_to_arrays
 from bilevel.mdp.model import TabularMDP
+from bilevel.sweep import Task, run_sweep
 from bilevel.tabular.evaluation import episode_reward, value_iteration
 
 
@@ -47,45 +48,75 @@ def read_solution(path) -> dict:
 
 
 def solve_to_dict(mdp: TabularMDP, formulations=None, alpha=None, solver: str = "auto",
-                  starts: int = 3, seed: int = 0, log=None, epsilon: float | None = None) -> dict:
+                  starts: int = 3, seed: int = 0, log=None, epsilon: float | None = None,
+                  sweep: dict | None = None) -> dict:
     """The `--json` document: {"mdp", "optimal", "formulations": {F: interval.to_json()}}.
     `alpha` is one number (used by both MAL fixes) or a mapping {formulation: alpha}.
-    A formulation whose solve raises is recorded as failed with the exception as its reason;
-    the others are still solved."""
+    The formulations are independent tasks (bilevel.sweep): `sweep` holds run_sweep's options
+    (scheduler, workers, store, ...; None: in this process). A formulation whose solve raises is
+    recorded as failed with the exception as its reason; the others are still solved."""
     opt = optimum(mdp)
     out = {"mdp": mdp_head(mdp), "optimal": {"J": opt["J"], "episode_reward": opt["episode_reward"]},
            "formulations": {}}
-    for f in formulations or FORMULATIONS:
-        a = alpha.get(f) if isinstance(alpha, dict) else alpha
-        out["formulations"][f] = _solve_one(mdp, f, a, log, solver=solver, starts=starts,
-                                            seed=seed, epsilon=epsilon)
+    forms = list(formulations or FORMULATIONS)
+    tasks = [solve_task_of(mdp, f, alpha.get(f) if isinstance(alpha, dict) else alpha,
+                           solver=solver, starts=starts, seed=seed, epsilon=epsilon)
+             for f in forms]
+    for f, task, rec in zip(forms, tasks, _run(tasks, log, sweep, f"solve {mdp.name}")):
+        out["formulations"][f] = _entry(rec, f, task.kwargs["alpha"], log)
     return out
 
 
-def _solve_one(mdp: TabularMDP, formulation: str, alpha, log, **kw) -> dict:
-    """solve_formulation(...).to_json(), or a `failed` entry when it raises."""
-    t0 = time.perf_counter()
+def solve_task_of(mdp: TabularMDP, formulation: str, alpha, **options) -> Task:
+    """One formulation's interval as a sweep task (the MDP travels as its arrays)."""
+    kwargs = {"mdp": mdp_to_arrays(mdp), "formulation": formulation, "alpha": alpha, **options}
+    label = formulation + ("" if alpha is None else f"-alpha{alpha:g}")
+    return Task("bilevel.equilibria.document:solve_task", kwargs, label=label)
+
+
+def solve_task(mdp: dict, formulation: str, alpha=None, **options) -> dict:
+    """solve_formulation(...).to_json() of the MDP given as mdp_to_arrays; progress messages go
+    to the `bilevel.solve` logger of the process that runs it."""
+    return solve_formulation(mdp_from_arrays(mdp), formulation, alpha=alpha, log=say("solve"),
+                             **options).to_json()
+
+
+def _run(tasks: list[Task], log, sweep: dict | None, name: str) -> list[dict]:
+    """The tasks' records: run_sweep with `sweep`'s options, or in this process."""
+    options = {"workers": 0, "progress": False} if sweep is None else dict(sweep)
+    return run_sweep(tasks, name=name, log=log or (lambda msg: None), **options)
+
+
+def _entry(record: dict, formulation: str, alpha, log) -> dict:
+    """The document's entry of one task record: the interval, or `failed` with the reason."""
+    if record["status"] == "ok":
+        return record["result"]
+    why = record.get("reason", "failed")
+    if log:
+        log(f"{formulation}: failed: {why}")
     try:
-        return solve_formulation(mdp, formulation, alpha=alpha, log=log, **kw).to_json()
-    except Exception as e:     # one formulation's crash must not lose the others
-        why = failure_reason(e)
-        if log:
-            log(f"{formulation}: failed: {why}")
-        try:
-            a = resolve_alpha(formulation, alpha)
-        except (TypeError, ValueError):
-            a = alpha
-        return {"status": "failed", "alpha": a, "seconds": round(time.perf_counter() - t0, 3),
-                "reason": why}
+        a = resolve_alpha(formulation, alpha)
+    except (TypeError, ValueError):
+        a = alpha
+    return {"status": "failed", "alpha": a, "seconds": None, "reason": why}
 
 
 def alpha_sweep(mdp: TabularMDP, formulation: str, alphas=SWEEP_ALPHAS, solver: str = "auto",
-                starts: int = 3, seed: int = 0, log=None) -> list[dict]:
-    """The exact equilibrium interval of a MAL fix for each alpha."""
-    rows = []
-    for a in alphas:
-        d = _solve_one(mdp, formulation, a, log, solver=solver, starts=starts, seed=seed)
-        rows.append({"alpha": a, **{k: d.get(k) for k in ("status", "reason", "certificate", "J",
-                                                          "episode_reward", "leader_objective",
-                                                          "seconds")}})
-    return rows
+                starts: int = 3, seed: int = 0, log=None, sweep: dict | None = None) -> list[dict]:
+    """The exact equilibrium interval of a MAL fix for each alpha (alpha_sweeps, one formulation)."""
+    return alpha_sweeps(mdp, [formulation], alphas, solver, starts, seed, log, sweep)[formulation]
+
+
+def alpha_sweeps(mdp: TabularMDP, formulations, alphas=SWEEP_ALPHAS, solver: str = "auto",
+                 starts: int = 3, seed: int = 0, log=None, sweep: dict | None = None) -> dict:
+    """{F: [row per alpha]}: the exact equilibrium interval of each formulation at each alpha, all
+    (F, alpha) pairs as independent tasks of one sweep (`sweep`: run_sweep's options)."""
+    pairs = [(f, a) for f in formulations for a in alphas]
+    tasks = [solve_task_of(mdp, f, a, solver=solver, starts=starts, seed=seed) for f, a in pairs]
+    out = {f: [] for f in formulations}
+    for (f, a), rec in zip(pairs, _run(tasks, log, sweep, f"alpha sweep {mdp.name}")):
+        d = _entry(rec, f, a, log)
+        out[f].append({"alpha": a, **{k: d.get(k) for k in (
+            "status", "reason", "certificate", "J", "episode_reward", "leader_objective",
+            "seconds")}})
+    return out

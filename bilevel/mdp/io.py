@@ -286,3 +286,25 @@ def mdp_to_dict(mdp: TabularMDP) -> dict:
 def dump_mdp(mdp: TabularMDP) -> str:
     """YAML text of the explicit form."""
     return yaml.safe_dump(mdp_to_dict(mdp), sort_keys=False, default_flow_style=None, width=100)
+
+
+ARRAY_FIELDS = ("P", "R", "rho0", "terminal", "K")
+
+
+def mdp_to_arrays(mdp: TabularMDP) -> dict:
+    """Every field of the MDP as plain JSON (arrays as nested lists): an exact round trip through
+    mdp_from_arrays, R included off the support of P (a sweep task carries its MDP this way)."""
+    d = {f: getattr(mdp, f) for f in mdp.__dataclass_fields__}
+    for f in ARRAY_FIELDS:
+        d[f] = np.asarray(d[f]).tolist()
+    d["states"], d["actions"] = list(mdp.states), list(mdp.actions)
+    return d
+
+
+def mdp_from_arrays(d: dict) -> TabularMDP:
+    """The TabularMDP of an mdp_to_arrays document."""
+    kw = dict(d)
+    for f in ARRAY_FIELDS:
+        kw[f] = np.array(d[f], dtype=bool if f in ("terminal", "K") else float)
+    kw["states"], kw["actions"] = tuple(d["states"]), tuple(d["actions"])
+    return TabularMDP(**kw)

@@ -24,13 +24,15 @@ from bilevel.cli.common import json_dumps
 from bilevel.cli.output import add_verbosity, say, setup_logging
 from bilevel.mdp.io import load_mdp
 from bilevel.mdp.model import MDPError
+from bilevel.cache import TASK_CACHE
+from bilevel.sweep import add_sweep_args, sweep_options
 from bilevel.report.data import SWEEP_ALPHAS, ReportError, build_data, failures
 from bilevel.report.figures import make_figures
 from bilevel.report.render import render_html, render_md
 
 
 def write_report(path: str, out: str | Path, runs_dir=None, equilibria=None, sweep_alphas=SWEEP_ALPHAS,
-                 log=None, studies_dir=None, fresh: bool = False) -> dict:
+                 log=None, studies_dir=None, fresh: bool = False, sweep: dict | None = None) -> dict:
     """Build data, figures, index.html and report.md under `out`; return the data. The alpha
     sweep of a previous OUT/data.json is reused when its content key matches, unless `fresh`."""
     out = Path(out)
@@ -42,7 +44,7 @@ def write_report(path: str, out: str | Path, runs_dir=None, equilibria=None, swe
         except ValueError:
             cached = None
     data = build_data(path, runs_dir, equilibria, sweep_alphas, cached, log=log,
-                      studies_dir=studies_dir)
+                      studies_dir=studies_dir, sweep=sweep)
     if log:
         log(f"drawing the figures into {out}")
     t0 = time.perf_counter()
@@ -69,6 +71,7 @@ def parser() -> argparse.ArgumentParser:
                                      "a sweep in OUT/data.json with the same content key (MDP, "
                                      "alphas, code version) is reused")
     ap.add_argument("--fresh", action="store_true", help="recompute the sweep even if cached")
+    add_sweep_args(ap)
     add_verbosity(ap)
     return ap
 
@@ -88,7 +91,8 @@ def main(argv=None) -> int:
         out = Path(args.out or f"reports/{name}")
         t0 = time.perf_counter()
         data = write_report(args.file, out, args.runs, args.equilibria, alphas, log=log,
-                            studies_dir=args.studies, fresh=args.fresh)
+                            studies_dir=args.studies, fresh=args.fresh,
+                            sweep=dict(sweep_options(args), store=None if args.fresh else TASK_CACHE))
     except (MDPError, ReportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

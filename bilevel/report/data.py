@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from bilevel.cache import ROOT, cache_key
+from bilevel.game.formulations import DEFAULT_ALPHA
 from bilevel.mdp.io import load_mdp
 from bilevel.mdp.model import MDPError, TabularMDP
 from bilevel.report.figures import LABELS, PROB_MIN, lying_pairs
@@ -23,7 +24,7 @@ REFERENCE = {  # the reference study's published "Avg. Ep. Reward" on hidden_goa
     "MAL_random_noise": {"mean": 36.74, "std": 0.67}, "PAL": {"mean": 36.77, "std": 0.64}}
 SWEEP_ALPHAS = (0.0, 0.5, 0.9, 0.99, 0.999, 0.9999, 1.0)
 NAMES = LABELS
-SWEPT = ("MAL_agent_reward", "MAL_random_noise")
+SWEPT = tuple(DEFAULT_ALPHA)   # the formulations that take an alpha
 
 
 class ReportError(ValueError):
@@ -49,15 +50,14 @@ def exact_solution(mdp: TabularMDP, equilibria: str | None, log=None) -> dict:
     return solve_to_dict(mdp, log=log)
 
 
-def sweeps(mdp: TabularMDP, alphas, log=None) -> dict:
-    """Exact interval vs alpha for both MAL fixes (bilevel.solve.alpha_sweep rows)."""
-    from bilevel.equilibria.document import alpha_sweep
+def sweeps(mdp: TabularMDP, alphas, log=None, sweep: dict | None = None) -> dict:
+    """Exact interval vs alpha for both MAL fixes (bilevel.equilibria.document.alpha_sweeps rows),
+    every (formulation, alpha) an independent task (`sweep`: run_sweep's options)."""
+    from bilevel.equilibria.document import alpha_sweeps
     say = log or _quiet
-    out = {}
-    for f in SWEPT:
-        say(f"alpha sweep of {f}: {len(alphas)} exact solves (alpha = {', '.join(f'{a:g}' for a in alphas)})")
-        out[f] = alpha_sweep(mdp, f, alphas, log=log)
-    return out
+    say(f"alpha sweeps of {', '.join(SWEPT)}: {len(SWEPT) * len(alphas)} exact solves "
+        f"(alpha = {', '.join(f'{a:g}' for a in alphas)})")
+    return alpha_sweeps(mdp, SWEPT, alphas, log=log, sweep=sweep)
 
 
 def hiding(mdp: TabularMDP, doc: dict) -> dict | None:
@@ -171,10 +171,11 @@ def repo_path(p) -> str:
 
 def build_data(path: str, runs_dir: str | None = None, equilibria: str | None = None,
                sweep_alphas=SWEEP_ALPHAS, cached: dict | None = None, log=None,
-               studies_dir: str | None = None) -> dict:
+               studies_dir: str | None = None, sweep: dict | None = None) -> dict:
     """Everything the report shows. `cached`: a previous data.json whose sweeps are reused when
     their `sweep_key` (bilevel.cache: the MDP's content, the alphas, the code version) matches.
-    `log(msg)`: progress messages, also passed to the exact solves."""
+    `log(msg)`: progress messages, also passed to the exact solves. `sweep`: where the alpha
+    sweep's tasks run (run_sweep's options; None: in this process)."""
     say = log or _quiet
     try:
         mdp = load_mdp(path)
@@ -199,7 +200,7 @@ def build_data(path: str, runs_dir: str | None = None, equilibria: str | None = 
             sw, sweep_source = old, "cached"
         else:
             t1 = time.perf_counter()
-            sw, sweep_source = sweeps(mdp, sweep_alphas, log=log), "solved"
+            sw, sweep_source = sweeps(mdp, sweep_alphas, log=log, sweep=sweep), "solved"
             t_sweep = time.perf_counter() - t1
             say(f"{mdp.name}: alpha sweeps in {t_sweep:.1f} s")
     t2 = time.perf_counter()

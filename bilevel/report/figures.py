@@ -12,14 +12,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Circle, FancyArrowPatch, Rectangle  # noqa: E402
 
+from bilevel.game.formulations import FORMULATIONS
 from bilevel.mdp.model import TabularMDP  # noqa: E402
 
 PROB_MIN = 0.01          # transitions drawn when P(s'|s,a) >= this
 LIE_TV = 0.01            # a model row "lies" when TV(Phat, P) > this
 COLORS = {"PAL": "tab:blue", "MAL": "tab:red", "MAL_agent_reward": "tab:orange",
           "MAL_random_noise": "tab:green"}
-LABELS = {"PAL": "PAL", "MAL": "MAL", "MAL_agent_reward": "MAL + agent reward",
-          "MAL_random_noise": "MAL + random noise"}
+LABELS = {name: f.label for name, f in FORMULATIONS.items()}
 plt.rcParams.update({"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11})
 
 

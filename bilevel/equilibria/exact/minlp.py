@@ -51,7 +51,7 @@ from pyomo.contrib.solver.solvers.scip.scip_direct import ScipDirect
 from bilevel.equilibria.certificates import model_reward
 from bilevel.equilibria.exact.structure import FollowerStructure
 from bilevel.equilibria.mpec_route import set_objective
-from bilevel.game.formulations import BilevelModel
+from bilevel.game.formulations import BilevelModel, formulation
 from bilevel.mdp.model import TabularMDP
 from bilevel.tabular.evaluation import policy_evaluation, value_iteration
 from bilevel.tabular.fits import kl_fit, kl_rows
@@ -216,7 +216,8 @@ def build_minlp(mdp: TabularMDP, alpha: float, bounds: MINLPBounds | None = None
     m.simulation = pyo.Constraint(expr=(1 - g) * m.J_model <= sum(
         float(mdp.r[s, a]) * m.mu[s, a] + float(b.span_in[s, a]) * m.h[s, a] for (s, a) in m.SA)
         + sum(float(b.span_out[s, a]) * m.y[s, a] for (s, a) in m.OUT))
-    m.leader = pyo.Expression(expr=alpha * m.loss - (1.0 - alpha) * m.J_model)
+    w_loss, w_J = formulation(FORMULATION).objective_weights(alpha)
+    m.leader = pyo.Expression(expr=w_loss * m.loss - w_J * m.J_model)
     m.true_return = pyo.Expression(expr=sum(float(mdp.r[s, a]) * m.mu[s, a] for (s, a) in m.SA) / (1 - g))
     return BilevelModel(FORMULATION, mdp, m, alpha, "binary-policy")
 
