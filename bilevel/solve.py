@@ -260,7 +260,7 @@ def main(argv=None) -> int:
                         sweep=where)
     sweeps = {}
     if args.alpha_sweep:           # a sweep: on a local cluster by default, results cached
-        where = dict(sweep_options(args), store=None if args.fresh else TASK_CACHE)
+        where = dict(sweep_options(args), store=TASK_CACHE, fresh=args.fresh)
         sweeps = alpha_sweeps(mdp, list(DEFAULT_ALPHA), SWEEP_ALPHAS, solver=args.solver,
                               starts=args.starts, seed=args.seed, log=log, sweep=where)
     if args.json:

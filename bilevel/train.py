@@ -1,10 +1,12 @@
 """`python -m bilevel.train FILE --formulation F | --all [--algorithm inner-outer|contextualized]
 [--seeds N] [--out DIR] [--alpha A | --alpha F=A ...] [--budget STEPS] [--iters N] [--json]`
 
-Trains one run per (formulation, seed), writes each RunRecord as JSON into DIR (default
-runs/<mdp name>/), and prints the reference-study-style table: average episode reward (undiscounted,
+Trains one run per (formulation, seed), each an independent task of a sweep (bilevel.sweep: an
+embedded Dask LocalCluster by default, `--workers N`, or `--scheduler ADDRESS` for an existing
+cluster; finished runs are stored under DIR/tasks and reused, `--fresh` trains them again),
+writes each RunRecord as JSON into DIR (default runs/<mdp name>/), and prints the reference-study-style table: average episode reward (undiscounted,
 T-step) mean +- std over seeds, exact (finite-horizon evaluation of the final policy in the true
-MDP) and sampled (mean of evaluation rollouts). Exit 2 on bad input.
+MDP) and sampled (mean of evaluation rollouts). Exit 1 when a run failed, 2 on bad input.
 """
 from __future__ import annotations
 
@@ -17,9 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bilevel.mdp.io import load_mdp
+from bilevel.cli.output import add_verbosity, setup_logging
+from bilevel.mdp.io import load_mdp, mdp_from_dict, mdp_to_dict
 from bilevel.mdp.model import MDPError
 from bilevel.rl.record import ALGORITHMS, FORMULATIONS, RunRecord, default_alpha
+from bilevel.sweep import Task, add_sweep_args, run_sweep, sweep_options
 
 REFERENCE = {"MAL": "0.97 ± 0.05", "MAL_agent_reward": "36.93 ± 0.57",
              "MAL_random_noise": "36.74 ± 0.67", "PAL": "36.77 ± 0.64"}
@@ -86,8 +90,12 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=int, help="max true-env transitions per run")
     ap.add_argument("--iters", type=int, help="leader iterations (inner-outer)")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
-    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--fresh", action="store_true",
+                    help="train every run again (else runs stored under OUT/tasks are reused)")
+    add_sweep_args(ap)
+    add_verbosity(ap)
     args = ap.parse_args(argv)
+    setup_logging(args)
     try:
         mdp = load_mdp(args.file)
         alphas = parse_alpha(args.alpha)
@@ -102,15 +110,17 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else Path("runs") / mdp.name
     out.mkdir(parents=True, exist_ok=True)
 
-    from tqdm import tqdm
     t0 = time.perf_counter()
-    records = []
     jobs = [(f, s) for f in forms for s in range(args.seed0, args.seed0 + args.seeds)]
-    bar = tqdm(jobs, desc=f"{mdp.name} {args.algorithm}", file=sys.stderr, disable=args.quiet,
-               unit="run")
-    for f, seed in bar:
-        bar.set_postfix_str(f"{f} seed {seed}")
-        rec = run_one(mdp, f, seed, args, alphas.get(f))
+    tasks = [run_task(mdp, args.file, f, seed, args, alphas.get(f)) for f, seed in jobs]
+    results = run_sweep(tasks, store=out / "tasks", name=f"train {mdp.name}", fresh=args.fresh,
+                        **sweep_options(args))
+    records, failed = [], []
+    for (f, seed), res in zip(jobs, results):
+        if res["status"] != "ok":
+            failed.append(f"{f} seed {seed}: {res['reason']}")
+            continue
+        rec = RunRecord.from_dict(res["result"])
         (out / rec.filename).write_text(rec.to_json())
         records.append(rec)
     wall = time.perf_counter() - t0
@@ -127,6 +137,9 @@ def main(argv=None) -> int:
                            REFERENCE if mdp.name == "hidden_goal" else None))
         print(f"{len(records)} runs in {wall:.1f} s; records in {out}/ "
               f"(check them: python -m bilevel.verify {out})")
+    if failed:
+        print(f"error: {len(failed)} run(s) failed: {'; '.join(failed[:3])}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -135,23 +148,30 @@ def _T(mdp) -> int:
     return episode_horizon(mdp)
 
 
-def run_one(mdp, formulation, seed, args, alpha) -> RunRecord:
-    if args.algorithm == "inner-outer":
-        from bilevel.rl.inner_outer import TrainConfig, train_inner_outer
-        cfg = TrainConfig()
-        if args.budget is not None:
-            cfg = replace(cfg, budget=args.budget)
-        if args.iters is not None:
-            cfg = replace(cfg, leader_iters=args.iters)
-        return train_inner_outer(mdp, formulation, seed, cfg, alpha=alpha, mdp_path=args.file)
-    from bilevel.rl.contextual import ContextConfig, train_contextualized
-    cfg = ContextConfig()
-    if args.budget is not None:
-        cfg = replace(cfg, budget=args.budget)
-    if args.iters is not None:
-        cfg = replace(cfg, leader_iters=args.iters)
-    return train_contextualized(mdp, formulation, seed, cfg, alpha=alpha, mdp_path=args.file)
+def run_task(mdp, path: str, formulation: str, seed: int, args, alpha) -> Task:
+    """One training run as a sweep task; the MDP travels as its YAML document, so a worker on
+    another machine needs no file."""
+    kwargs = {"mdp": mdp_to_dict(mdp), "mdp_path": path, "formulation": formulation,
+              "seed": seed, "algorithm": args.algorithm, "alpha": alpha, "budget": args.budget,
+              "iters": args.iters}
+    return Task("bilevel.train:train_run", kwargs, label=f"{formulation}-seed{seed}")
 
+
+def train_run(mdp: dict, mdp_path: str, formulation: str, seed: int, algorithm: str,
+              alpha: float | None, budget: int | None, iters: int | None) -> dict:
+    """Train one run (inner-outer or contextualized) and return its RunRecord as a dict."""
+    m = mdp_from_dict(mdp, source=mdp_path)
+    if algorithm == "inner-outer":
+        from bilevel.rl.inner_outer import TrainConfig, train_inner_outer
+        cfg, train = TrainConfig(), train_inner_outer
+    else:
+        from bilevel.rl.contextual import ContextConfig, train_contextualized
+        cfg, train = ContextConfig(), train_contextualized
+    if budget is not None:
+        cfg = replace(cfg, budget=budget)
+    if iters is not None:
+        cfg = replace(cfg, leader_iters=iters)
+    return train(m, formulation, seed, cfg, alpha=alpha, mdp_path=mdp_path).to_dict()
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -92,7 +92,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         data = write_report(args.file, out, args.runs, args.equilibria, alphas, log=log,
                             studies_dir=args.studies, fresh=args.fresh,
-                            sweep=dict(sweep_options(args), store=None if args.fresh else TASK_CACHE))
+                            sweep=dict(sweep_options(args), store=TASK_CACHE, fresh=args.fresh))
     except (MDPError, ReportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from bilevel.cli.output import add_verbosity, say, setup_logging
 from bilevel.verify.check import RunCheck, TOL_J_REL, TOL_M, TOL_PI_FRACTION, VerifyInputError
 from bilevel.verify.runs import load_equilibria, load_runs, verify_runs
 
@@ -40,11 +41,13 @@ def main(argv=None) -> int:
     ap.add_argument("dir", help="directory of run records (or one record)")
     ap.add_argument("--equilibria", help="saved `python -m bilevel.solve FILE --json` output")
     ap.add_argument("--json", action="store_true", help="machine-readable output")
+    add_verbosity(ap)
     args = ap.parse_args(argv)
+    setup_logging(args)
     try:
         runs = load_runs(Path(args.dir))
         eq = load_equilibria(Path(args.equilibria)) if args.equilibria else None
-        checks = verify_runs(runs, eq)
+        checks = verify_runs(runs, eq, log=say("verify"))
     except VerifyInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

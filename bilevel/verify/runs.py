@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
+from bilevel.cli.output import progress
 from bilevel.mdp.io import load_mdp
 from bilevel.mdp.model import MDPError
 from bilevel.rl.record import RunRecord
@@ -54,10 +56,11 @@ def equilibrium_entry(sol: dict, formulation: str, alpha: float | None, where: s
     return eq
 
 
-def verify_runs(runs, equilibria: dict | None = None) -> list[RunCheck]:
-    """Check every (file, RunRecord); equilibria: a solve output, else solved per MDP and alpha."""
+def verify_runs(runs, equilibria: dict | None = None, log=None) -> list[RunCheck]:
+    """Check every (file, RunRecord); equilibria: a solve output, else solved per MDP and alpha
+    (`log(msg)` says which, and how long each solve took)."""
     mdps, solved, out = {}, {}, []
-    for file, rec in runs:
+    for file, rec in progress(runs, desc="verify"):
         require_alpha(rec, file)
         try:
             mdp = mdps.get(rec.mdp_path) or load_mdp(rec.mdp_path)
@@ -73,7 +76,13 @@ def verify_runs(runs, equilibria: dict | None = None) -> list[RunCheck]:
         else:
             key = (rec.mdp_path, rec.formulation, rec.alpha)
             if key not in solved:
+                if log:
+                    log(f"solving the exact {rec.formulation} equilibria of {mdp.name}"
+                        + ("" if rec.alpha is None else f" at alpha {rec.alpha:g}"))
+                t0 = time.perf_counter()
                 solved[key] = _solve(mdp, rec.formulation, rec.alpha)
+                if log:
+                    log(f"  solved in {time.perf_counter() - t0:.1f} s")
             sol, where = solved[key], f"bilevel.solve {rec.mdp_path}"
         eq = equilibrium_entry(sol, rec.formulation, rec.alpha, where)
         out.append(check_run(rec, mdp, eq, float(sol["optimal"]["J"]), file))
