@@ -38,18 +38,26 @@ def test_report_sweep_is_reused_only_under_the_same_key():
     assert build_data(path, sweep_alphas=(0.5,), cached=stale)["timings"]["sweep_source"] == "solved"
 
 
-def test_fixes_cache_recomputes_a_stale_entry(tmp_path):
-    from bilevel.studies import fixes as studies
-    settings = {"seed": 0, "solver": "auto", "time_limit": 5.0, "agent_solver": "auto",
-                "agent_time_limit": 1.0, "alphas": [0.5], "with_pal": False, "agent_alphas": [],
-                "recheck": None}
-    first = studies.fixes_for_mdp(1, settings, False, tmp_path)
-    f = tmp_path / "fixes1.json"
-    doc = json.loads(f.read_text())
-    assert all("key" in r for r in doc["results"])
-    for r in doc["results"]:               # as if written by other code: the gap is poisoned
-        r["key"], r["gap"] = "stale", 123.0
-    f.write_text(json.dumps(doc))
-    again = studies.fixes_for_mdp(1, settings, False, tmp_path)
-    assert [r.gap for r in again] == pytest.approx([r.gap for r in first], nan_ok=True)
-    assert 123.0 not in [r.gap for r in again]
+def test_a_study_record_of_other_code_is_never_reused(tmp_path, monkeypatch):
+    """A fixes-study task's stored record is read back under the same key (the poisoned gap
+    comes back: the store is really used), and never once the code version differs."""
+    import bilevel.cache as c
+    from bilevel.studies import fixes
+    from bilevel.sweep import ResultStore, run_sweep
+    mdp, unit = fixes.fixes_mdp(1, 0), ("MAL", None, "auto", 5.0)
+    store = ResultStore(tmp_path)
+
+    def gap():
+        rec = run_sweep([fixes.unit_task(mdp, 1, 0, unit)], store=store, workers=0,
+                        progress=False)[0]
+        return rec["result"]["gap"]
+
+    truth = gap()
+    key = fixes.unit_task(mdp, 1, 0, unit).key
+    rec = store.get(key)
+    rec["result"]["gap"] = 123.0              # as if written by other code
+    store.put(key, rec)
+    assert gap() == 123.0                     # same MDP, settings and code: reused
+    monkeypatch.setattr(c, "code_version", lambda: "other code")
+    assert fixes.unit_task(mdp, 1, 0, unit).key != key
+    assert gap() == pytest.approx(truth)      # other code: solved again

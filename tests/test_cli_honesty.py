@@ -1,12 +1,10 @@
 """The command-line interfaces say what happened: bad --alpha keys are errors, one formulation's
 crash is a recorded failure (the others are still solved), JSON never holds NaN or Infinity,
-failures give exit status 1, --shard is checked without `assert`, verify needs a run's alpha and
-tells inside / within tolerance / outside the exact interval apart."""
+failures give exit status 1, verify needs a run's alpha and tells inside / within tolerance /
+outside the exact interval apart."""
 import importlib
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ import pytest
 from bilevel.mdp import dump_mdp
 from bilevel.tabular import kl_fit
 from bilevel.rl.record import RunRecord
-from conftest import MDPS, ROOT
+from conftest import MDPS
 
 solve = importlib.import_module("bilevel.solve")
 common = importlib.import_module("bilevel.cli.common")
@@ -26,6 +24,8 @@ report_data = importlib.import_module("bilevel.report.data")
 studies = importlib.import_module("bilevel.studies.cli")
 fixes = importlib.import_module("bilevel.studies.fixes")
 theorem = importlib.import_module("bilevel.studies.theorem")
+mal_terms = importlib.import_module("bilevel.studies.mal_terms")
+sweep_task = importlib.import_module("bilevel.sweep.task")
 
 HIDDEN = MDPS / "hidden_goal.yaml"
 EQ = Path(__file__).parent / "data" / "hidden_goal_equilibria.json"
@@ -231,73 +231,71 @@ def _fake_gap(mdp, f, a=None, solver="scip", time_limit=10.0, starts=8):
                            reason="" if ok else "RuntimeError: boom")
 
 
-def test_studies_fixes_exits_1_when_a_task_failed_and_writes_no_nan(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def in_process(monkeypatch):
+    """The studies' time-limited tasks run in this process (`--workers 0` and no child
+    process), so a monkeypatched solver applies."""
+    monkeypatch.setattr(sweep_task, "call_in_child",
+                        lambda fn, kwargs, time_limit: sweep_task.call(fn, kwargs))
+
+
+def test_studies_fixes_exits_1_when_a_task_failed_and_writes_no_nan(tmp_path, monkeypatch, capsys,
+                                                                    in_process):
     monkeypatch.setattr(fixes, "worst_gap", _fake_gap)
     args = ["fixes", "--mdps", "2", "--alphas", "0.5", "--agent-mdps", "0", "--no-pal",
-            "--out", str(tmp_path), "-q"]                         # -q: no progress lines
-    assert studies.main(args + ["--shard", "0/2"]) == 1          # a shard too
-    assert "RuntimeError: boom" in one_error_line(capsys.readouterr().err)
+            "--out", str(tmp_path), "-q", "--workers", "0"]       # -q: no progress lines
     assert studies.main(args) == 1
     line = one_error_line(capsys.readouterr().err)
     assert "2 task(s) failed" in line and "MAL_random_noise(0.5)" in line
     pay = strict_json((tmp_path / "fixes.json").read_text())
     assert pay["failed"] and [r["gap"] for r in pay["results"]
                               if r["formulation"] == "MAL_random_noise"] == [None, None]
-    for f in (tmp_path / "fixes_cache").iterdir():
-        strict_json(f.read_text())
-    # the cache read back: a failed result is NaN again, not None
-    res = fixes.fixes_for_mdp(0, fixes.fixes_settings(0, [0.5], "scip", 10.0, False, "ipopt",
-                                                      [0.5]), False, tmp_path / "fixes_cache")
-    assert math.isnan([r for r in res if not r.ok][0].gap)
+    stored = [strict_json(f.read_text()) for f in (tmp_path / "tasks").glob("*.json")]
+    bad = [r["result"] for r in stored if r["status"] == "ok" and not r["result"]["ok"]]
+    assert len(stored) == 8 and len(bad) == 2 and all(r["gap"] is None for r in bad)
+    # a stored record read back: a failed result is NaN again, not None
+    unit = ("MAL_random_noise", 0.5, "scip", 10.0)
+    assert math.isnan(fixes.fix_from_record({"status": "ok", "result": bad[0]}, "m", unit).gap)
+    assert studies.main(args) == 1                               # the same, from the records
+    assert one_error_line(capsys.readouterr().err) == line
 
 
-def test_studies_fixes_exits_0_when_every_task_solved(tmp_path, monkeypatch, capsys):
+def test_studies_fixes_exits_0_when_every_task_solved(tmp_path, monkeypatch, capsys, in_process):
     monkeypatch.setattr(fixes, "worst_gap", lambda mdp, f, a=None, solver="scip", time_limit=10.0,
                         starts=8: fixes.FixResult(mdp=mdp.name, formulation=f, alpha=a, ok=True,
                                                   gap=0.0, solver=solver, certificate="global",
                                                   seconds=0.0))
     assert studies.main(["fixes", "--mdps", "1", "--alphas", "0.5", "--agent-mdps", "0",
-                         "--no-pal", "--out", str(tmp_path), "-q"]) == 0
+                         "--no-pal", "--out", str(tmp_path), "-q", "--workers", "0"]) == 0
     assert capsys.readouterr().err == ""
 
 
 def test_studies_counterexample_exits_1_on_a_failed_solve_and_writes_null(tmp_path, monkeypatch,
-                                                                          capsys):
+                                                                          capsys, in_process):
     import bilevel.equilibria.routing as eqm
 
     def boom(mdp, formulation, **kw):
         raise RuntimeError(f"{formulation} broke")
 
     monkeypatch.setattr(eqm, "solve_formulation", boom)
-    assert studies.main(["counterexample", "--scales", "1", "--out", str(tmp_path)]) == 1
+    assert studies.main(["counterexample", "--scales", "1", "--out", str(tmp_path),
+                         "--workers", "0", "-q"]) == 1
     assert "MAL broke" in one_error_line(capsys.readouterr().err)
     row = strict_json((tmp_path / "counterexample.json").read_text())["rows"][0]
     assert row["mal_gap"] is None and row["mal_certificate"] == "failed: RuntimeError: MAL broke"
 
 
-def test_studies_theorem_exits_1_when_the_mal_terms_failed(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(theorem, "mal_terms", lambda mdp, solver="scip", time_limit=10.0: None)
+def test_studies_theorem_exits_1_when_the_mal_terms_failed(tmp_path, monkeypatch, capsys,
+                                                           in_process):
+    monkeypatch.setattr(mal_terms, "mal_terms", lambda mdp, solver="scip", time_limit=10.0: None)
     assert studies.main(["theorem", "--mdps", "1", "--mal-mdps", "1", "--early-mdps", "0",
-                         "--out", str(tmp_path)]) == 1
+                         "--out", str(tmp_path), "--workers", "0", "-q"]) == 1
     assert "MAL terms" in one_error_line(capsys.readouterr().err)
     pay = strict_json((tmp_path / "theorem.json").read_text())
     assert len(pay["failed"]) == 4 and pay["violations"] == []
 
 
-# --------------------------------------------------------------------------- 5. --shard
-
-@pytest.mark.parametrize("shard", ["2/2", "1/0", "a/b", "1/2/3", "0"])
-def test_shard_is_checked_without_assert(shard, tmp_path):
-    """Under `python -O` (asserts stripped) a bad --shard is still a one-line error, exit 2."""
-    p = subprocess.run([sys.executable, "-O", "-m", "bilevel.studies", "fixes", "--mdps", "0",
-                        "--shard", shard, "--out", str(tmp_path / "out")],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 2
-    assert "--shard" in one_error_line(p.stderr)
-    assert not (tmp_path / "out").exists()
-
-
-# --------------------------------------------------------------------------- 6. verify
+# --------------------------------------------------------------------------- 5. verify
 
 def _record(formulation, alpha, model, hidden_goal, policy=GOAL):
     return RunRecord(mdp="hidden_goal", mdp_path=str(HIDDEN), formulation=formulation,

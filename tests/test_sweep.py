@@ -167,6 +167,21 @@ def test_stored_failures_are_reused_unless_retried_or_given_more_time(tmp_path):
     assert store.get(long.key) == {"status": "ok", "result": None}
 
 
+def test_fresh_runs_every_task_again_and_overwrites_the_store(tmp_path):
+    trace, store = tmp_path / "trace", ResultStore(tmp_path / "store")
+    trace.mkdir()
+    tasks = [traced(trace, PROBES + "value_optimum", {**GARNET, "seed": s}) for s in range(2)]
+    run_sweep(tasks, store=store, workers=0, progress=False)
+    poisoned = {"status": "ok", "result": {"J_star": 123.0}}
+    store.put(tasks[0].key, poisoned)
+    assert run_sweep(tasks, store=store, workers=0, progress=False)[0] == poisoned
+    assert len(executions(trace)) == 2
+    fresh = run_sweep(tasks, store=store, workers=0, progress=False, fresh=True)
+    assert len(executions(trace)) == 4 and fresh.counts == {"done": 2, "failed": 0, "reused": 0}
+    assert fresh[0]["result"]["J_star"] == pytest.approx(brute_force_optimum(0), abs=1e-9)
+    assert store.get(tasks[0].key) == fresh[0] != poisoned
+
+
 def test_equal_keys_run_once(tmp_path):
     trace = tmp_path / "trace"
     trace.mkdir()

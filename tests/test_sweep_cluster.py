@@ -1,6 +1,8 @@
 """The sweep engine on a real Dask cluster (`dask scheduler` and two `dask worker` processes):
 a worker killed mid-task loses no result and duplicates none, the results equal direct calls
-of the solver, and a worker on other code refuses tasks without storing anything."""
+of the solver, and a worker on other code refuses tasks without storing anything; the fixes
+study through the command line on such a cluster, with a worker killed mid-task, gives the
+results of the in-process run, each once."""
 from __future__ import annotations
 
 import json
@@ -82,20 +84,27 @@ def mal_task(trace: Path, seed: int) -> Task:
                                     "kwargs": inner, "sleep": 1.5}, label=f"mal-seed{seed}")
 
 
-def test_a_worker_killed_mid_task_loses_and_duplicates_nothing(tmp_path, monkeypatch):
+def start_cluster(tmp_path: Path, procs: list) -> str:
+    """`dask scheduler` and two `dask worker` processes (one thread each), appended to procs;
+    the scheduler's address once both workers are connected."""
     from distributed import Client
     address = f"tcp://127.0.0.1:{free_port()}"
+    procs.append(start(["scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":")[-1],
+                        "--no-dashboard"], tmp_path / "scheduler.log"))
+    for i in range(2):
+        procs.append(start(["worker", address, "--nworkers", "1", "--nthreads", "1",
+                            "--no-dashboard"], tmp_path / f"worker{i}.log"))
+    with Client(address, timeout="60s") as client:
+        client.wait_for_workers(2, timeout=60)
+    return address
+
+
+def test_a_worker_killed_mid_task_loses_and_duplicates_nothing(tmp_path, monkeypatch):
     trace = tmp_path / "trace"
     trace.mkdir()
     procs = []
     try:
-        procs.append(start(["scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":")[-1],
-                            "--no-dashboard"], tmp_path / "scheduler.log"))
-        for i in range(2):
-            procs.append(start(["worker", address, "--nworkers", "1", "--nthreads", "1",
-                                "--no-dashboard"], tmp_path / f"worker{i}.log"))
-        with Client(address, timeout="60s") as client:
-            client.wait_for_workers(2, timeout=60)
+        address = start_cluster(tmp_path, procs)
 
         tasks = [mal_task(trace, s) for s in SEEDS]
         store = CountingStore(tmp_path / "store")
@@ -143,3 +152,75 @@ def test_a_worker_killed_mid_task_loses_and_duplicates_nothing(tmp_path, monkeyp
     finally:
         stop(procs[1:])
         stop(procs[:1])
+
+
+FIXES = ["fixes", "--mdps", "3", "--alphas", "0.5", "--no-pal", "--agent-mdps", "0",
+         "--solver", "auto", "--time-limit", "5", "-q"]      # ~2 s per solve task (a child process)
+
+
+def fixes_cli(out: Path, *where: str) -> subprocess.Popen:
+    """`python -m bilevel.studies fixes ...` with FIXES into `out`, its tasks run where `where`
+    says (--workers N or --scheduler ADDRESS), started."""
+    return subprocess.Popen([sys.executable, "-m", "bilevel.studies", *FIXES, "--out", str(out),
+                             *where], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def running_task(worker_pids: set[int]) -> tuple[int, int] | None:
+    """(worker pid, pid of its task's child process) for a worker running a time-limited task."""
+    for pid in worker_pids:
+        try:
+            for c in psutil.Process(pid).children():
+                if "bilevel.sweep.child" in c.cmdline():
+                    return pid, c.pid
+        except psutil.NoSuchProcess:
+            pass
+    return None
+
+
+def test_fixes_cli_on_a_cluster_with_a_killed_worker_gives_each_result_once(tmp_path):
+    from bilevel.studies import fixes as st
+    out0, out = tmp_path / "serial", tmp_path / "cluster"
+    procs, study = [], fixes_cli(out0, "--workers", "0")
+    try:
+        _, err = study.communicate(timeout=600)
+        assert study.returncode == 0, err
+        address = start_cluster(tmp_path, procs)
+        workers = {c.pid for p in procs[1:] for c in psutil.Process(p.pid).children(True)}
+        study = fixes_cli(out, "--scheduler", address)
+        deadline = time.monotonic() + 120
+        while (hit := running_task(workers)) is None:
+            assert time.monotonic() < deadline and study.poll() is None, "no task started"
+            time.sleep(0.05)
+        victim, its_task = hit
+        os.kill(victim, signal.SIGKILL)                   # mid-task: its solve is still running
+        _, err = study.communicate(timeout=600)
+        assert study.returncode == 0, err
+        assert not psutil.pid_exists(victim) and not psutil.pid_exists(its_task)
+    finally:
+        if study.poll() is None:
+            study.kill()
+            study.wait()
+        stop(procs[1:])
+        stop(procs[:1])
+
+    serial, cluster = (json.loads((d / "fixes.json").read_text()) for d in (out0, out))
+    settings = st.fixes_settings(0, [0.5], "auto", 5.0, False, "ipopt", [0.5])
+    expected = [st.unit_task(st.fixes_mdp(i, 0), i, 0, u) for i in range(3)
+                for u in st.fixes_units(settings, False)]
+    expected += [st.named_task(f, "auto", 30.0)[0] for f in ("hidden_goal_deterministic.yaml",
+                                                             "hidden_goal_ergodic.yaml")]
+    store = ResultStore(out / "tasks")
+    assert store.keys() == sorted(t.key for t in expected)        # one record per key
+    assert all(store.get(t.key)["status"] == "ok" for t in expected)
+    units = [(r["mdp"], r["formulation"], r["alpha"]) for r in cluster["results"]]
+    assert len(units) == len(set(units)) == 9                      # one result per unit
+
+    def unseconded(rs):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rs]
+
+    assert cluster["table"] == serial["table"] and cluster["failed"] == [] == serial["failed"]
+    for part in ("results", "named"):
+        assert unseconded(cluster[part]) == unseconded(serial[part])
+    assert unseconded(cluster["results"]) == unseconded(
+        [store.get(t.key)["result"] for t in expected[:9]])

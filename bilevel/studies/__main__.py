@@ -1,3 +1,4 @@
 from bilevel.studies.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":      # the embedded Dask cluster spawns its worker processes
+    raise SystemExit(main())

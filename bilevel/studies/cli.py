@@ -6,8 +6,14 @@
 
 Each subcommand prints a table on stdout (progress messages on stderr; -q/-v as in every
 command, bilevel.cli.output) and writes JSON + a PNG under --out (default studies_out/); the
-JSON holds null where a number is NaN or infinite. Exit status: 0 done, 1 some task failed (a
-solve that raised or found no certified interval; theorem: also a violation), 2 bad input.
+JSON holds null where a number is NaN or infinite. Each study is a sweep of independent tasks
+(bilevel.studies.tasks) whose records are stored under OUT/tasks as they finish: a stopped study
+resumes, and --fresh recomputes every task. Where the tasks run (bilevel.sweep.add_sweep_args):
+an embedded Dask LocalCluster with one worker process per core (default), `--workers N` local
+workers (0: in this process), or `--scheduler tcp://HOST:8786`, a cluster started with
+`dask scheduler` and `dask worker tcp://HOST:8786 --nthreads 1` on each machine.
+Exit status: 0 done, 1 some task failed (a solve that raised, exceeded its task's time limit or
+found no certified interval; theorem: also a violation), 2 bad input.
 The studies themselves: bilevel.studies.theorem, .counterexample and .fixes.
 """
 from __future__ import annotations
@@ -19,6 +25,7 @@ from bilevel.cli.output import add_verbosity, logger, setup_logging
 from bilevel.studies.counterexample import run_counterexample
 from bilevel.studies.fixes import run_fixes
 from bilevel.studies.theorem import run_theorem
+from bilevel.sweep import add_sweep_args, sweep_options
 
 
 def parser() -> argparse.ArgumentParser:
@@ -53,18 +60,19 @@ def parser() -> argparse.ArgumentParser:
                    choices=("scip", "ipopt", "auto", "enumerate"))
     f.add_argument("--no-pal", action="store_true",
                    help="skip the PAL MPEC (the closed-form PAL column is always computed)")
-    f.add_argument("--shard", default="0/1", metavar="K/N",
-                   help="solve only the MDPs i with i %% N == K (no summary); run the N shards in "
-                        "parallel, then once without --shard to print the table from the cache")
-    f.add_argument("--fresh", action="store_true",
-                   help="ignore per-MDP results cached under OUT/fixes_cache")
     for s in (t, c, f):
-        s.add_argument("--out", default="studies_out")
+        s.add_argument("--out", default="studies_out",
+                       help="output directory (the JSON, the PNG, and each task's record under "
+                            "OUT/tasks)")
+        s.add_argument("--fresh", action="store_true",
+                       help="recompute every task and overwrite its record under OUT/tasks "
+                            "(default: reuse the records of the same task and code)")
         s.add_argument("--solver", default="scip" if s is f else "auto",
                        choices=("scip", "ipopt", "auto") + (("enumerate",) if s is f else ()),
                        help="auto: SCIP, and IPOPT (local) where SCIP does not certify; "
                             "enumerate (fixes): SCIP per deterministic follower policy "
                             "(bilevel.equilibria.enumeration), --time-limit per policy")
+        add_sweep_args(s)
         add_verbosity(s)
     return p
 
@@ -73,25 +81,22 @@ def main(argv=None) -> int:
     """Run the study named in argv; return the exit status (0 done, 1 a task failed, 2 bad input)."""
     a = parser().parse_args(argv)
     log = setup_logging(a)
-    out = Path(a.out)
+    out, sweep = Path(a.out), {"sweep": sweep_options(a), "fresh": a.fresh}
     if a.cmd == "theorem":
-        res = run_theorem(a.mdps, a.seed, out, a.mal_mdps, a.solver, a.mal_floor, a.early_mdps)
+        res = run_theorem(a.mdps, a.seed, out, a.mal_mdps, a.solver, a.mal_floor, a.early_mdps,
+                          **sweep)
         if res["violations"]:
             log.error(f"error: {len(res['violations'])} violation(s) of the PAL theorem")
             return 1
         return exit_status(res["failed"])
     if a.cmd == "counterexample":
-        return exit_status(run_counterexample(a.scales, out, a.solver, a.time_limit)["failed"])
+        return exit_status(run_counterexample(a.scales, out, a.solver, a.time_limit,
+                                              **sweep)["failed"])
     if a.cmd == "fixes":
-        shard = parse_shard(a.shard)
-        if shard is None:
-            log.error(f"error: --shard: expected K/N with integers 0 <= K < N, got {a.shard!r}")
-            return 2
-        failed: list[str] = []
-        run_fixes(a.mdps, a.seed, a.alphas, out, a.solver, a.time_limit, not a.no_pal,
-                  a.agent_mdps, a.agent_solver, a.agent_alphas, shard=shard, fresh=a.fresh,
-                  agent_time_limit=a.agent_time_limit, recheck=a.recheck, failed=failed)
-        return exit_status(failed)
+        res = run_fixes(a.mdps, a.seed, a.alphas, out, a.solver, a.time_limit, not a.no_pal,
+                        a.agent_mdps, a.agent_solver, a.agent_alphas,
+                        agent_time_limit=a.agent_time_limit, recheck=a.recheck, **sweep)
+        return exit_status(res["failed"])
     return 2
 
 
@@ -102,15 +107,3 @@ def exit_status(failed: list[str]) -> int:
         logger().error(f"error: {len(failed)} task(s) failed: {'; '.join(failed[:3])}{more}")
         return 1
     return 0
-
-
-def parse_shard(text: str) -> tuple[int, int] | None:
-    """`K/N` with integers 0 <= K < N, else None."""
-    parts = text.split("/")
-    if len(parts) != 2:
-        return None
-    try:
-        k, n = int(parts[0]), int(parts[1])
-    except ValueError:
-        return None
-    return (k, n) if 0 <= k < n else None

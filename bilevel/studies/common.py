@@ -6,22 +6,20 @@ Phat is evaluated with the engine's model reward rhat(s,a) = sum_s' Phat(s'|s,a)
 max |R(s,a,s')| over the model support K.
 
 Output. Each study writes NAME.json (null where a number is NaN or infinite) and NAME.png under
-its output directory. Per-MDP result files (the fixes study's cache) store each result with its
-content key (bilevel.cache.cache_key): a result is reused only when the key is the same.
+its output directory, and the record of each of its tasks under OUT/tasks
+(bilevel.studies.tasks).
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
+import math
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from bilevel.cache import ROOT
 from bilevel.mdp.model import TabularMDP
 from bilevel.tabular.evaluation import policy_return, value_iteration
-from bilevel.tabular.fits import kl_fit
+from bilevel.tabular.fits import kl_fit, kl_rows
 
 MDPS = ROOT / "mdps"
 
@@ -60,6 +58,19 @@ def pal_closed_form_gap(mdp: TabularMDP) -> float:
     return J_star - policy_return(mdp.P, mdp.r, mdp.rho0, mdp.gamma, pi)
 
 
+def worst_case_loss(mdp: TabularMDP, Q: np.ndarray) -> float:
+    """eps_M = sup_pi l(Q, mu_M^pi) = (1-gamma) rho0 . V*_c with reward c(s,a) = KL(P||Q)
+    under the true P (value iteration; exact up to its tolerance)."""
+    c = np.where(mdp.terminal[:, None], 0.0, kl_rows(mdp.P, Q))
+    J, _ = optimal_return(mdp.P, c, mdp.rho0, mdp.gamma)
+    return (1.0 - mdp.gamma) * J
+
+
+def pal_bound(eps_pi: float, eps_M: float, gamma: float, r_max: float) -> float:
+    """eps_pi + 4 gamma sqrt(eps_M) R_max / (1-gamma)^2 (the reference study's PAL theorem)."""
+    return eps_pi + 4.0 * gamma * math.sqrt(max(eps_M, 0.0)) * r_max / (1.0 - gamma) ** 2
+
+
 def quantiles(x, qs=(0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)) -> dict:
     """{"q<int(100 q)>": the q-quantile of x} for each q in qs (q50 is the median)."""
     x = np.asarray(x, dtype=float)
@@ -83,35 +94,3 @@ def pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
-
-
-# --------------------------------------------------------------------------- per-MDP result files
-
-def load_results(path: Path, content_key: Callable, make: Callable) -> dict:
-    """The results stored in `path` whose stored key equals content_key(k), keyed by
-    k = (formulation, alpha, requested solver, time limit); make(**fields) builds a result.
-    A gap stored as null (a failed solve's NaN) is NaN again."""
-    stored: dict = {}
-    if not path.exists():
-        return stored
-    for r in json.loads(path.read_text()).get("results", []):
-        r = dict(r)
-        if r.get("gap") is None:
-            r["gap"] = float("nan")
-        which, tl, key = r.pop("requested"), r.pop("time_limit"), r.pop("key", None)
-        k = (r["formulation"], r["alpha"], which, tl)
-        if key == content_key(k):         # same MDP content, settings and code: reuse
-            stored[k] = make(**r)
-    return stored
-
-
-def store_results(path: Path, stored: dict, content_key: Callable, seed: int) -> None:
-    """Write `stored` ({k: result dataclass}) to `path` with each result's content key
-    (atomically: a stopped run leaves the previous file)."""
-    from bilevel.cli.common import json_dumps
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json_dumps({"settings": {"seed": seed}, "results": [
-        {**asdict(r), "requested": k[2], "time_limit": k[3], "key": content_key(k)}
-        for k, r in stored.items()]}, default=float))
-    tmp.replace(path)

@@ -6,6 +6,7 @@ are scaled by k. MAL has an equilibrium whose model hides them, so its gap J* - 
 equilibria grows in proportion to k; PAL's gap is 0 by its closed form
 (bilevel.studies.common.pal_closed_form_gap, an independent check) and within the solver's gap by
 its MPEC. The gaps come from the exact equilibrium intervals (strong Stackelberg equilibria).
+One task per scale k (bilevel.studies.tasks), stored under OUT/tasks.
 """
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ import numpy as np
 from bilevel.mdp.io import load_mdp, mdp_from_dict, mdp_to_dict
 from bilevel.mdp.model import TabularMDP
 from bilevel.studies.common import MDPS, pal_closed_form_gap, pyplot, save_json, true_optimum
+from bilevel.studies.tasks import restore, route_seconds, study_sweep, task_time_limit
+from bilevel.sweep import Task, task_key
+
+FN = "bilevel.studies.counterexample:"
 
 
 def scaled_hidden_goal(k: float, path: str | Path = MDPS / "hidden_goal.yaml") -> TabularMDP:
@@ -74,18 +79,48 @@ def counterexample_row(k: float, solver: str = "scip", time_limit: float = 60.0)
         seconds=time.perf_counter() - t0)
 
 
-def run_counterexample(scales, out: Path, solver: str = "scip", time_limit: float = 60.0) -> dict:
-    """One CounterexampleRow per scale k, printed as it is solved; writes
-    out/counterexample.json and out/counterexample.png and returns the JSON payload, whose
-    "failed" lists each failed solve."""
-    rows = []
+def row_result(k: float, solver: str, time_limit: float) -> dict:
+    """asdict(counterexample_row(k, solver, time_limit)): a task of the counterexample sweep."""
+    return asdict(counterexample_row(k, solver=solver, time_limit=time_limit))
+
+
+def row_task(k: float, solver: str, time_limit: float) -> Task:
+    """The task of scale k, keyed by the scaled MDP's content; its time limit covers the MAL
+    and PAL solves (tasks.task_time_limit)."""
+    mdp = scaled_hidden_goal(k)
+    kwargs = {"k": float(k), "solver": solver, "time_limit": float(time_limit)}
+    return Task(FN + "row_result", kwargs, key=task_key(FN + "row_result", kwargs, mdp),
+                label=f"{mdp.name}-{solver}",
+                time_limit=task_time_limit(2 * route_seconds(mdp, solver, time_limit)))
+
+
+def row_from_record(record: dict, k: float) -> CounterexampleRow:
+    """The row of a scale's record (null numbers are NaN); for a failed record (a time limit, a
+    lost worker) J* and PAL's closed-form gap, NaN gaps and certificates "failed: <reason>"."""
+    if record["status"] == "ok":
+        return restore(CounterexampleRow, record["result"])
+    mdp, nan = scaled_hidden_goal(k), float("nan")
+    why = f"failed: {record['reason']}"
+    return CounterexampleRow(k=k, J_star=true_optimum(mdp)[0], mal_min_J=nan, mal_gap=nan,
+                             pal_min_J=nan, pal_gap=nan,
+                             pal_closed_form_gap=pal_closed_form_gap(mdp), mal_certificate=why,
+                             pal_certificate=why, seconds=nan)
+
+
+def run_counterexample(scales, out: Path, solver: str = "scip", time_limit: float = 60.0,
+                       sweep: dict | None = None, fresh: bool = False) -> dict:
+    """One CounterexampleRow per scale k, each a task of one sweep stored under out/tasks
+    (sweep: where the tasks run, bilevel.studies.tasks.study_sweep; fresh: recompute every
+    task), printed in order; writes out/counterexample.json and out/counterexample.png and
+    returns the JSON payload, whose "failed" lists each failed solve."""
+    records = study_sweep([row_task(k, solver, time_limit) for k in scales], out,
+                          "counterexample", sweep, fresh)
+    rows = [row_from_record(rec, float(k)) for k, rec in zip(scales, records)]
     print("hidden goal scaled by k (A/Y loop 0.75k, B-Y->A 0.5k); J discounted; "
           "strong (optimistic) Stackelberg equilibria; gap = J* - min J over equilibria")
     print(f"{'k':>6} {'J*':>10} {'MAL min J':>10} {'MAL gap':>10} {'gap/k':>8} "
           f"{'PAL min J':>10} {'PAL gap':>9} {'PAL cf gap':>10} {'MAL cert':>8} {'PAL cert':>8} {'s':>6}")
-    for k in scales:
-        r = counterexample_row(k, solver=solver, time_limit=time_limit)
-        rows.append(r)
+    for r in rows:
         print(f"{r.k:>6g} {r.J_star:>10.4f} {r.mal_min_J:>10.4f} {r.mal_gap:>10.4f} "
               f"{r.mal_gap / r.k:>8.4f} {r.pal_min_J:>10.4f} {r.pal_gap:>9.2g} "
               f"{r.pal_closed_form_gap:>10.2g} "

@@ -3,9 +3,13 @@
 On small random MDPs, gap = J* - min J(pi, M) over the equilibria of MAL, MAL + agent reward
 (alpha), MAL + random noise (alpha), PAL (MPEC) and PAL's closed form
 (bilevel.studies.common.pal_closed_form_gap); then plain MAL on the deterministic and ergodic
-hidden goals. An equilibrium more than BAD_GAP below J* counts as a bad one. Results are cached
-per MDP (bilevel.studies.common.load_results / store_results), so a long study can be resumed,
-extended or split into shards (`--shard K/N`).
+hidden goals. An equilibrium more than BAD_GAP below J* counts as a bad one.
+
+Each result is one task of the sweep engine (bilevel.studies.tasks): a unit
+(MDP i, formulation, alpha, requested solver, time limit) whose record is stored under OUT/tasks
+by its content key (the MDP's numbers, the unit and the code version) as it finishes, so a
+stopped study resumes and more alphas extend a finished one. The named hidden goals run in the
+same sweep; a second sweep enumerates again the units --recheck applies to.
 """
 from __future__ import annotations
 
@@ -15,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bilevel.cache import cache_key
 from bilevel.cli.output import logger
 from bilevel.mdp.garnet import garnet
 from bilevel.mdp.io import load_mdp
 from bilevel.mdp.model import TabularMDP
-from bilevel.studies.common import (MDPS, load_results, pal_closed_form_gap, pyplot, save_json,
-                                    store_results, true_optimum)
+from bilevel.studies.common import MDPS, pal_closed_form_gap, pyplot, save_json, true_optimum
+from bilevel.studies.tasks import restore, route_seconds, study_sweep, task_time_limit
+from bilevel.sweep import Task, task_key
 
 BAD_GAP = 1e-3          # an equilibrium this far below J* counts as a bad one
 FORMULATION_ORDER = ["MAL", "MAL_agent_reward", "MAL_random_noise", "PAL", "PAL_closed_form"]
@@ -103,115 +107,155 @@ def fixes_settings(seed, alphas, solver, time_limit, with_pal, agent_solver, age
             "recheck": None if recheck is None else float(recheck)}
 
 
-def fixes_for_mdp(i: int, settings: dict, with_agent: bool, cache: Path | None = None,
-                  fresh: bool = False) -> list[FixResult]:
-    """All formulations of the fixes study on MDP number i. With a cache directory, each result
-    is stored in cache/fixes{i}.json under its content key (bilevel.cache: the MDP's content,
-    formulation, alpha, requested solver, time limit and the code version) and reused by a
-    later run whose key is the same (so a long study can be resumed, extended
-    with more alphas or solvers, or split across processes with --shard); `fresh` ignores it."""
-    f_cache = None if cache is None else cache / f"fixes{i}.json"
-    mdp = fixes_mdp(i, settings["seed"])
+Unit = tuple    # (formulation, alpha or None, requested solver, time limit or None)
+FN = "bilevel.studies.fixes:"
 
-    def content_key(k):
-        return cache_key(mdp, study="fixes", formulation=k[0], alpha=k[1], solver=k[2],
-                         time_limit=k[3])
 
-    stored = ({} if f_cache is None or fresh
-              else load_results(f_cache, content_key, FixResult))
-    solver, tl, agent_solver = settings["solver"], settings["time_limit"], settings["agent_solver"]
-    agent_tl = settings["agent_time_limit"]
-    todo = [("MAL", None, solver, tl)] + [("MAL_random_noise", a, solver, tl)
-                                          for a in settings["alphas"]]
+def fixes_units(settings: dict, with_agent: bool) -> list[Unit]:
+    """The units of one MDP in table order: MAL, MAL + random noise per alpha, PAL (with_pal),
+    MAL + agent reward per agent alpha (with_agent), PAL's closed form."""
+    solver, tl = settings["solver"], settings["time_limit"]
+    units = [("MAL", None, solver, tl)] + [("MAL_random_noise", a, solver, tl)
+                                           for a in settings["alphas"]]
     if settings["with_pal"]:
-        todo.append(("PAL", None, solver, tl))
+        units.append(("PAL", None, solver, tl))
     if with_agent:
-        todo += [("MAL_agent_reward", a, agent_solver, agent_tl) for a in settings["agent_alphas"]]
-    todo.append(("PAL_closed_form", None, "closed_form", None))
+        units += [("MAL_agent_reward", a, settings["agent_solver"], settings["agent_time_limit"])
+                  for a in settings["agent_alphas"]]
+    return units + [("PAL_closed_form", None, "closed_form", None)]
 
-    def solved(key):
-        if key not in stored:
-            f, a, which, limit = key
-            starts = 1 if which == "ipopt" and f == "MAL_agent_reward" else 8
-            stored[key] = (pal_closed_form(mdp) if f == "PAL_closed_form"
-                           else worst_gap(mdp, f, a, which, limit, starts=starts))
-            if f_cache is not None:   # after every solve: a stopped run loses at most this one
-                store_results(f_cache, stored, content_key, settings["seed"])
-        return stored[key]
 
-    results = [solved(key) for key in todo]
-    recheck = settings.get("recheck")
-    for j, r in enumerate(results):
-        # a fix's bad gap that is not proved: the enumeration again, with `recheck` s per policy
-        if recheck and r.formulation in ("MAL_agent_reward", "MAL_random_noise") and r.ok \
-                and r.certificate == "local" and r.gap > BAD_GAP:
-            again = solved((r.formulation, r.alpha, "enumerate", float(recheck)))
-            if again.ok and again.certificate == "global":
-                results[j] = again
-    return results
+def recheck_unit(r: FixResult, recheck: float | None) -> Unit | None:
+    """(formulation, alpha, "enumerate", recheck) for a MAL-fix result that is local with a gap
+    > BAD_GAP (a bad gap that is not proved), else None."""
+    if recheck and r.formulation in ("MAL_agent_reward", "MAL_random_noise") and r.ok \
+            and r.certificate == "local" and r.gap > BAD_GAP:
+        return (r.formulation, r.alpha, "enumerate", float(recheck))
+    return None
+
+
+def unit_result(i: int, seed: int, formulation: str, alpha, solver: str,
+                time_limit: float) -> dict:
+    """asdict(worst_gap(fixes_mdp(i, seed), ...)), with one IPOPT start for MAL + agent reward
+    (8 otherwise): a task of the fixes sweep."""
+    starts = 1 if solver == "ipopt" and formulation == "MAL_agent_reward" else 8
+    return asdict(worst_gap(fixes_mdp(i, seed), formulation, alpha, solver, time_limit,
+                            starts=starts))
+
+
+def closed_form_result(i: int, seed: int) -> dict:
+    """asdict(pal_closed_form(fixes_mdp(i, seed))): a task of the fixes sweep."""
+    return asdict(pal_closed_form(fixes_mdp(i, seed)))
+
+
+def named_result(file: str, solver: str, time_limit: float) -> dict:
+    """asdict(worst_gap) of plain MAL on mdps/FILE: a task of the fixes sweep."""
+    return asdict(worst_gap(load_mdp(MDPS / file), "MAL", None, solver, time_limit))
+
+
+def unit_task(mdp: TabularMDP, i: int, seed: int, unit: Unit) -> Task:
+    """The task of `unit` on mdp = fixes_mdp(i, seed), keyed by the MDP's content; a solve gets
+    the time limit tasks.task_time_limit of its solver's own limits."""
+    f, a, which, limit = unit
+    label = f"{mdp.name}-{f}" + ("" if a is None else f"-{a:g}") + f"-{which}"
+    if f == "PAL_closed_form":
+        kwargs = {"i": i, "seed": seed}
+        return Task(FN + "closed_form_result", kwargs, label=label,
+                    key=task_key(FN + "closed_form_result", kwargs, mdp))
+    kwargs = {"i": i, "seed": seed, "formulation": f, "alpha": a, "solver": which,
+              "time_limit": limit}
+    return Task(FN + "unit_result", kwargs, key=task_key(FN + "unit_result", kwargs, mdp),
+                label=label, time_limit=task_time_limit(route_seconds(mdp, which, limit)))
+
+
+def named_task(file: str, solver: str, time_limit: float) -> tuple[Task, TabularMDP]:
+    """The task of plain MAL on mdps/FILE, and the MDP."""
+    mdp = load_mdp(MDPS / file)
+    kwargs = {"file": file, "solver": solver, "time_limit": time_limit}
+    return Task(FN + "named_result", kwargs, key=task_key(FN + "named_result", kwargs, mdp),
+                label=f"{mdp.name}-MAL-{solver}",
+                time_limit=task_time_limit(route_seconds(mdp, solver, time_limit))), mdp
+
+
+def fix_from_record(record: dict, mdp: str, unit: Unit) -> FixResult:
+    """The FixResult of a unit's record: its result (a null gap is NaN), or for a failed record
+    (a time limit, a lost worker) a failed result with the record's reason (seconds: the time
+    limit it exceeded, else 0)."""
+    if record["status"] == "ok":
+        return restore(FixResult, record["result"])
+    f, a, which, _ = unit
+    return FixResult(mdp=mdp, formulation=f, alpha=a, ok=False, gap=float("nan"), solver=which,
+                     certificate="none", seconds=float(record.get("time_limit") or 0.0),
+                     reason=record["reason"])
 
 
 def run_fixes(n_mdps: int, seed: int, alphas, out: Path, solver: str = "scip",
               time_limit: float = 10.0, with_pal: bool = True, agent_mdps: int | None = None,
-              agent_solver: str = "ipopt", agent_alphas=None, shard: tuple[int, int] = (0, 1),
-              cache: bool = True, fresh: bool = False,
+              agent_solver: str = "ipopt", agent_alphas=None,
               agent_time_limit: float | None = None, recheck: float | None = None,
-              failed: list | None = None) -> dict | None:
+              sweep: dict | None = None, fresh: bool = False) -> dict:
     """Worst-case gaps of MAL, MAL + agent reward (alpha), MAL + random noise (alpha) and PAL
     over n_mdps random MDPs, then plain MAL on the deterministic and ergodic hidden goals.
     MAL + agent reward is the expensive one (SCIP did not certify it within 15 s even on
     3-state Garnets; IPOPT with one random start takes ~30 s): it is solved with `agent_solver`
     (one start for IPOPT) on the first `agent_mdps` MDPs only (None: all), at `agent_alphas`.
-    Results are cached per MDP, formulation, alpha and solver under out/fixes_cache (see
-    fixes_for_mdp; ignored with `fresh`). shard = (k, n) solves only the MDPs i with
-    i % n == k and returns None without the summary: run n shards in parallel, then once
-    unsharded to print the table from the cache. `failed`: a list to which a line is appended
-    for each result that failed (also in a shard); the payload's "failed" holds the same.
-    Prints the table, writes out/fixes.json and out/fixes.png; returns the JSON payload."""
+    Every unit is a task of the sweep engine, stored under out/tasks (sweep: where the tasks
+    run, bilevel.studies.tasks.study_sweep; fresh: recompute every task). The payload's
+    "failed" holds one line per failed result. Prints the table, writes out/fixes.json and
+    out/fixes.png; returns the JSON payload."""
     log = logger("studies")
     agent_alphas = alphas if agent_alphas is None else agent_alphas
     agent_mdps = n_mdps if agent_mdps is None else agent_mdps
     settings = fixes_settings(seed, alphas, solver, time_limit, with_pal, agent_solver,
                               agent_alphas, agent_time_limit, recheck)
-    cache_dir = out / "fixes_cache" if cache else None
-    results: list[FixResult] = []
     t0 = time.perf_counter()
-    k, n_shards = shard
+    mdps = [fixes_mdp(i, seed) for i in range(n_mdps)]
+    units = [(i, u) for i in range(n_mdps) for u in fixes_units(settings, i < agent_mdps)]
+    tasks = [unit_task(mdps[i], i, seed, u) for i, u in units]
+    named_files = ("hidden_goal_deterministic.yaml", "hidden_goal_ergodic.yaml")
+    named_tasks = [named_task(f, solver, max(time_limit, 30.0)) for f in named_files]
+    records = study_sweep(tasks + [t for t, _ in named_tasks], out, "fixes", sweep, fresh)
+    reused, n_tasks = records.counts["reused"], len(tasks) + len(named_tasks)
+    done = {(i, u): fix_from_record(rec, mdps[i].name, u) for (i, u), rec in zip(units, records)}
+    results = [done[k] for k in units]
+    # a fix's bad gap that is not proved: the enumeration again, with `recheck` s per policy
+    again = [(j, (units[j][0], u)) for j, r in enumerate(results)
+             if (u := recheck_unit(r, recheck)) is not None]
+    new = list(dict.fromkeys(k for _, k in again if k not in done))
+    if new:
+        second = study_sweep([unit_task(mdps[i], i, seed, u) for i, u in new], out,
+                             "fixes-recheck", sweep, fresh)
+        reused, n_tasks = reused + second.counts["reused"], n_tasks + len(new)
+        done.update({(i, u): fix_from_record(rec, mdps[i].name, u)
+                     for (i, u), rec in zip(new, second)})
+    for j, k in again:
+        if done[k].ok and done[k].certificate == "global":
+            results[j] = done[k]
     for i in range(n_mdps):
-        if i % n_shards != k:
-            continue
-        done = fixes_for_mdp(i, settings, i < agent_mdps, cache_dir, fresh)
-        results += done
-        log.info(f"  {done[0].mdp}: " + ", ".join(
+        rs = [r for (m, _), r in zip(units, results) if m == i]
+        log.info(f"  {rs[0].mdp}: " + ", ".join(
             f"{r.formulation}{'' if r.alpha is None else f'({r.alpha:g})'}="
-            f"{r.gap:.3g}" for r in done))
+            f"{r.gap:.3g}" for r in rs))
     lost = [failure_line(r) for r in results if not r.ok]
-    if failed is not None:
-        failed += lost
-    if n_shards > 1:
-        return None
     print(f"\nfixes: {n_mdps} random MDPs (S 3..4, A 2, gamma 0.9, start in s0), solver {solver}, "
           f"MPEC time limit {time_limit:g} s per solve (exact routes: none); "
           f"MAL_agent_reward on the first {min(agent_mdps, n_mdps)} MDPs with {agent_solver} "
           f"(time limit {settings['agent_time_limit']:g} s{' per policy' if agent_solver == 'enumerate' else ''}); "
           f"solver time {sum(r.seconds for r in results):.0f} s (this run "
-          f"{time.perf_counter() - t0:.0f} s, the rest cached); "
+          f"{time.perf_counter() - t0:.0f} s, {reused} of {n_tasks} tasks reused); "
           "gap = J* - min J over equilibria found (discounted; exact routes: the limit interval, "
           "docs/DESIGN.md 5.1); global = proved (exact route, SCIP, or a resolved enumeration), "
           "the other solved ones are local (IPOPT, or an enumeration whose bounds did not resolve "
           "the leader optimum); max global = largest gap among the global ones; failed = no "
-          "certified end (not counted)")
+          "certified end, or a task that failed (not counted)")
     table = summary_table(results)
     named = []
     print("\nplain MAL on the named hidden-goal variants:")
-    for f in ("hidden_goal_deterministic.yaml", "hidden_goal_ergodic.yaml"):
-        mdp = load_mdp(MDPS / f)
-        r = worst_gap(mdp, "MAL", None, solver, max(time_limit, 30.0))
+    for (task, mdp), rec in zip(named_tasks, records[len(tasks):]):
+        r = fix_from_record(rec, mdp.name, ("MAL", None, solver, task.kwargs["time_limit"]))
         named.append(r)
         if not r.ok:
             lost.append(failure_line(r))
-            if failed is not None:
-                failed.append(lost[-1])
         J_star, _ = true_optimum(mdp)
         print(f"  {mdp.name}: J* = {J_star:.4f}, MAL worst gap = {r.gap:.4f} "
               f"({r.certificate}{'' if r.ok else ', ' + r.reason}) -> "

@@ -25,7 +25,12 @@ anywhere in K, and the model reward uses R there); for Garnet MDPs with support 
 max |R|.
 
 Then, at MAL's worst equilibrium on the hidden-goal MDPs and small Garnets, the terms of
-Rajeswaran et al. (2020) Theorem 1 (MalTerms): MAL's premise holds only at its own policy.
+Rajeswaran et al. (2020) Theorem 1 (bilevel.studies.mal_terms): MAL's premise holds only at its
+own policy.
+
+The study is a sweep of independent tasks (bilevel.studies.tasks): the instances of each MDP,
+its early-stopped iterates, and the MAL terms of each candidate; the summary is computed from
+their records in task order.
 """
 from __future__ import annotations
 
@@ -36,31 +41,19 @@ from pathlib import Path
 
 import numpy as np
 
-from bilevel.cli.output import logger, progress
 from bilevel.mdp.garnet import garnet
-from bilevel.mdp.io import load_mdp
 from bilevel.mdp.model import TabularMDP
-from bilevel.studies.common import (MDPS, model_optimum, model_return, optimal_return, pyplot,
-                                    quantiles, save_json, true_optimum)
+from bilevel.studies.common import (model_optimum, model_return, pal_bound, pyplot, quantiles,
+                                    save_json, true_optimum, worst_case_loss)
+from bilevel.studies.mal_terms import mal_terms_tasks, print_mal_terms
+from bilevel.studies.tasks import restore, study_sweep
+from bilevel.sweep import Task, task_key
 from bilevel.tabular.evaluation import policy_return
-from bilevel.tabular.fits import kl_fit, kl_rows, model_loss, random_model, tv_distance
+from bilevel.tabular.fits import kl_fit, random_model
 from bilevel.tabular.occupancy import occupancy
 from bilevel.tabular.policies import uniform_policy
 
 VIOLATION_TOL = 1e-9
-
-
-def worst_case_loss(mdp: TabularMDP, Q: np.ndarray) -> float:
-    """eps_M = sup_pi l(Q, mu_M^pi) = (1-gamma) rho0 . V*_c with reward c(s,a) = KL(P||Q)
-    under the true P (value iteration; exact up to its tolerance)."""
-    c = np.where(mdp.terminal[:, None], 0.0, kl_rows(mdp.P, Q))
-    J, _ = optimal_return(mdp.P, c, mdp.rho0, mdp.gamma)
-    return (1.0 - mdp.gamma) * J
-
-
-def pal_bound(eps_pi: float, eps_M: float, gamma: float, r_max: float) -> float:
-    """eps_pi + 4 gamma sqrt(eps_M) R_max / (1-gamma)^2 (the reference study's PAL theorem)."""
-    return eps_pi + 4.0 * gamma * math.sqrt(max(eps_M, 0.0)) * r_max / (1.0 - gamma) ** 2
 
 
 @dataclass(frozen=True)
@@ -191,79 +184,75 @@ def early_stopped_instances(mdp: TabularMDP, iters=(1, 3, 10, 30)) -> list[Theor
         red.invert(model, inv)
 
 
-# --------------------------------------------------------------------------- Rajeswaran terms
+# --------------------------------------------------------------------------- the study as tasks
 
-@dataclass(frozen=True)
-class MalTerms:
-    """Rajeswaran et al. (2020) Theorem 1 terms at MAL's worst equilibrium (pi, Phat)."""
-
-    mdp: str
-    solver: str
-    certificate: str
-    J_star: float
-    J_worst: float
-    gap: float
-    eps_pi: float            # J*(Phat) - J(pi, Phat): follower's suboptimality in its model
-    eps_M: float             # l(Phat, mu_M^pi) (this pi only: MAL's premise)
-    eps_M_floor: float       # l(P_eta, mu_M^pi): what the floor alone costs at this pi
-    eps_M_all: float         # sup_pi' l(Phat, mu_M^pi'): the PAL theorem's premise for Phat
-    model_term: float        # 4 gamma sqrt(eps_M) R_max / (1-gamma)^2
-    occupancy_tv: float      # D_TV(mu_M^{pi*}, mu_Mhat^{pi*})
-    shift_term: float        # 2 R_max / (1-gamma) * D_TV (see mal_terms)
-    pal_bound_violated: bool  # gap > eps_pi + model_term
-    excess_bound_violated: bool  # gap > eps_pi + 4 gamma sqrt(eps_M - eps_M_floor) R_max/(1-gamma)^2
+FN = "bilevel.studies.theorem:"
 
 
-def mal_terms(mdp: TabularMDP, solver: str = "scip", time_limit: float = 10.0) -> MalTerms | None:
-    """Solve MAL's interval, take its worst equilibrium and evaluate the Theorem 1 terms.
-    shift_term uses 2 R_max/(1-gamma) D_TV: |J(pi*,M) - J(pi*,Mhat)| <= 2 R_max/(1-gamma) D_TV
-    for normalized occupancies with |r| <= R_max (the O() constant is not the point here)."""
-    from bilevel.equilibria.routing import solve_formulation
-    res = solve_formulation(mdp, "MAL", solver=solver, time_limit=time_limit)
-    if not res.ok:
-        return None
-    pi, Phat = res.low.policy, res.low.model
-    J_star, pi_star = true_optimum(mdp)
-    eps_pi = max(model_optimum(mdp, Phat)[0] - model_return(mdp, Phat, pi), 0.0)
-    mu = occupancy(mdp.P, mdp.rho0, mdp.gamma, pi)
-    eps_M = model_loss(mdp.P, Phat, mu)
-    eps_M_floor = model_loss(mdp.P, kl_fit(mdp.P, mdp.K, mdp.floor), mu)
-    rmax = mdp.r_max
-    tv = tv_distance(occupancy(mdp.P, mdp.rho0, mdp.gamma, pi_star),
-                     occupancy(Phat, mdp.rho0, mdp.gamma, pi_star))
-    gap = J_star - res.low.J
-    model_term = pal_bound(0.0, eps_M, mdp.gamma, rmax)
-    return MalTerms(mdp=mdp.name, solver=res.solver, certificate=res.certificate, J_star=J_star,
-                    J_worst=res.low.J, gap=gap, eps_pi=eps_pi, eps_M=eps_M,
-                    eps_M_floor=eps_M_floor, eps_M_all=worst_case_loss(mdp, Phat),
-                    model_term=model_term, occupancy_tv=tv,
-                    shift_term=2.0 * rmax / (1.0 - mdp.gamma) * tv,
-                    pal_bound_violated=bool(gap > eps_pi + model_term + 1e-9),
-                    excess_bound_violated=bool(
-                        gap > pal_bound(eps_pi, eps_M - eps_M_floor, mdp.gamma, rmax) + 1e-9))
+def mdp_instances(i: int, seed: int) -> list[dict]:
+    """theorem_instances of random_study_mdp(i, seed) with the generator [seed, i, 1], as
+    dicts: a task of the theorem sweep."""
+    rows = theorem_instances(random_study_mdp(i, seed), np.random.default_rng([seed, i, 1]))
+    return [asdict(r) for r in rows]
 
 
-# --------------------------------------------------------------------------- the study
+def early_instances(i: int, seed: int) -> list[dict]:
+    """early_stopped_instances of random_study_mdp(i, seed), as dicts: a task of the theorem
+    sweep (IPOPT's iterations bound its time)."""
+    return [asdict(r) for r in early_stopped_instances(random_study_mdp(i, seed))]
+
+
+def instance_tasks(n_mdps: int, seed: int, early_mdps: int) -> list[tuple[str, Task]]:
+    """(what, task) in row order: for each MDP i its instances, then (i < early_mdps) its
+    early-stopped iterates; keyed by the MDP's content."""
+    out = []
+    for i in range(n_mdps):
+        mdp = random_study_mdp(i, seed)
+        kwargs = {"i": i, "seed": seed}
+        kinds = [("mdp_instances", "instances")]
+        if i < early_mdps:
+            kinds.append(("early_instances", "early-stopped iterates"))
+        for fn, what in kinds:
+            out.append((f"{mdp.name} {what}",
+                        Task(FN + fn, kwargs, key=task_key(FN + fn, kwargs, mdp),
+                             label=f"{mdp.name}-{fn}")))
+    return out
+
+
+def instances_from_record(record: dict) -> list[TheoremInstance]:
+    """The instances of a task's ok record (a null tightness is an infinity: bound 0 < gap)."""
+    return [restore(TheoremInstance, r, tightness=math.inf) for r in record["result"]]
+
 
 def run_theorem(n_mdps: int, seed: int, out: Path, mal_mdps: int = 3, solver: str = "scip",
-                mal_floor: float = 1e-9, early_mdps: int | None = None) -> dict:
+                mal_floor: float = 1e-9, early_mdps: int | None = None,
+                sweep: dict | None = None, fresh: bool = False) -> dict:
     """PAL theorem check on n_mdps random MDPs (early-stopped MPEC iterates on the first
-    `early_mdps`, None: all), then Rajeswaran's terms at MAL's worst
-    equilibria. The MAL MDPs use the floor `mal_floor`: with the default floor 1e-6 and
-    gamma = 0.99 the solver tolerance band alone (loss ~ 5e-6) makes 4 gamma sqrt(eps_M) R_max /
-    (1-gamma)^2 larger than the whole return range, which would hide the comparison.
-    Prints the tables, writes out/theorem.json and out/theorem.png; returns the JSON payload."""
+    `early_mdps`, None: all), then Rajeswaran's terms at MAL's worst equilibria
+    (bilevel.studies.mal_terms; none when mal_mdps = 0). The MAL MDPs use the floor
+    `mal_floor`: with the default floor 1e-6 and gamma = 0.99 the solver tolerance band alone
+    (loss ~ 5e-6) makes 4 gamma sqrt(eps_M) R_max / (1-gamma)^2 larger than the whole return
+    range, which would hide the comparison. One task per MDP, per MDP's early-stopped iterates
+    and per MAL candidate, in one sweep stored under out/tasks (sweep: where the tasks run,
+    bilevel.studies.tasks.study_sweep; fresh: recompute every task); the payload's "failed"
+    lists the failed tasks and MAL solves. Prints the tables, writes out/theorem.json and
+    out/theorem.png; returns the JSON payload."""
     t0 = time.perf_counter()
     early_mdps = n_mdps if early_mdps is None else early_mdps
+    checks = instance_tasks(n_mdps, seed, early_mdps)
+    mal = mal_terms_tasks(mal_mdps, solver, mal_floor) if mal_mdps > 0 else []
+    records = study_sweep([t for _, t in checks] + [t for t, _ in mal], out, "theorem", sweep,
+                          fresh)
     rows: list[TheoremInstance] = []
-    for i in progress(range(n_mdps), desc="theorem"):
-        mdp = random_study_mdp(i, seed)
-        rows.extend(theorem_instances(mdp, np.random.default_rng([seed, i, 1])))
-        if i < early_mdps:
-            rows.extend(early_stopped_instances(mdp))
+    failed = []
+    for (what, _), rec in zip(checks, records):
+        if rec["status"] == "ok":
+            rows.extend(instances_from_record(rec))
+        else:
+            failed.append(f"{what}: {rec['reason']}")
     viol = [r for r in rows if r.violation]
     tight = np.array([r.tightness for r in rows])
-    q = quantiles(tight)
+    q = quantiles(tight) if rows else {}
     print(f"PAL theorem: {n_mdps} Garnet MDPs (S 3..8, A 2..3, gamma 0.8..0.99), "
           f"{len(rows)} approximate PAL solutions, {time.perf_counter() - t0:.1f} s")
     print(f"violations of J(pi*,M) - J(pi,M) <= eps_pi + 4 gamma sqrt(eps_M) R_max/(1-gamma)^2: "
@@ -289,52 +278,17 @@ def run_theorem(n_mdps: int, seed: int, out: Path, mal_mdps: int = 3, solver: st
         print(f"{mk:>14} {mp:>7g} {len(rs):>5} {e['eps_M_median']:>10.3g} "
               f"{e['eps_pi_median']:>10.3g} {e['gap_median']:>9.3g} "
               f"{e['tightness_median']:>9.3g} {e['tightness_max']:>9.3g}")
-    mal_rows, mal_failed = _print_mal_terms(mal_mdps, solver, mal_floor) if mal_mdps > 0 else ([], [])
+    mal_rows, mal_failed = (print_mal_terms(records[len(checks):], [m for _, m in mal], mal_floor)
+                            if mal else ([], []))
     payload = {"n_mdps": n_mdps, "seed": seed, "n_instances": len(rows),
                "violations": [asdict(r) for r in viol], "tightness_quantiles": q,
                "by_model": by_model, "instances": [asdict(r) for r in rows],
                "mal_terms": [asdict(t) for t in mal_rows],
-               "failed": [f"{m['mdp']} MAL terms: {m['reason']}" for m in mal_failed]}
+               "failed": failed + [f"{m['mdp']} MAL terms: {m['reason']}" for m in mal_failed]}
     save_json(out, "theorem", payload)
-    _plot(rows, n_mdps, len(viol), out / "theorem.png")
+    if rows:
+        _plot(rows, n_mdps, len(viol), out / "theorem.png")
     return payload
-
-
-def _print_mal_terms(mal_mdps: int, solver: str, mal_floor: float):
-    """MalTerms on the three hidden-goal MDPs and `mal_mdps` 3-state Garnets, printed as a
-    table; returns (the terms, [{"mdp", "reason"} of each failed MAL solve])."""
-    print("\nRajeswaran et al. Theorem 1 terms at MAL's worst equilibrium "
-          "(J discounted; shift term = 2 R_max/(1-gamma) D_TV(mu_M^pi*, mu_Mhat^pi*); "
-          f"model floor {mal_floor:g}):")
-    cands = [load_mdp(MDPS / f) for f in
-             ("hidden_goal.yaml", "hidden_goal_deterministic.yaml", "hidden_goal_ergodic.yaml")]
-    cands += [garnet(3, 2, 2, seed=s, gamma=0.9, name=f"garnet_S3_A2_seed{s}")
-              for s in range(mal_mdps)]
-    print(f"{'mdp':>26} {'gap':>8} {'eps_pi':>8} {'eps_M':>9} {'-floor':>9} {'sup eps_M':>9} "
-          f"{'model':>9} {'D_TV':>6} {'shift':>8} {'viol':>5} {'viol-fl':>7} cert")
-    mal_rows, mal_failed = [], []
-    for mdp in cands:
-        logger("studies").debug(f"MAL terms: {mdp.name}")
-        try:
-            t = mal_terms(mdp.with_(floor=mal_floor), solver=solver)
-            why = "MAL solve found no certified interval"
-        except Exception as e:      # recorded as failed, the other MDPs still run
-            from bilevel.cli.common import failure_reason
-            t, why = None, failure_reason(e)
-        if t is None:
-            print(f"{mdp.name:>26} MAL solve failed: {why}")
-            mal_failed.append({"mdp": mdp.name, "reason": why})
-            continue
-        mal_rows.append(t)
-        print(f"{t.mdp:>26} {t.gap:>8.4g} {t.eps_pi:>8.2g} {t.eps_M:>9.2g} "
-              f"{t.eps_M - t.eps_M_floor:>9.2g} {t.eps_M_all:>9.3g} "
-              f"{t.model_term:>9.3g} {t.occupancy_tv:>6.3f} {t.shift_term:>8.4g} "
-              f"{str(t.pal_bound_violated):>5} {str(t.excess_bound_violated):>7} {t.certificate}")
-    print("eps_M: MAL's own-policy loss (tiny: its premise holds); -floor: minus the floored "
-          "fit's loss at that policy; sup eps_M: sup over all policies (the PAL premise), "
-          "large; viol: gap > eps_pi + 4 gamma sqrt(eps_M) R_max/(1-gamma)^2 with eps_M "
-          "(viol) or eps_M - floor (viol-fl); the D_TV shift term covers the gap.")
-    return mal_rows, mal_failed
 
 
 def _plot(rows: list[TheoremInstance], n_mdps: int, n_viol: int, path: Path) -> None:

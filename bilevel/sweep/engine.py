@@ -1,6 +1,7 @@
 """run_sweep: independent tasks on Dask distributed (or in this process), one record per task.
 
     records[i] = stored record of tasks[i].key            if the store holds a reusable one
+                                                           (and not fresh)
                = run_task(tasks[i])                        otherwise, on a worker, then stored
 
 Where the tasks run:
@@ -60,7 +61,8 @@ def local_cluster(n_workers: int):
 
 def run_sweep(tasks, store=None, scheduler: str | None = None, workers: int | None = None,
               retries: int = 2, progress: bool = True, log=None, retry_failed: bool = False,
-              check_code: bool | None = None, name: str = "sweep") -> SweepRecords:
+              check_code: bool | None = None, name: str = "sweep",
+              fresh: bool = False) -> SweepRecords:
     """One record per task, in task order (see the module docstring).
 
     store         ResultStore or directory; None: nothing is stored or reused
@@ -71,6 +73,7 @@ def run_sweep(tasks, store=None, scheduler: str | None = None, workers: int | No
                   cannot unpickle the task. A worker that dies is not a retry: the scheduler
                   reschedules its tasks, up to distributed.scheduler.allowed-failures times
     retry_failed  run again the tasks whose stored record failed
+    fresh         run every task: the store is not read, and each record overwrites the stored one
     check_code    workers refuse a task (StaleCode: a failed record, not stored) when their
                   code version differs from this process's, the one in the keys (default: on
                   an existing scheduler, whose workers may predate a change of the code)
@@ -90,7 +93,7 @@ def run_sweep(tasks, store=None, scheduler: str | None = None, workers: int | No
         distinct.setdefault(task.key, task)
     records: dict[str, dict] = {}
     for key, task in distinct.items():
-        record = store.get(key) if store is not None else None
+        record = store.get(key) if store is not None and not fresh else None
         if record is not None and reusable(record, task, retry_failed):
             records[key] = record
     counts = {"done": 0, "failed": 0, "reused": len(records)}
