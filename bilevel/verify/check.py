@@ -7,7 +7,9 @@ Per run (policy pi (S,A), model Phat (S,A,S), true MDP M, exact equilibria of it
     eps_M   = l(Phat, nu) - l(P_eta, nu),  P_eta = kl_fit(P, K, eta) the model best response
     eps_pi  = max_pi' J(pi', Phat) - J(pi, Phat)   (value iteration in Phat, rewards rhat = Phat R)
     J       = J(pi, M) (discounted) against the exact interval [J_min, J_max] of the formulation
-    PAL     : theorem bound  eps_pi' + 4 g sqrt(eps_M) R_max / (1-g)^2  >=  J* - J,  where
+    PAL     : theorem bound  eps_pi' + 4 g sqrt(l(Phat, mu)) R_max / (1-g)^2  >=  J* - J  (the
+              loss itself, as the theorem states its premise, not the excess eps_M: at the file's
+              floor even the exact best response P_eta has a loss, and the floor moves J), where
               eps_pi' = max(eps_pi, L - J(pi, Phat)) and L = sup J(pi', Mhat(pi')) (the exact PAL
               optimum's J in its model)
     MAL family: which equilibrium the run found: the worst end of the interval (hiding, e.g. the
@@ -35,6 +37,7 @@ from bilevel.game.formulations import FORMULATIONS
 from bilevel.mdp.model import TabularMDP
 from bilevel.rl.record import RunRecord
 from bilevel.tabular.evaluation import episode_reward, policy_return, return_gap
+from bilevel.tabular.fits import model_loss
 
 
 TOL_J_REL = 1e-6        # the floor of the J tolerance, relative to max(1, |J_min|, |J_max|)
@@ -69,7 +72,7 @@ class RunCheck:
     eps_pi: float
     leader_objective: float           # the run's leader objective (to minimize), exact in M
     exact_leader_objective: float | None
-    pal_bound: float | None           # eps_pi' + 4 g sqrt(eps_M) R_max/(1-g)^2
+    pal_bound: float | None           # eps_pi' + 4 g sqrt(l(Phat, mu)) R_max/(1-g)^2
     pal_gap: float | None             # J* - J(pi, M)
     equilibrium: str                  # MAL family: which equilibrium the run found
     failed: tuple[str, ...]
@@ -174,7 +177,8 @@ def check_run(rec: RunRecord, mdp: TabularMDP, eq: dict, optimal_J: float, file:
     if spec.leader == "policy":     # PAL's theorem
         L = _pal_value(eq)
         eps_pi_thm = max(eps_pi, L - J_model) if L is not None else eps_pi
-        bound = eps_pi_thm + 4.0 * g * math.sqrt(eps_M) * mdp.r_max / (1.0 - g) ** 2
+        loss = model_loss(mdp.P, Phat, spec.nu(mdp, pi, rec.alpha))
+        bound = eps_pi_thm + 4.0 * g * math.sqrt(loss) * mdp.r_max / (1.0 - g) ** 2
         gap = optimal_J - J
         if gap > bound + 1e-9:
             failed.append(f"PAL bound violated: gap {gap:.4g} > bound {bound:.4g}")
