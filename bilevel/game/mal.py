@@ -18,12 +18,13 @@ from bilevel.mdp.model import TabularMDP
 from bilevel.tabular.evaluation import policy_evaluation, value_iteration
 from bilevel.tabular.occupancy import uniform_occupancy
 
-# Default alphas. MAL + agent reward: inside the (narrow) range where hidden_goal's equilibrium
-# interval sits at the optimum (`python -m bilevel.solve mdps/hidden_goal.yaml --alpha-sweep`,
-# IPOPT, local): at alpha = 0.95 / 0.995 the leader optimum is an optimistic lie (the model
-# over-promises on a lightly visited pair and the policy takes the decoy), at 0.999 the band still
-# holds the decoy, at 0.9999 the interval is [J*, J*]. The lie gains (1-alpha) R/(1-g) per unit of
-# invented probability against a loss of about mu(s,a) per unit, hence alpha close to 1.
+# Default alphas. MAL + agent reward: inside the range where hidden_goal's equilibrium interval
+# sits at the optimum (`python -m bilevel.solve mdps/hidden_goal.yaml --alpha-sweep`, global by
+# enumeration of the follower's policies): at alpha = 0.9 / 0.99 the leader optimum is an
+# optimistic lie (the model over-promises on a lightly visited pair and the policy takes the
+# decoy); at 0.999 and 0.9999 the interval is [J*, J*]. The lie gains (1-alpha) R/(1-g) per unit
+# of invented probability against a loss of about mu(s,a) per unit, hence alpha close to 1;
+# 0.9999 keeps a margin from the edge.
 AGENT_REWARD_ALPHA = 0.9999
 # MAL + random noise: any alpha < 1 removes the hiding equilibrium when the uniform policy visits
 # every reachable pair; 0.5 is at the optimum on hidden_goal (SCIP, global).
