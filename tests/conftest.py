@@ -1,6 +1,8 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy.optimize import brentq
 
 ROOT = Path(__file__).resolve().parent.parent
 MDPS = ROOT / "mdps"
@@ -10,3 +12,24 @@ MDPS = ROOT / "mdps"
 def hidden_goal():
     from bilevel.mdp import load_mdp
     return load_mdp(MDPS / "hidden_goal.yaml")
+
+
+def floored_fit(mdp):
+    """An independent P_eta (the model follower's best response), row by row: q = max(eta, p/lam)
+    on K, lam the root of sum q = 1 (scipy's brentq, not the engine's closed form)."""
+    Q = np.zeros_like(mdp.P)
+    for s, a in np.ndindex(mdp.n_states, mdp.n_actions):
+        p, k = mdp.P[s, a], mdp.K[s, a]
+        lam = brentq(lambda x: np.maximum(mdp.floor, p[k] / x).sum() - 1.0, 1e-9, 1e9, xtol=1e-15)
+        Q[s, a, k] = np.maximum(mdp.floor, p[k] / lam)
+    return Q
+
+
+# a 2-state MDP whose optimum gives up L's immediate reward to reach R
+TWO_STATES = {
+    "name": "two_states", "gamma": 0.9, "horizon": 60, "states": ["L", "R"],
+    "actions": ["stay", "move"], "initial": "L",
+    "transitions": {"L": {"stay": {"L": 1.0}, "move": {"R": 0.8, "L": 0.2}},
+                    "R": {"stay": {"R": 0.9, "L": 0.1}, "move": {"L": 1.0}}},
+    "rewards": {"L": {"stay": 0.5, "move": 0.0}, "R": {"stay": 1.0, "move": 0.0}},
+}

@@ -18,7 +18,7 @@ import itertools
 
 import numpy as np
 import pytest
-from scipy.optimize import brentq, minimize
+from scipy.optimize import minimize
 from scipy.special import rel_entr
 
 from bilevel.equilibria import enumeration
@@ -26,7 +26,7 @@ from bilevel.equilibria import choose_solver, solve_formulation
 from bilevel.equilibria.enumeration import deterministic_policies, enumerate_interval, policy_bounds
 from bilevel.mdp import load_mdp
 from bilevel.mdp.garnet import garnet
-from conftest import MDPS
+from conftest import MDPS, floored_fit
 
 
 def simplex_grid(k, eta, n):
@@ -254,11 +254,7 @@ def hostile_equilibria(mdp):
     q_t the floored vertices of K(s,b); pi is a MAL equilibrium iff excess <= 0."""
     assert (mdp.rho0 > 0).all() and not mdp.terminal.any()
     S, A, g, eta = mdp.n_states, mdp.n_actions, mdp.gamma, mdp.floor
-    Peta = np.zeros_like(mdp.P)
-    for s, a in np.ndindex(S, A):
-        p, k = mdp.P[s, a], mdp.K[s, a]
-        lam = brentq(lambda x: np.maximum(eta, p[k] / x).sum() - 1.0, 1e-9, 1e9, xtol=1e-15)
-        Peta[s, a, k] = np.maximum(eta, p[k] / lam)
+    Peta = floored_fit(mdp)
     vertices = {(s, b): simplex_grid(mdp.K[s, b], eta, 1) for s, b in np.ndindex(S, A)}
     out = {}
     for acts in itertools.product(range(A), repeat=S):

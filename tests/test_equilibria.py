@@ -15,7 +15,6 @@ import sys
 
 import numpy as np
 import pytest
-from scipy.optimize import brentq
 from scipy.special import rel_entr
 
 import bilevel.equilibria.mpec_route as mpec_route
@@ -27,7 +26,7 @@ from bilevel.mdp import load_mdp
 from bilevel.mpec import MPECResult
 from bilevel.tabular import kl_fit, occupancy_lp
 from solvers.base import Status
-from tests.conftest import MDPS, ROOT
+from conftest import MDPS, ROOT, floored_fit
 
 DECOY_EP, GOAL_EP, J_STAR, DECOY_J = 0.9875, 36.45, 73.96039604, 0.98503741
 
@@ -72,14 +71,6 @@ def occupancy(mdp, pi):
     return d[:, None] * pi
 
 
-def floored_fit(mdp):
-    """P_eta row by row: q = max(eta, p / lambda) on K, lambda the root of sum q = 1."""
-    Q = np.zeros_like(mdp.P)
-    for s, a in np.ndindex(mdp.n_states, mdp.n_actions):
-        p, k = mdp.P[s, a], mdp.K[s, a]
-        lam = brentq(lambda x: np.maximum(mdp.floor, p[k] / x).sum() - 1.0, 1e-9, 1e9, xtol=1e-15)
-        Q[s, a, k] = np.maximum(mdp.floor, p[k] / lam)
-    return Q
 
 
 def loss(mdp, Phat, nu):

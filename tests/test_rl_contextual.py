@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
+from conftest import TWO_STATES
 from bilevel.mdp import mdp_from_dict
 from bilevel.rl import learners as L
 from bilevel.rl.contextual import ContextConfig, ContextModelEnv, ppo_policy_table, train_contextualized
@@ -107,13 +108,6 @@ def test_context_env_passes_check_env(hidden_goal):
     check_env(env)
 
 
-TWO_STATES = {
-    "name": "two_states", "gamma": 0.9, "horizon": 60, "states": ["L", "R"],
-    "actions": ["stay", "move"], "initial": "L",
-    "transitions": {"L": {"stay": {"L": 1.0}, "move": {"R": 0.8, "L": 0.2}},
-                    "R": {"stay": {"R": 0.9, "L": 0.1}, "move": {"L": 1.0}}},
-    "rewards": {"L": {"stay": 0.5, "move": 0.0}, "R": {"stay": 1.0, "move": 0.0}},
-}
 
 
 def test_ppo_follower_learns_the_optimal_policy_of_its_model():

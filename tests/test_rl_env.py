@@ -14,7 +14,7 @@ from scipy.stats import chisquare
 from bilevel.mdp import mdp_from_dict
 from bilevel.mdp.garnet import garnet
 from bilevel.rl.env import BatchStepper, TabularEnv
-from conftest import MDPS
+from conftest import MDPS, TWO_STATES
 
 Z = 5.0      # binomial tolerance in standard deviations (about 5e-7 two-sided per count)
 
@@ -231,14 +231,6 @@ def test_rollout_returns_match_exact_episode_reward(hidden_goal):
 
 # ------------------------------------------------------------------ a learner on 2 states
 
-TWO_STATES = {
-    "name": "two_states", "gamma": 0.9, "horizon": 60, "states": ["L", "R"],
-    "actions": ["stay", "move"], "initial": "L",
-    "transitions": {"L": {"stay": {"L": 1.0}, "move": {"R": 0.8, "L": 0.2}},
-                    "R": {"stay": {"R": 0.9, "L": 0.1}, "move": {"L": 1.0}}},
-    # staying in L pays at once; the optimum gives it up to reach R
-    "rewards": {"L": {"stay": 0.5, "move": 0.0}, "R": {"stay": 1.0, "move": 0.0}},
-}
 
 
 def test_inner_outer_pal_reaches_the_value_iteration_optimum():

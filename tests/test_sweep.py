@@ -1,16 +1,22 @@
 """The sweep engine (bilevel.sweep): records against independent computations (J* of small
 Garnet MDPs as the best of all deterministic policies, each evaluated by a linear solve), the
-Dask path against the in-process loop, failures, time limits, resume from the store, keys."""
+Dask path against the in-process loop, failures, time limits and the child processes that
+enforce them, resume from the store, keys."""
 from __future__ import annotations
 
 import argparse
 import itertools
 import json
 import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from bilevel.cache import cache_key, code_version
@@ -127,6 +133,132 @@ def test_time_limit_kills_the_task_and_the_sweep_goes_on(tmp_path):
                           "process was killed by signal SIGKILL without a record"}
     [child], [here] = executions(fast), executions(inline)
     assert child["pid"] != os.getpid() and here["pid"] == os.getpid()
+
+
+@pytest.fixture
+def tree_code(monkeypatch) -> str:
+    """This process on the code version of the source tree now, as the child processes it
+    starts compute theirs (its own was computed earlier, and the tree may have changed since:
+    a child on other code than this process's serves no second task)."""
+    now = code_version.__wrapped__()
+    monkeypatch.setattr("bilevel.sweep.server.code_version", lambda: now)
+    return now
+
+
+def in_child(fn: str, kwargs: dict | None = None, time_limit: float = 60) -> dict:
+    """The record of a time-limited probe task."""
+    return run_task(Task(PROBES + fn, kwargs or {}, time_limit=time_limit))
+
+
+def child_pid() -> int:
+    return in_child("process")["result"]["pid"]
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def assert_optimum_in_child(seed: int) -> None:
+    record = in_child("value_optimum", {**GARNET, "seed": seed})
+    assert record["result"]["J_star"] == pytest.approx(brute_force_optimum(seed), abs=1e-9)
+
+
+def test_consecutive_time_limited_tasks_share_one_child_process(tree_code):
+    first = in_child("process")["result"]
+    assert_optimum_in_child(4)
+    later = [in_child("process", {"i": i})["result"] for i in range(3)]
+    assert first["code"] == tree_code and first["pid"] != os.getpid() and running(first["pid"])
+    assert later == [first] * 3
+
+
+def test_a_child_on_other_code_than_the_keys_serves_no_further_task(tree_code, monkeypatch):
+    old = child_pid()
+    assert child_pid() == old
+    monkeypatch.setattr("bilevel.sweep.server.code_version", lambda: "0" * 16)
+    new = [child_pid() for _ in range(2)]
+    assert len({old, *new}) == 3 and not running(old) and not running(new[0])
+
+
+def test_a_task_past_its_limit_kills_its_child_and_the_next_task_gets_a_new_one(tmp_path,
+                                                                               tree_code):
+    before = child_pid()
+    t0 = time.perf_counter()
+    record = run_task(traced(tmp_path, PROBES + "empty", sleep=60, time_limit=1))
+    assert time.perf_counter() - t0 < 10
+    assert record == {"status": "failed", "reason": "time limit of 1 s exceeded",
+                      "time_limit": 1}
+    [killed] = executions(tmp_path)
+    assert killed["pid"] == before and not running(before)
+    assert_optimum_in_child(5)
+    after = child_pid()
+    assert after != before and running(after)
+
+
+@pytest.mark.parametrize("fn, kwargs, cause", [
+    ("die", {"signal_name": "SIGKILL"}, "was killed by signal SIGKILL"),
+    ("die", {"signal_name": "SIGTERM"}, "was killed by signal SIGTERM"),
+    ("exits", {"code": 3}, "exited with code 3")])
+def test_a_task_that_ends_its_process_is_a_failed_record_and_the_next_succeeds(fn, kwargs, cause,
+                                                                               tree_code):
+    before = child_pid()
+    assert in_child(fn, kwargs) == {"status": "failed", "reason": "ChildProcessError: the "
+                                    f"task's process {cause} without a record"}
+    assert not running(before)
+    assert_optimum_in_child(6)
+    assert child_pid() != before
+
+
+def test_what_a_task_prints_or_reads_leaves_the_records_intact(tree_code):
+    before = child_pid()
+    forged = json.dumps({"status": "ok", "result": "forged"})
+    assert in_child("prints", {"text": forged}) == {"status": "ok", "result": forged}
+    assert in_child("prints", {"text": "no newline at the end"}) == {
+        "status": "ok", "result": "no newline at the end"}
+    assert in_child("reads_stdin", time_limit=10) == {"status": "ok", "result": ""}
+    assert_optimum_in_child(7)
+    assert child_pid() == before
+
+
+def test_concurrent_threads_get_a_child_each(tmp_path, tree_code):
+    records = {}
+
+    def run(i):
+        records[i] = run_task(traced(tmp_path, PROBES + "process", {"i": i}, sleep=1.0,
+                                     time_limit=60))
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    pids = {records[i]["result"]["pid"] for i in range(2)}
+    assert len(pids) == 2 and pids == {e["pid"] for e in executions(tmp_path)}
+    assert child_pid() in pids
+
+
+def test_a_child_exits_when_its_parent_dies(tmp_path):
+    task = traced(tmp_path, PROBES + "empty", sleep=60, time_limit=120)
+    script = ("from bilevel.sweep import Task, run_task\n"
+              f"run_task(Task({task.fn!r}, {task.kwargs!r}, time_limit=120))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    parent = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (started := executions(tmp_path)):
+            assert time.monotonic() < deadline and parent.poll() is None, "no task started"
+            time.sleep(0.05)
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    child = started[0]["pid"]
+    assert child != parent.pid
+    deadline = time.monotonic() + 10
+    while running(child):
+        assert time.monotonic() < deadline, "the child outlived its parent by 10 s"
+        time.sleep(0.05)
 
 
 def test_resume_runs_only_the_missing_task(tmp_path):

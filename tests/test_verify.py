@@ -16,13 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.optimize import brentq
 from scipy.special import rel_entr
 
 from bilevel import verify
 from bilevel.equilibria.document import solve_to_dict
 from bilevel.rl.record import RunRecord
-from conftest import MDPS
+from conftest import MDPS, floored_fit
 
 HAND_WRITTEN = Path(__file__).parent / "data" / "hidden_goal_equilibria.json"
 GOAL = np.array([[0.0, 1.0], [0.0, 1.0], [0.5, 0.5]])     # Y in A and B
@@ -39,13 +38,6 @@ def values(P, R, gamma, pi):
     return np.linalg.solve(np.eye(P.shape[0]) - gamma * P_pi, r_pi[..., None])[..., 0]
 
 
-def floored_fit(m):
-    Q = np.zeros_like(m.P)
-    for s, a in np.ndindex(m.n_states, m.n_actions):
-        p, k = m.P[s, a], m.K[s, a]
-        lam = brentq(lambda x: np.maximum(m.floor, p[k] / x).sum() - 1.0, 1e-9, 1e9, xtol=1e-15)
-        Q[s, a, k] = np.maximum(m.floor, p[k] / lam)
-    return Q
 
 
 def occupancy(m, pi):
@@ -72,6 +64,17 @@ def reference(m, formulation, pi, Phat, alpha=None):
             "eps_pi": float((values(Phat, m.R, m.gamma, pols) @ m.rho0).max()) - J_model,
             "eps_M": loss(m, Phat, nu) - loss(m, floored_fit(m), nu), "loss": loss(m, Phat, nu),
             "J_model": J_model}
+
+
+def checked(m, solved, formulation, pi, Phat, alpha):
+    """verify's check of a run and the reference numbers, with the numbers both report equal."""
+    eq = solved["formulations"][formulation]
+    c = verify.check_run(record(formulation, pi, Phat, alpha=alpha), m, eq, solved["optimal"]["J"])
+    ref = reference(m, formulation, pi, Phat, alpha)
+    for key in ("J", "episode_reward", "eps_M"):
+        assert getattr(c, key) == pytest.approx(ref[key], abs=1e-8), key
+    assert c.eps_pi == pytest.approx(ref["eps_pi"], abs=1e-6)
+    return c, ref
 
 
 def record(formulation, policy, model, seed=0, alpha=None):
@@ -170,11 +173,7 @@ def test_verdict_follows_from_the_reference_numbers(hidden_goal, solved, formula
     Phat = models(m)[model]
     alpha = ALPHA.get(formulation)
     eq = solved["formulations"][formulation]
-    c = verify.check_run(record(formulation, pi, Phat, alpha=alpha), m, eq, solved["optimal"]["J"])
-    ref = reference(m, formulation, pi, Phat, alpha)
-    for key in ("J", "episode_reward", "eps_M"):
-        assert getattr(c, key) == pytest.approx(ref[key], abs=1e-8), key
-    assert c.eps_pi == pytest.approx(ref["eps_pi"], abs=1e-6)
+    c, ref = checked(m, solved, formulation, pi, Phat, alpha)
     lo, hi = eq["J"]["min"], eq["J"]["max"]
     outside = max(0.0, lo - ref["J"], ref["J"] - hi)
     tol_pi = verify.TOL_PI_FRACTION * m.r_max / (1 - m.gamma)
@@ -227,11 +226,7 @@ def test_numbers_of_random_runs_match_the_references(hidden_goal, solved, seed):
     Phat /= Phat.sum(-1, keepdims=True)
     alpha = ALPHA.get(f)
     eq = solved["formulations"][f]
-    c = verify.check_run(record(f, pi, Phat, alpha=alpha), m, eq, solved["optimal"]["J"])
-    ref = reference(m, f, pi, Phat, alpha)
-    for key in ("J", "episode_reward", "eps_M"):
-        assert getattr(c, key) == pytest.approx(ref[key], abs=1e-8), key
-    assert c.eps_pi == pytest.approx(ref["eps_pi"], abs=1e-6)
+    c, ref = checked(m, solved, f, pi, Phat, alpha)
     outside = max(0.0, eq["J"]["min"] - ref["J"], ref["J"] - eq["J"]["max"])
     assert c.outside_by == pytest.approx(outside, abs=1e-8)
 
