@@ -23,10 +23,9 @@ from bilevel.cli.output import add_verbosity, setup_logging
 from bilevel.mdp.io import load_mdp, mdp_from_dict, mdp_to_dict
 from bilevel.mdp.model import MDPError
 from bilevel.rl.record import ALGORITHMS, FORMULATIONS, RunRecord, default_alpha
+from bilevel.studies.reference import reference_for, reference_text
 from bilevel.sweep import Task, add_sweep_args, run_sweep, sweep_options
 
-REFERENCE = {"MAL": "0.97 ± 0.05", "MAL_agent_reward": "36.93 ± 0.57",
-             "MAL_random_noise": "36.74 ± 0.67", "PAL": "36.77 ± 0.64"}
 
 
 def parse_alpha(values: list[str] | None) -> dict:
@@ -134,7 +133,7 @@ def main(argv=None) -> int:
         print(format_table(rows, f"{mdp.name}: {args.algorithm}, {args.seeds} seeds; "
                                  f"average episode reward over T={_T(mdp)} steps (undiscounted), "
                                  f"mean ± std over seeds",
-                           REFERENCE if mdp.name == "hidden_goal" else None))
+                           {f: reference_text(e) for f, e in (reference_for(mdp.name) or {}).items()}))
         print(f"{len(records)} runs in {wall:.1f} s; records in {out}/ "
               f"(check them: python -m bilevel.verify {out})")
     if failed:

@@ -13,7 +13,7 @@ from bilevel.sweep import Task, run_sweep
 from bilevel.tabular.evaluation import episode_reward, value_iteration
 
 
-SWEEP_ALPHAS = (0.5, 0.9, 0.99, 0.999, 0.9999)
+SWEEP_ALPHAS = (0.0, 0.5, 0.9, 0.99, 0.999, 0.9999, 1.0)   # alpha sweeps: solve, report
 
 
 def optimum(mdp: TabularMDP) -> dict:

@@ -16,13 +16,11 @@ from bilevel.game.formulations import DEFAULT_ALPHA
 from bilevel.mdp.io import load_mdp
 from bilevel.mdp.model import MDPError, TabularMDP
 from bilevel.report.figures import LABELS, PROB_MIN, lying_pairs
+from bilevel.equilibria.document import SWEEP_ALPHAS
 from bilevel.studies.fixes import BAD_GAP
+from bilevel.studies.reference import reference_for
 from bilevel.tabular.occupancy import occupancy
 
-REFERENCE = {  # the reference study's published "Avg. Ep. Reward" on hidden_goal (mean ± std)
-    "MAL": {"mean": 0.97, "std": 0.05}, "MAL_agent_reward": {"mean": 36.93, "std": 0.57},
-    "MAL_random_noise": {"mean": 36.74, "std": 0.67}, "PAL": {"mean": 36.77, "std": 0.64}}
-SWEEP_ALPHAS = (0.0, 0.5, 0.9, 0.99, 0.999, 0.9999, 1.0)
 NAMES = LABELS
 SWEPT = tuple(DEFAULT_ALPHA)   # the formulations that take an alpha
 
@@ -207,7 +205,7 @@ def build_data(path: str, runs_dir: str | None = None, equilibria: str | None = 
     if runs_dir:
         say(f"{mdp.name}: checking the run records of {runs_dir} against the exact intervals")
     runs = runs_data(runs_dir, mdp, doc) if runs_dir else None
-    reference = REFERENCE if mdp.name == "hidden_goal" else None
+    reference = reference_for(mdp.name)
     if studies_dir:
         say(f"reading the saved studies of {studies_dir}")
     return {"mdp_file": repo_path(path), "mdp": doc["mdp"], "optimal": doc["optimal"],

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from bilevel.cli.output import logger
+from bilevel.game.formulations import DEFAULT_ALPHA
+from bilevel.game.formulations import formulation as formulation_of
 from bilevel.mdp.garnet import garnet
 from bilevel.mdp.io import load_mdp
 from bilevel.mdp.model import TabularMDP
@@ -128,7 +130,7 @@ def fixes_units(settings: dict, with_agent: bool) -> list[Unit]:
 def recheck_unit(r: FixResult, recheck: float | None) -> Unit | None:
     """(formulation, alpha, "enumerate", recheck) for a MAL-fix result that is local with a gap
     > BAD_GAP (a bad gap that is not proved), else None."""
-    if recheck and r.formulation in ("MAL_agent_reward", "MAL_random_noise") and r.ok \
+    if recheck and r.formulation in DEFAULT_ALPHA and r.ok \
             and r.certificate == "local" and r.gap > BAD_GAP:
         return (r.formulation, r.alpha, "enumerate", float(recheck))
     return None
@@ -138,7 +140,7 @@ def unit_result(i: int, seed: int, formulation: str, alpha, solver: str,
                 time_limit: float) -> dict:
     """asdict(worst_gap(fixes_mdp(i, seed), ...)), with one IPOPT start for MAL + agent reward
     (8 otherwise): a task of the fixes sweep."""
-    starts = 1 if solver == "ipopt" and formulation == "MAL_agent_reward" else 8
+    starts = 1 if solver == "ipopt" and formulation_of(formulation).polish_only else 8
     return asdict(worst_gap(fixes_mdp(i, seed), formulation, alpha, solver, time_limit,
                             starts=starts))
 
@@ -298,7 +300,7 @@ def _plot(table: list[dict], n_mdps: int, path: Path) -> None:
     """Largest gap against alpha for the two alpha fixes; MAL and PAL as horizontal lines."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for f in ("MAL_agent_reward", "MAL_random_noise"):
+    for f in DEFAULT_ALPHA:
         rows = [e for e in table if e["formulation"] == f]
         ax.plot([e["alpha"] for e in rows], [e["max_gap"] for e in rows], "o-", label=f"{f} max gap")
     for f, st in (("MAL", "--"), ("PAL", ":"), ("PAL_closed_form", "-.")):
