@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bilevel.cli.output import add_verbosity, setup_logging
 from bilevel.mdp.garnet import garnet
 from bilevel.mdp.io import dump_mdp
 
@@ -19,7 +20,9 @@ def main(argv=None) -> int:
     p.add_argument("--horizon", type=int, default=None)
     p.add_argument("--support", choices=("true", "neighbors", "all"), default="all")
     p.add_argument("--out", default=None, help="write the YAML here instead of stdout")
+    add_verbosity(p)
     a = p.parse_args(argv)
+    setup_logging(a)
     try:
         mdp = garnet(a.states, a.actions, a.branching, a.seed, a.gamma, a.horizon, a.support)
     except ValueError as e:

@@ -1,5 +1,5 @@
-"""`python -m bilevel.train FILE --formulation F | --all [--algorithm inner-outer|contextualized]
-[--seeds N] [--out DIR] [--alpha A | --alpha F=A ...] [--budget STEPS] [--iters N] [--json]`
+"""`python -m bilevel.train FILE [--formulations F[,F...] | --all] [--algorithm inner-outer|contextualized]
+[--seeds N] [--seed S] [--out DIR] [--alpha A | --alpha F=A ...] [--budget STEPS] [--iters N] [--json]`
 
 Trains one run per (formulation, seed), each an independent task of a sweep (bilevel.sweep: an
 embedded Dask LocalCluster by default, `--workers N`, or `--scheduler ADDRESS` for an existing
@@ -77,12 +77,14 @@ def format_table(rows: list[dict], title: str, reference: dict | None = None) ->
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bilevel.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("file", help="MDP YAML file")
-    g = ap.add_mutually_exclusive_group(required=True)
-    g.add_argument("--formulation", choices=FORMULATIONS)
-    g.add_argument("--all", action="store_true", help="all four formulations")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--formulations", "--formulation", metavar="F[,F...]",
+                   help=f"comma-separated, from {', '.join(FORMULATIONS)} (default: all)")
+    g.add_argument("--all", action="store_true", help="all four formulations (the default)")
     ap.add_argument("--algorithm", choices=ALGORITHMS, default="inner-outer")
     ap.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1)")
-    ap.add_argument("--seed0", type=int, default=0, help="first seed")
+    ap.add_argument("--seed", "--seed0", type=int, default=0,
+                    help="first seed (runs use seeds S, S+1, ..., S+N-1)")
     ap.add_argument("--out", help="output directory (default runs/<mdp name>/)")
     ap.add_argument("--alpha", action="append", metavar="A|F=A",
                     help="alpha of MAL_agent_reward / MAL_random_noise (default: bilevel.game)")
@@ -105,12 +107,17 @@ def main(argv=None) -> int:
     except (MDPError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    forms = list(FORMULATIONS) if args.all else [args.formulation]
+    forms = [f.strip() for f in (args.formulations or ",".join(FORMULATIONS)).split(",") if f.strip()]
+    bad = [f for f in forms if f not in FORMULATIONS]
+    if bad:
+        print(f"error: --formulations: unknown {', '.join(bad)} (choose from "
+              f"{', '.join(FORMULATIONS)})", file=sys.stderr)
+        return 2
     out = Path(args.out) if args.out else Path("runs") / mdp.name
     out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
-    jobs = [(f, s) for f in forms for s in range(args.seed0, args.seed0 + args.seeds)]
+    jobs = [(f, s) for f in forms for s in range(args.seed, args.seed + args.seeds)]
     tasks = [run_task(mdp, args.file, f, seed, args, alphas.get(f)) for f, seed in jobs]
     results = run_sweep(tasks, store=out / "tasks", name=f"train {mdp.name}", fresh=args.fresh,
                         **sweep_options(args))
