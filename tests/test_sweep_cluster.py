@@ -155,7 +155,7 @@ def test_a_worker_killed_mid_task_loses_and_duplicates_nothing(tmp_path, monkeyp
 
 
 FIXES = ["fixes", "--mdps", "3", "--alphas", "0.5", "--no-pal", "--agent-mdps", "0",
-         "--solver", "auto", "--time-limit", "5", "-q"]      # ~2 s per solve task (a child process)
+         "--solver", "auto", "--time-limit", "5", "-q"]      # time-limited solve tasks (a kept child process)
 
 
 def fixes_cli(out: Path, *where: str) -> subprocess.Popen:

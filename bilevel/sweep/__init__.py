@@ -3,7 +3,9 @@ list of independent tasks run on Dask distributed, with one stored record per ta
 
     task.py     Task (fn "module:function", JSON kwargs, content-address key, time limit),
                 task_key, run_task (the wrapper: ok/failed record, time limit in a child process)
-    child.py    `python -m bilevel.sweep.child`: one time-limited task in a killable process
+    server.py   the caller's side of time-limited tasks: a kept child process per caller, killed
+                (process group, SIGKILL) past a task's limit and replaced
+    child.py    `python -m bilevel.sweep.child PARENT_PID`: serves time-limited tasks one at a time
     store.py    ResultStore: one JSON file per key, written atomically
     engine.py   run_sweep: reuse stored records, run the rest (LocalCluster, an existing
                 scheduler, or in process), store each as it finishes

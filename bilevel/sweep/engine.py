@@ -25,7 +25,8 @@ from contextlib import ExitStack
 from bilevel.cache import code_version
 from bilevel.cli.output import logger, progress as progress_bar, say as log_to
 from bilevel.sweep.store import ResultStore
-from bilevel.sweep.task import Task, failed, run_task
+from bilevel.sweep.record import failed
+from bilevel.sweep.task import Task, run_task
 
 
 class SweepRecords(list):

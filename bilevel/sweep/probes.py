@@ -6,16 +6,22 @@ failure, a trace of executions, an empty task (the engine's overhead).
     mal_interval    MAL's equilibrium interval [J_low, J_high] of a seeded Garnet MDP
     traced          writes a file per execution (its process id), then runs another task
     fail, die       raises; ends its process with a signal
+    exits           ends its process with os._exit(code)
+    process         the process that runs it: process id and code version
+    prints          writes to stdout (print and file descriptor 1), returns what it wrote
+    reads_stdin     what the task reads from its standard input
 """
 from __future__ import annotations
 
 import json
 import os
 import signal
+import sys
 import time
 import uuid
 from pathlib import Path
 
+from bilevel.cache import code_version
 from bilevel.sweep.task import resolve
 
 
@@ -57,6 +63,29 @@ def fail(message: str = "task failed") -> None:
 def die(signal_name: str = "SIGKILL") -> None:
     """End this process with a signal, as a crashing solver would."""
     os.kill(os.getpid(), getattr(signal, signal_name))
+
+
+def exits(code: int = 3) -> None:
+    """End this process with os._exit(code): no exception, no clean-up, as a C abort would."""
+    os._exit(code)
+
+
+def process(**kwargs) -> dict:
+    """{"pid": os.getpid(), "code": bilevel.cache.code_version()} of the process running it."""
+    return {"pid": os.getpid(), "code": code_version()}
+
+
+def prints(text: str) -> str:
+    """print(text) (buffered by Python), os.write(1, text) (unbuffered, as C code writes),
+    then text."""
+    print(text)
+    os.write(1, text.encode() + b"\n")
+    return text
+
+
+def reads_stdin() -> str:
+    """Everything on this process's standard input."""
+    return sys.stdin.read()
 
 
 def empty(**kwargs) -> None:

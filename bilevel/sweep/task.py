@@ -8,21 +8,18 @@
 
 the key of bilevel.cache.cache_key(mdp, fn=fn, kwargs=kwargs) (the same document with a null
 MDP when the task has none). A task without a time limit runs in the calling process; with one
-it runs in a child process (`python -m bilevel.sweep.child`), killed past the limit.
+it runs in a child process of it (bilevel.sweep.server), killed past the limit.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 from dataclasses import dataclass, field
 
 from bilevel.cache import cache_key, code_version
+from bilevel.sweep.record import failed
 
 FN_FORMAT = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
@@ -52,7 +49,8 @@ class Task:
     key         content address (default: task_key(fn, kwargs); pass task_key(fn, kwargs, mdp)
                 when an MDP defines the task)
     label       name in messages and on the Dask dashboard (default: the function's name)
-    time_limit  wall-clock seconds of the child process that runs it, or None (run in place)"""
+    time_limit  wall-clock seconds it may take in a child process (killed past them), or None
+                (run in the calling process)"""
     fn: str
     kwargs: dict = field(default_factory=dict)
     key: str = ""
@@ -97,11 +95,6 @@ def jsonable(value):
             raise TypeError(f"the result has no JSON form ({e})") from None
 
 
-def failed(reason: str, **extra) -> dict:
-    """A failed record."""
-    return {"status": "failed", "reason": reason, **extra}
-
-
 def call(fn: str, kwargs: dict) -> dict:
     """The record of fn(**kwargs) in this process: ok with its JSON result, or failed with
     "ExceptionType: message" when anything (import, call, JSON conversion) raises."""
@@ -113,48 +106,11 @@ def call(fn: str, kwargs: dict) -> dict:
 
 
 def call_in_child(fn: str, kwargs: dict, time_limit: float) -> dict:
-    """The record of fn(**kwargs) in a child process (`python -m bilevel.sweep.child`: the task
-    as JSON on stdin, the record on stdout, this process's sys.path as PYTHONPATH), whose process
-    group is killed after `time_limit` wall-clock seconds (start-up included)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    proc = subprocess.Popen([sys.executable, "-m", "bilevel.sweep.child", str(os.getpid())],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(json.dumps({"fn": fn, "kwargs": kwargs}).encode(),
-                                  timeout=time_limit)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        return failed(f"time limit of {time_limit:g} s exceeded", time_limit=time_limit)
-    except BaseException:
-        _kill_group(proc)
-        raise
-    if proc.returncode == 0:
-        try:
-            return json.loads(out)
-        except ValueError:
-            pass
-    return failed(f"ChildProcessError: the task's process {_exit_cause(proc.returncode)} "
-                  f"without a record")
-
-
-def _exit_cause(returncode: int) -> str:
-    """'exited with code N' or 'was killed by signal NAME' (subprocess's negative codes)."""
-    if returncode >= 0:
-        return f"exited with code {returncode}"
-    try:
-        return f"was killed by signal {signal.Signals(-returncode).name}"
-    except ValueError:
-        return f"was killed by signal {-returncode}"
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the child's process group (the task and anything it started) and reap it."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.communicate()
+    """The record of fn(**kwargs) in a child process of this one (bilevel.sweep.server: a
+    persistent `python -m bilevel.sweep.child`), whose process group is killed after
+    `time_limit` wall-clock seconds: failed "time limit of N s exceeded", with "time_limit"."""
+    from bilevel.sweep.server import call_with_limit
+    return call_with_limit(fn, kwargs, time_limit)
 
 
 def run_task(task: Task, code: str | None = None) -> dict:
