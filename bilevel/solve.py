@@ -16,7 +16,7 @@ from bilevel.cache import TASK_CACHE
 from bilevel.sweep import add_sweep_args, sweep_options
 from bilevel.cli.output import add_verbosity, logger, say, setup_logging
 from bilevel.cli.common import _parse_alpha, json_dumps
-from bilevel.equilibria.document import SWEEP_ALPHAS, alpha_sweeps, mdp_head, optimum, solve_to_dict, summary
+from bilevel.equilibria.document import SWEEP_ALPHAS, mdp_head, optimum, solve_to_dict, summary
 from bilevel.game.formulations import DEFAULT_ALPHA, FORMULATIONS
 from bilevel.game.formulations import formulation as game_formulation
 from bilevel.mdp.graph import model_size
@@ -254,15 +254,13 @@ def main(argv=None) -> int:
     if note:
         logger("solve").warning(note)
     where = sweep_options(args)
-    if where["workers"] is None and where["scheduler"] is None:
+    if args.alpha_sweep:           # a sweep: on a local cluster by default, results cached
+        where.update(store=TASK_CACHE, fresh=args.fresh)
+    elif where["workers"] is None and where["scheduler"] is None:
         where["workers"] = 0       # one table: four tasks, in this process unless told otherwise
     doc = solve_to_dict(mdp, forms, alpha, args.solver, args.starts, args.seed, log, args.epsilon,
-                        sweep=where)
-    sweeps = {}
-    if args.alpha_sweep:           # a sweep: on a local cluster by default, results cached
-        where = dict(sweep_options(args), store=TASK_CACHE, fresh=args.fresh)
-        sweeps = alpha_sweeps(mdp, list(DEFAULT_ALPHA), SWEEP_ALPHAS, solver=args.solver,
-                              starts=args.starts, seed=args.seed, log=log, sweep=where)
+                        sweep=where, sweep_alphas=SWEEP_ALPHAS if args.alpha_sweep else None)
+    sweeps = doc.pop("alpha_sweep", {})
     if args.json:
         if sweeps:
             doc["alpha_sweep"] = sweeps

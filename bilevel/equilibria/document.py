@@ -5,8 +5,8 @@ import json
 
 from bilevel.cli.output import say
 from bilevel.equilibria.routing import solve_formulation
-from bilevel.game.formulations import FORMULATIONS, resolve_alpha
-from bilevel.mdp.graph import ergodicity_report
+from bilevel.game.formulations import DEFAULT_ALPHA, FORMULATIONS, resolve_alpha
+from bilevel.mdp.graph import ergodicity_report, n_policies
 from bilevel.mdp.io import mdp_from_arrays, mdp_to_arrays
 from bilevel.mdp.model import TabularMDP
 from bilevel.sweep import Task, run_sweep
@@ -49,21 +49,28 @@ def read_solution(path) -> dict:
 
 def solve_to_dict(mdp: TabularMDP, formulations=None, alpha=None, solver: str = "auto",
                   starts: int = 3, seed: int = 0, log=None, epsilon: float | None = None,
-                  sweep: dict | None = None) -> dict:
-    """The `--json` document: {"mdp", "optimal", "formulations": {F: interval.to_json()}}.
-    `alpha` is one number (used by both MAL fixes) or a mapping {formulation: alpha}.
-    The formulations are independent tasks (bilevel.sweep): `sweep` holds run_sweep's options
-    (scheduler, workers, store, ...; None: in this process). A formulation whose solve raises is
-    recorded as failed with the exception as its reason; the others are still solved."""
+                  sweep: dict | None = None, sweep_alphas=None) -> dict:
+    """The `--json` document: {"mdp", "optimal", "formulations": {F: interval.to_json()}}, and
+    with `sweep_alphas` also "alpha_sweep": {F: [row per alpha]} for every formulation that takes
+    an alpha (alpha_sweeps' rows). `alpha` is one number (used by both MAL fixes) or a mapping
+    {formulation: alpha}. Every interval is an independent task of ONE sweep (bilevel.sweep):
+    `sweep` holds run_sweep's options (scheduler, workers, store, ...; None: in this process).
+    A formulation whose solve raises is recorded as failed with the exception as its reason;
+    the others are still solved."""
     opt = optimum(mdp)
     out = {"mdp": mdp_head(mdp), "optimal": {"J": opt["J"], "episode_reward": opt["episode_reward"]},
            "formulations": {}}
     forms = list(formulations or FORMULATIONS)
-    tasks = [solve_task_of(mdp, f, alpha.get(f) if isinstance(alpha, dict) else alpha,
-                           solver=solver, starts=starts, seed=seed, epsilon=epsilon)
-             for f in forms]
-    for f, task, rec in zip(forms, tasks, _run(tasks, log, sweep, f"solve {mdp.name}")):
-        out["formulations"][f] = _entry(rec, f, task.kwargs["alpha"], log)
+    table = [(f, alpha.get(f) if isinstance(alpha, dict) else alpha) for f in forms]
+    swept = [(f, a) for f in DEFAULT_ALPHA for a in (sweep_alphas or ())]
+    tasks = [solve_task_of(mdp, f, a, solver=solver, starts=starts, seed=seed, epsilon=epsilon)
+             for f, a in table]
+    tasks += [solve_task_of(mdp, f, a, solver=solver, starts=starts, seed=seed) for f, a in swept]
+    records = _run(tasks, log, sweep, f"solve {mdp.name}")
+    for (f, a), rec in zip(table, records):
+        out["formulations"][f] = _entry(rec, f, a, log)
+    if swept:
+        out["alpha_sweep"] = _sweep_rows(swept, records[len(table):], log)
     return out
 
 
@@ -71,7 +78,10 @@ def solve_task_of(mdp: TabularMDP, formulation: str, alpha, **options) -> Task:
     """One formulation's interval as a sweep task (the MDP travels as its arrays)."""
     kwargs = {"mdp": mdp_to_arrays(mdp), "formulation": formulation, "alpha": alpha, **options}
     label = formulation + ("" if alpha is None else f"-alpha{alpha:g}")
-    return Task("bilevel.equilibria.document:solve_task", kwargs, label=label)
+    spec = FORMULATIONS.get(formulation)
+    # cost hint: a formulation without an exact route searches over the follower's policies
+    cost = 1.0 if spec is None or spec.exact_route else 1.0 + n_policies(mdp)
+    return Task("bilevel.equilibria.document:solve_task", kwargs, label=label, cost=cost)
 
 
 def solve_task(mdp: dict, formulation: str, alpha=None, **options) -> dict:
@@ -113,10 +123,15 @@ def alpha_sweeps(mdp: TabularMDP, formulations, alphas=SWEEP_ALPHAS, solver: str
     (F, alpha) pairs as independent tasks of one sweep (`sweep`: run_sweep's options)."""
     pairs = [(f, a) for f in formulations for a in alphas]
     tasks = [solve_task_of(mdp, f, a, solver=solver, starts=starts, seed=seed) for f, a in pairs]
-    out = {f: [] for f in formulations}
-    for (f, a), rec in zip(pairs, _run(tasks, log, sweep, f"alpha sweep {mdp.name}")):
+    return _sweep_rows(pairs, _run(tasks, log, sweep, f"alpha sweep {mdp.name}"), log)
+
+
+def _sweep_rows(pairs, records, log) -> dict:
+    """{F: [{"alpha", "status", "reason", "certificate", "J", ...}]} of (F, alpha) task records."""
+    out = {}
+    for (f, a), rec in zip(pairs, records):
         d = _entry(rec, f, a, log)
-        out[f].append({"alpha": a, **{k: d.get(k) for k in (
+        out.setdefault(f, []).append({"alpha": a, **{k: d.get(k) for k in (
             "status", "reason", "certificate", "J", "episode_reward", "leader_objective",
             "seconds")}})
     return out

@@ -98,7 +98,10 @@ def run_sweep(tasks, store=None, scheduler: str | None = None, workers: int | No
         if record is not None and reusable(record, task, retry_failed):
             records[key] = record
     counts = {"done": 0, "failed": 0, "reused": len(records)}
-    pending = [t for key, t in distinct.items() if key not in records]
+    # the costliest tasks first (their `cost`, then the time-limited solver tasks), so that no
+    # long task starts last while the other workers idle; records come back in task order
+    pending = sorted((t for key, t in distinct.items() if key not in records),
+                     key=lambda t: (-t.cost, t.time_limit is None))
     t0 = time.perf_counter()
     bar = progress_bar(total=len(pending), desc=name, quiet=not progress)
 

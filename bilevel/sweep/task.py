@@ -50,12 +50,15 @@ class Task:
                 when an MDP defines the task)
     label       name in messages and on the Dask dashboard (default: the function's name)
     time_limit  wall-clock seconds it may take in a child process (killed past them), or None
-                (run in the calling process)"""
+                (run in the calling process)
+    cost        expected work, relative to the sweep's other tasks (not part of the key): the
+                costliest run first, so that no long task starts last while workers idle"""
     fn: str
     kwargs: dict = field(default_factory=dict)
     key: str = ""
     label: str = ""
     time_limit: float | None = None
+    cost: float = 0.0
 
     def __post_init__(self):
         if not FN_FORMAT.fullmatch(self.fn):
