@@ -3,7 +3,8 @@
 
 Trains one run per (formulation, seed), each an independent task of a sweep (bilevel.sweep: an
 embedded Dask LocalCluster by default, `--workers N`, or `--scheduler ADDRESS` for an existing
-cluster; finished runs are stored under DIR/tasks and reused, `--fresh` trains them again),
+cluster; finished runs are stored in the task cache (bilevel.cache.TASK_CACHE) and reused,
+`--fresh` trains them again),
 writes each RunRecord as JSON into DIR (default runs/<mdp name>/), and prints the reference-study-style table: average episode reward (undiscounted,
 T-step) mean +- std over seeds, exact (finite-horizon evaluation of the final policy in the true
 MDP) and sampled (mean of evaluation rollouts). Exit 1 when a run failed, 2 on bad input.
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bilevel.cache import TASK_CACHE
 from bilevel.cli.output import add_verbosity, setup_logging
 from bilevel.mdp.io import load_mdp, mdp_from_dict, mdp_to_dict
 from bilevel.mdp.model import MDPError
@@ -92,7 +94,7 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, help="leader iterations (inner-outer)")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     ap.add_argument("--fresh", action="store_true",
-                    help="train every run again (else runs stored under OUT/tasks are reused)")
+                    help="train every run again (else runs in the task cache are reused)")
     add_sweep_args(ap)
     add_verbosity(ap)
     args = ap.parse_args(argv)
@@ -119,7 +121,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     jobs = [(f, s) for f in forms for s in range(args.seed, args.seed + args.seeds)]
     tasks = [run_task(mdp, args.file, f, seed, args, alphas.get(f)) for f, seed in jobs]
-    results = run_sweep(tasks, store=out / "tasks", name=f"train {mdp.name}", fresh=args.fresh,
+    results = run_sweep(tasks, store=TASK_CACHE, name=f"train {mdp.name}", fresh=args.fresh,
                         **sweep_options(args))
     records, failed = [], []
     for (f, seed), res in zip(jobs, results):
