@@ -1,5 +1,5 @@
 """`python -m bilevel.solve FILE.yaml`: the MDP summary, its optimum, and the exact
-Stackelberg equilibria of PAL, MAL, MAL + agent reward and MAL + random noise.
+Stackelberg equilibria of PAL, MAL, MAL + agent reward, MAL + random noise and MAL + true reward.
 
 Exit status: 0 solved, 1 some formulation (or alpha-sweep point) failed: it is recorded as
 failed with its reason, the others are still solved and the table / JSON still written; 2 bad

@@ -24,7 +24,7 @@ from bilevel.cache import TASK_CACHE
 from bilevel.cli.output import add_verbosity, setup_logging
 from bilevel.mdp.io import load_mdp, mdp_from_dict, mdp_to_dict
 from bilevel.mdp.model import MDPError
-from bilevel.rl.record import ALGORITHMS, FORMULATIONS, RunRecord, default_alpha
+from bilevel.rl.record import ALGORITHMS, FORMULATIONS, TRAINABLE, RunRecord, default_alpha
 from bilevel.studies.reference import reference_for, reference_text
 from bilevel.sweep import Task, add_sweep_args, run_sweep, sweep_options
 
@@ -81,8 +81,8 @@ def main(argv=None) -> int:
     ap.add_argument("file", help="MDP YAML file")
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--formulations", "--formulation", metavar="F[,F...]",
-                   help=f"comma-separated, from {', '.join(FORMULATIONS)} (default: all)")
-    g.add_argument("--all", action="store_true", help="all four formulations (the default)")
+                   help=f"comma-separated, from {', '.join(TRAINABLE)} (default: all)")
+    g.add_argument("--all", action="store_true", help="all of them (the default)")
     ap.add_argument("--algorithm", choices=ALGORITHMS, default="inner-outer")
     ap.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1)")
     ap.add_argument("--seed", "--seed0", type=int, default=0,
@@ -109,11 +109,12 @@ def main(argv=None) -> int:
     except (MDPError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    forms = [f.strip() for f in (args.formulations or ",".join(FORMULATIONS)).split(",") if f.strip()]
-    bad = [f for f in forms if f not in FORMULATIONS]
+    forms = [f.strip() for f in (args.formulations or ",".join(TRAINABLE)).split(",") if f.strip()]
+    bad = [f for f in forms if f not in TRAINABLE]
     if bad:
-        print(f"error: --formulations: unknown {', '.join(bad)} (choose from "
-              f"{', '.join(FORMULATIONS)})", file=sys.stderr)
+        why = "no RL trainer" if all(f in FORMULATIONS for f in bad) else "unknown"
+        print(f"error: --formulations: {why} for {', '.join(bad)} (choose from "
+              f"{', '.join(TRAINABLE)})", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else Path("runs") / mdp.name
     out.mkdir(parents=True, exist_ok=True)

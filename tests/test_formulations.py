@@ -17,8 +17,9 @@ from bilevel.equilibria.routing import choose_solver
 from bilevel.mdp.garnet import garnet
 from bilevel.tabular import random_model, return_gap, uniform_occupancy
 
-NAMES = ("PAL", "MAL", "MAL_agent_reward", "MAL_random_noise")
-ALPHAS = {"PAL": None, "MAL": None, "MAL_agent_reward": 0.7, "MAL_random_noise": 0.3}
+NAMES = ("PAL", "MAL", "MAL_agent_reward", "MAL_random_noise", "MAL_agent_true_reward")
+ALPHAS = {"PAL": None, "MAL": None, "MAL_agent_reward": 0.7, "MAL_random_noise": 0.3,
+          "MAL_agent_true_reward": 0.6}
 
 
 # --------------------------------------------------------------------------- written from the definitions
@@ -56,10 +57,12 @@ def expected_leader(name, mdp, pi, Phat, alpha):
     mu = occupancy_of(mdp.P, mdp.rho0, mdp.gamma, pi)
     mu_rand = occupancy_of(mdp.P, mdp.rho0, mdp.gamma, np.full((S, A), 1.0 / A))
     J_model = float(mdp.rho0 @ values(Phat, mdp.R, mdp.gamma, pi))
+    J_true = float(mdp.rho0 @ values(mdp.P, mdp.R, mdp.gamma, pi))
     return {"PAL": lambda: -J_model,
             "MAL": lambda: loss(mdp.P, Phat, mu),
             "MAL_agent_reward": lambda: alpha * loss(mdp.P, Phat, mu) - (1 - alpha) * J_model,
-            "MAL_random_noise": lambda: loss(mdp.P, Phat, alpha * mu + (1 - alpha) * mu_rand)}[name]()
+            "MAL_random_noise": lambda: loss(mdp.P, Phat, alpha * mu + (1 - alpha) * mu_rand),
+            "MAL_agent_true_reward": lambda: alpha * loss(mdp.P, Phat, mu) - (1 - alpha) * J_true}[name]()
 
 
 def deterministic_values(P, R, gamma):
@@ -102,9 +105,9 @@ def mdps(hidden_goal):
 
 # --------------------------------------------------------------------------- the registry
 
-def test_the_registry_holds_the_four_formulations_in_order_and_names_round_trip(hidden_goal):
+def test_the_registry_holds_the_formulations_in_order_and_names_round_trip(hidden_goal):
     assert list(game.FORMULATIONS) == list(NAMES)
-    assert len({f.label for f in game.FORMULATIONS.values()}) == 4
+    assert len({f.label for f in game.FORMULATIONS.values()}) == len(NAMES)
     for name in NAMES:
         f = game.formulation(name)
         assert f.name == name and game.FORMULATIONS[name] is f
@@ -112,7 +115,7 @@ def test_the_registry_holds_the_four_formulations_in_order_and_names_round_trip(
         assert game.formulation(bm.formulation) is f
         assert bm.alpha == game.resolve_alpha(name) == game.DEFAULT_ALPHA.get(name)
         assert (f.leader, f.follower) in (("policy", "model"), ("model", "policy"))
-    assert set(game.DEFAULT_ALPHA) == {"MAL_agent_reward", "MAL_random_noise"}
+    assert set(game.DEFAULT_ALPHA) == {"MAL_agent_reward", "MAL_random_noise", "MAL_agent_true_reward"}
     assert game.formulation("MAL_agent_reward").label == "MAL + agent reward"
 
 
@@ -132,14 +135,14 @@ def test_alpha_is_resolved_and_validated():
 
 
 def test_capabilities_route_as_documented(hidden_goal):
-    assert EXACT_FORMULATIONS == ("PAL", "MAL", "MAL_random_noise")
-    assert [has_exact_route(n) for n in NAMES] == [True, True, False, True]
+    assert EXACT_FORMULATIONS == ("PAL", "MAL", "MAL_random_noise", "MAL_agent_true_reward")
+    assert [has_exact_route(n) for n in NAMES] == [True, True, False, True, True]
     assert not has_exact_route("nonsense")
     # hidden_goal has few deterministic policies: agent reward enumerates on auto
     assert choose_solver(hidden_goal, "auto", "MAL_agent_reward") == "enumerate"
     assert choose_solver(hidden_goal, "auto", "MAL") == "scip"
     assert choose_solver(hidden_goal, "enumerate", "PAL") == "scip"   # PAL: no policy follower
-    assert [game.formulation(n).polish_only for n in NAMES] == [False, False, True, False]
+    assert [game.formulation(n).polish_only for n in NAMES] == [False, False, True, False, False]
 
 
 # --------------------------------------------------------------------------- leader side

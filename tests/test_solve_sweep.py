@@ -36,7 +36,8 @@ def test_two_local_workers_give_the_serial_document_table_and_exit_status():
     assert runs["0"].returncode == runs["2"].returncode == 0
     serial, parallel = (json.loads(runs[w].stdout) for w in ("0", "2"))
     assert without_seconds(parallel) == without_seconds(serial)
-    assert set(serial["formulations"]) == {"PAL", "MAL", "MAL_agent_reward", "MAL_random_noise"}
+    assert set(serial["formulations"]) == {"PAL", "MAL", "MAL_agent_reward", "MAL_random_noise",
+                                           "MAL_agent_true_reward"}
     # the numbers themselves: PAL is [J*, J*] with J* from the document's optimum
     J = serial["formulations"]["PAL"]["J"]
     assert J["min"] == J["max"] == pytest.approx(serial["optimal"]["J"], rel=1e-12)

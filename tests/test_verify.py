@@ -133,7 +133,7 @@ def test_hand_written_fixture_agrees_with_the_solver(solved):
     assert hand["mdp"] == solved["mdp"]
     assert hand["optimal"]["J"] == pytest.approx(solved["optimal"]["J"], abs=1e-4)
     assert hand["optimal"]["episode_reward"] == pytest.approx(solved["optimal"]["episode_reward"], abs=1e-3)
-    assert set(hand["formulations"]) == set(solved["formulations"])
+    assert set(hand["formulations"]) <= set(solved["formulations"])      # written before the fifth
     for f, h in hand["formulations"].items():
         e = solved["formulations"][f]
         assert (h["status"], h["certificate"]) == (e["status"], e["certificate"])

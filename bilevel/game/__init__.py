@@ -1,4 +1,4 @@
-"""Stage 2, the game: the four bilevel formulations of model-based RL.
+"""Stage 2, the game: the bilevel formulations of model-based RL, in a registry.
 
     base.py          Formulation: leader objective, data occupancy, follower, capabilities
     pal.py           PAL (policy leader, model follower)

@@ -2,7 +2,7 @@
 the follower best-responds, and what the equilibrium routes may do with it.
 
 Every leader objective (to minimize) has one form, on arrays:
-    leader(pi, Phat) = w_l l(Phat, nu) - w_J J(pi, Phat),
+    leader(pi, Phat) = w_l l(Phat, nu) - w_J J(pi, X),   X = Phat, or M when `return_in` = "true",
     l(Phat, nu) = sum_{s,a} nu(s,a) KL(P(.|s,a) || Phat(.|s,a)),   J(pi, Phat) = rho0 . V^pi_Phat,
 with weights (w_l, w_J) = `objective_weights(alpha)` and the leader's data occupancy
     nu = a mu + c mu_rand,   (a, c) = `data_mixture(alpha)`,
@@ -29,9 +29,11 @@ class Formulation(ABC):
         leader         the leading player: "policy" | "model"
         follower       the following player: "model" | "policy"
         default_alpha  None when the formulation takes no alpha
+        return_in      where the leader's return term is evaluated: "model" (J(pi, Phat)) or
+                       "true" (J(pi, M))
         reductions     the follower reductions `build` accepts (the first is the default)
     Capabilities the equilibrium routes read instead of names:
-        exact_route         "closed_form" | "hiding" | None (bilevel.equilibria.exact)
+        exact_route         "closed_form" | "hiding" | "true_return" | None (bilevel.equilibria.exact)
         epsilon_closed_form the interval over epsilon-leader-optimal equilibria is in closed form
         exact_minlp         solver "exact" runs the binary-follower MINLP
         enumerate_on_auto   solver "auto" enumerates the follower's policies on tiny MDPs
@@ -39,6 +41,7 @@ class Formulation(ABC):
         closed_form_follower the follower's best-response set is known in closed form, so a
                             point is snapped to it (`best_response`) when its certificate fails
         fits_leader_data    the model fits the leader's data at an equilibrium (eps_M ~ 0)
+        trainable           the RL trainers (bilevel.rl) can train it
     """
 
     name: str
@@ -46,6 +49,7 @@ class Formulation(ABC):
     leader: str
     follower: str
     default_alpha: float | None = None
+    return_in: str = "model"
     reductions: tuple[str, ...]
     exact_route: str | None = None
     epsilon_closed_form: bool = False
@@ -54,6 +58,7 @@ class Formulation(ABC):
     polish_only: bool = False
     closed_form_follower: bool = False
     fits_leader_data: bool = True
+    trainable: bool = True
 
     def __repr__(self) -> str:
         return f"<formulation {self.name}>"
@@ -107,14 +112,16 @@ class Formulation(ABC):
 
     def leader_value(self, mdp: TabularMDP, pi: np.ndarray, Phat: np.ndarray,
                      alpha: float | None = None) -> float:
-        """leader(pi, Phat) = w_l l(Phat, nu) - w_J J(pi, Phat), from arrays (a term with weight 0
-        is not evaluated)."""
+        """leader(pi, Phat) = w_l l(Phat, nu) - w_J J(pi, X), X = Phat or M (`return_in`), from
+        arrays (a term with weight 0 is not evaluated)."""
         alpha = self.resolve_alpha(alpha)
         w_l, w_J = self.objective_weights(alpha)
         value = 0.0
         if w_l:
             value += w_l * model_loss(mdp.P, Phat, self.nu(mdp, pi, alpha))
-        if w_J:
+        if w_J and self.return_in == "true":
+            value -= w_J * policy_return(mdp.P, mdp.r, mdp.rho0, mdp.gamma, pi)
+        elif w_J:
             value -= w_J * policy_return(Phat, mdp.model_reward(Phat), mdp.rho0, mdp.gamma, pi)
         return float(value)
 

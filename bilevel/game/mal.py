@@ -29,6 +29,9 @@ AGENT_REWARD_ALPHA = 0.9999
 # MAL + random noise: any alpha < 1 removes the hiding equilibrium when the uniform policy visits
 # every reachable pair; 0.5 is at the optimum on hidden_goal (SCIP, global).
 RANDOM_NOISE_ALPHA = 0.5
+# MAL + true reward: any alpha < 1 gives [J*, J*] in the limit (MALAgentTrueReward); 0.5 weighs
+# the loss and the true return alike
+TRUE_REWARD_ALPHA = 0.5
 
 
 class MALFamily(Formulation):
@@ -102,6 +105,31 @@ class MALAgentReward(MALFamily):
         (V is the follower's value, pi optimal in Phat)."""
         m.J_model = pyo.Expression(expr=sum(mdp.rho0[s] * m.V[s] for s in m.S if mdp.rho0[s] > 0))
         return alpha * m.loss - (1.0 - alpha) * m.J_model
+
+
+class MALAgentTrueReward(MALFamily):
+    """alpha l(Phat, mu) - (1-alpha) J(pi, M): the model pays for the follower's return in the
+    TRUE MDP (the reference study's code rewards its model leader this way; its poster writes
+    J(pi, Phat), MALAgentReward). For 0 <= alpha < 1 every equilibrium returns J* in the limit:
+    leader >= -(1-alpha) J*, with equality only at loss 0 and J(pi, M) = J*, and pi* with its
+    hiding-structure model attains it (docs/DESIGN.md 5.7; bilevel.equilibria.exact)."""
+
+    name = "MAL_agent_true_reward"
+    label = "MAL + true reward"
+    default_alpha = TRUE_REWARD_ALPHA
+    return_in = "true"
+    exact_route = "true_return"
+    # the trainers' model leader follows the gradient of its objective with the policy fixed, and
+    # J(pi, M) reaches the model only through the follower's response: no trainer for it (yet)
+    trainable = False
+
+    def objective_weights(self, alpha):
+        """(w_l, w_J) = (alpha, 1 - alpha)."""
+        return alpha, 1.0 - alpha
+
+    def leader_expression(self, m, mdp: TabularMDP, alpha):
+        """alpha l(Phat, mu) - (1-alpha) J(pi, M), J(pi, M) = `m.true_return`."""
+        return alpha * m.loss - (1.0 - alpha) * m.true_return
 
 
 class MALRandomNoise(MALFamily):

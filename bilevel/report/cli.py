@@ -2,7 +2,7 @@
 
 Writes OUT/index.html (PNGs embedded as base64, no network, no JS), OUT/report.md, OUT/*.png,
 OUT/data.json holding every number shown, and OUT/equilibria.json (the solve document, to pass back
-with --equilibria: solving hidden_goal's four formulations takes minutes, rendering seconds). The
+with --equilibria: solving takes a second on hidden_goal, but minutes on larger MDPs, rendering seconds). The
 numbers come from `bilevel.report.data` (exact equilibria, alpha sweeps of both MAL fixes, run
 records checked by `bilevel.verify`); the pages are rendered from data.json by
 `bilevel.report.render` with its formatters (`fmt_*`). Progress goes to stderr (-q: none, -v:

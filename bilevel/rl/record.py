@@ -9,6 +9,8 @@ import numpy as np
 from bilevel.game.formulations import DEFAULT_ALPHA, FORMULATIONS  # noqa: F401 (re-exported)
 
 ALGORITHMS = ("inner-outer", "contextualized")
+# the formulations the RL trainers train (Formulation.trainable)
+TRAINABLE = tuple(name for name, f in FORMULATIONS.items() if f.trainable)
 
 
 def default_alpha() -> dict:

@@ -35,7 +35,8 @@ from bilevel.tabular.fits import kl_fit
 from bilevel.tabular.occupancy import occupancy
 from bilevel.tabular.policies import deterministic_policy, policy_from_occupancy
 
-# the formulations with an exact route ("closed_form": PAL; "hiding": MAL, MAL + random noise)
+# the formulations with an exact route ("closed_form": PAL; "hiding": MAL, MAL + random noise;
+# "true_return": MAL + true reward)
 EXACT_FORMULATIONS = tuple(name for name, f in FORMULATIONS.items() if f.exact_route)
 RETURN_TOL = 1e-9       # an incumbent within this of the bound over all policies is proved
 PROVED_TOL = 1e-6       # an end is global when its proved gap is at most this (relative to J*)
@@ -66,7 +67,9 @@ def exact_interval(mdp: TabularMDP, formulation: str, alpha=None,
     say(f"{formulation}: exact route")
     if spec.exact_route == "closed_form":
         res = _pal(mdp, alpha, say)
-    else:
+    elif spec.exact_route == "true_return" and alpha < 1.0:
+        res = _true_return(mdp, formulation, alpha, say)
+    else:       # the hiding structure (MAL + true reward at alpha = 1 is MAL)
         res = _mal_family(mdp, formulation, alpha, time_limit, say, floor_ends)
     return EquilibriumInterval(**{**res.__dict__, "seconds": time.perf_counter() - t0})
 
@@ -130,6 +133,43 @@ def pal_epsilon_interval(mdp: TabularMDP, epsilon: float) -> EquilibriumInterval
                                leader_objective=-J_star, tolerance=epsilon,
                                low=low if low is not None else high, high=high,
                                seconds=time.perf_counter() - t0, details=details)
+
+
+# --------------------------------------------------------------------------- MAL + true reward
+
+def _true_return(mdp, formulation, alpha, say) -> EquilibriumInterval:
+    """leader = alpha l(Phat, mu) - (1-alpha) J(pi, M), 0 <= alpha < 1. Every (pi, Phat) with pi
+    optimal in Phat has leader >= -(1-alpha) J* (l >= 0, J(pi, M) <= J*), and pi* with the hiding
+    structure's model (P on its pairs, loss 0) attains it: in the limit every equilibrium has
+    J(pi, M) = J*, the interval is [J*, J*]. At the file's floor the witness (pi*, Phat_w) keeps
+    J(pi*, M) = J* (J does not depend on the model), so every equilibrium in the band tol has
+        (1-alpha) (J* - J) <= alpha l(Phat_w, mu*) + tol,
+    the bracket [J* - (alpha l_w + tol)/(1-alpha), J*] (docs/DESIGN.md 5.7)."""
+    none = np.zeros((mdp.n_states, mdp.n_actions), bool)
+    fs = FollowerStructure(mdp, 0.0, none)
+    _, J_star, _, a_star = return_extremes(fs)
+    say(f"{formulation}: limit interval [J*, J*] = [{J_star:.9g}, {J_star:.9g}] (closed form)")
+    pi = deterministic_policy(a_star, mdp.n_actions)
+    fs_eta = FollowerStructure(mdp, mdp.floor, none) if mdp.floor > 0 else fs
+    chk = fs_eta.check(a_star)
+    eq = certify_point(mdp, formulation, alpha, pi, fs_eta.witness_model(chk.actions, chk.reached, chk.V))
+    at_floor = {"eta": mdp.floor, "witness": eq.follower_gap <= FOLLOWER_GAP_TOL}
+    if at_floor["witness"]:
+        tol = 1e-6 * max(1.0, abs(J_star))
+        at_floor["J_bounds"] = [J_star - (alpha * eq.model_loss + tol) / (1.0 - alpha), J_star]
+    else:                                   # a tie the floor breaks: the limit witness
+        at_floor["floored_witness_follower_gap"] = eq.follower_gap
+        chk = fs.check(a_star)
+        eq = certify_point(mdp, formulation, alpha, pi, fs.witness_model(chk.actions, chk.reached, chk.V))
+    if eq.follower_gap > FOLLOWER_GAP_TOL:
+        return EquilibriumInterval(formulation, "failed", alpha=alpha, solver="exact",
+                                   reason=f"witness fails its follower certificate "
+                                          f"(gap {eq.follower_gap:.3g})")
+    details = {"route": "closed form (every equilibrium returns J*)", "limit": True,
+               "proved_gap": {"min": 0.0, "max": 0.0}, "at_floor": at_floor}
+    return EquilibriumInterval(formulation, "solved", alpha=alpha, certificate="global",
+                               solver="exact", starts=0, leader_objective=-(1.0 - alpha) * J_star,
+                               tolerance=0.0, low=eq, high=eq, details=details)
 
 
 # --------------------------------------------------------------------------- MAL family
