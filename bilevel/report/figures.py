@@ -18,7 +18,7 @@ from bilevel.mdp.model import TabularMDP  # noqa: E402
 PROB_MIN = 0.01          # transitions drawn when P(s'|s,a) >= this
 LIE_TV = 0.01            # a model row "lies" when TV(Phat, P) > this
 COLORS = {"PAL": "tab:blue", "MAL": "tab:red", "MAL_agent_reward": "tab:orange",
-          "MAL_random_noise": "tab:green"}
+          "MAL_random_noise": "tab:green", "MAL_agent_true_reward": "tab:purple"}
 LABELS = {name: f.label for name, f in FORMULATIONS.items()}
 plt.rcParams.update({"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11})
 
