@@ -23,7 +23,8 @@ def _make_kwarg(text: str) -> tuple[str, object]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bilevel.convert", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bilevel.convert",
+                                description=__doc__.split("\n")[0])
     p.add_argument("source", help="gymnasium:ENV_ID or FILE.npz")
     p.add_argument("--gamma", type=float, required=True)
     p.add_argument("--layout", choices=LAYOUTS, default="SAS", help=".npz: P[s,a,s'] (SAS) or "

@@ -7,6 +7,7 @@ import sys
 import gymnasium as gym
 import numpy as np
 import pytest
+from scipy.sparse import csr_matrix
 
 from bilevel.cache import mdp_fingerprint
 from bilevel.convert import main as convert_main
@@ -82,8 +83,9 @@ def test_optimal_value_equals_value_iteration_on_the_table(lake):
     u = env.unwrapped
     V = np.zeros(16)
     for _ in range(5000):
-        V_new = np.array([max(sum(p * (rew + GAMMA * (not t) * V[s2]) for p, s2, rew, t in u.P[s][a])
-                              for a in range(4)) for s in range(16)])
+        V_new = np.array([max(sum(p * (rew + GAMMA * (not t) * V[s2])
+                                  for p, s2, rew, t in u.P[s][a]) for a in range(4))
+                          for s in range(16)])
         if np.abs(V_new - V).max() < 1e-13:
             break
         V = V_new
@@ -133,8 +135,8 @@ def test_layouts_ass_and_sas_give_the_same_mdp():
     np.testing.assert_array_equal(sas.R, R)
     np.testing.assert_array_equal(sas.rho0, rho0)
     assert mdp_fingerprint(sas) == mdp_fingerprint(ass)
-    tool = from_pymdptoolbox(list(P.transpose(1, 0, 2)), R.transpose(1, 0, 2), 0.9, rho0=rho0,
-                             support="all")
+    sparse = [csr_matrix(m) for m in P.transpose(1, 0, 2)]           # pymdptoolbox's sparse form
+    tool = from_pymdptoolbox(sparse, R.transpose(1, 0, 2), 0.9, rho0=rho0, support="all")
     assert mdp_fingerprint(tool) == mdp_fingerprint(sas)
 
 

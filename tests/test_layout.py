@@ -74,7 +74,7 @@ def test_every_module_is_under_400_lines():
     assert not long, f"modules of {MAX_LINES} lines or more: {long}"
 
 
-@pytest.mark.parametrize("command", ["solve", "train", "verify", "report", "studies", "garnet"])
+@pytest.mark.parametrize("command", ["solve", "train", "verify", "report", "studies", "garnet", "convert"])
 def test_every_command_starts(command):
     out = subprocess.run([sys.executable, "-m", f"bilevel.{command}", "--help"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)

@@ -168,7 +168,7 @@ def _gym_arrays(table, S: int, A: int, source: str):
                     p, s2, r = float(p), int(s2), float(r)
                 except (TypeError, ValueError):
                     raise MDPError(source, f"{fld}[{i}]", "must be (probability, next state, "
-                                                          f"reward, terminated), got {o!r}") from None
+                                   f"reward, terminated), got {o!r}") from None
                 if not 0 <= s2 < S:
                     raise MDPError(source, f"{fld}[{i}]", f"next state {s2} outside 0..{S - 1}")
                 P[s, a, s2] += p
@@ -207,12 +207,13 @@ def _check_terminal_entries(P, rho0, terminal, live_in, source):
 
 # ---------------------------------------------------------------- arrays
 
-def from_arrays(P, R, rho0=None, gamma: float = 0.99, layout: str = "SAS", terminal=None,
+def from_arrays(P, R, rho0=None, *, gamma: float, layout: str = "SAS", terminal=None,
                 horizon: int | None = None, support: str = "true", states=None, actions=None,
                 name: str = "arrays", source: str | None = None) -> TabularMDP:
     """The MDP of transition and reward arrays (see arrays_document for the conventions)."""
-    doc = arrays_document(P, R, rho0, gamma, layout, terminal, horizon, support, states,
-                          actions, name, source)
+    doc = arrays_document(P, R, rho0, gamma=gamma, layout=layout, terminal=terminal,
+                          horizon=horizon, support=support, states=states, actions=actions,
+                          name=name, source=source)
     return mdp_from_dict(doc, source=source or name)
 
 
@@ -223,7 +224,7 @@ def from_pymdptoolbox(P, R, gamma: float, **kwargs) -> TabularMDP:
     return from_arrays(P, R, gamma=gamma, layout="ASS", **kwargs)
 
 
-def arrays_document(P, R, rho0=None, gamma: float = 0.99, layout: str = "SAS", terminal=None,
+def arrays_document(P, R, rho0=None, *, gamma: float, layout: str = "SAS", terminal=None,
                     horizon: int | None = None, support: str = "true", states=None, actions=None,
                     name: str = "arrays", source: str | None = None) -> dict:
     """The YAML document of arrays in either toolkit layout:
@@ -315,21 +316,23 @@ def npz_document(path: str | Path, gamma: float, layout: str = "SAS", horizon: i
     path = Path(path)
     source = str(path)
     if not path.is_file():
-        raise MDPError(source, "", "file does not exist" if not path.exists() else "not a regular file")
+        raise MDPError(source, "", "file does not exist" if not path.exists()
+                       else "not a regular file")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: np.array(z[k]) for k in z.files}
     except (OSError, ValueError) as e:
-        raise MDPError(source, "", f"not a readable .npz archive ({e.__class__.__name__})") from None
+        raise MDPError(source, "", f"not a readable .npz archive ({e.__class__.__name__})") \
+            from None
     for k in arrays:
         if k not in NPZ_ARRAYS:
             raise MDPError(source, k, f"unknown array (known: {', '.join(NPZ_ARRAYS)})")
     for k in ("P", "R"):
         if k not in arrays:
             raise MDPError(source, k, "missing (required)")
-    doc = arrays_document(arrays["P"], arrays["R"], arrays.get("rho0"), gamma, layout,
-                          arrays.get("terminal"), horizon, support, name=name or path.stem,
-                          source=source)
+    doc = arrays_document(arrays["P"], arrays["R"], arrays.get("rho0"), gamma=gamma,
+                          layout=layout, terminal=arrays.get("terminal"), horizon=horizon,
+                          support=support, name=name or path.stem, source=source)
     return doc, source
 
 

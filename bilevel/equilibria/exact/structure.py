@@ -34,6 +34,21 @@ from bilevel.tabular.fits import kl_fit
 CHECK_TOL = 1e-9     # relative slack of a Bellman inequality in `check`
 
 
+
+def contraction_fixed_point(step, V: np.ndarray, gamma: float, tol: float, what: str) -> np.ndarray:
+    """The fixed point of a gamma-contraction `step` (in the max norm) by iteration from V, to
+    within tol max(1, |V|) of it: stop when ||V' - V|| <= tol (1-g)/(2g) max(1, ||V'||) (so the
+    stopping rule scales with the values: an absolute 1e-15 is below what doubles resolve at
+    values near 1000), or when an iteration changes nothing."""
+    c = tol * (1 - gamma) / (2 * gamma)
+    for _ in range(1_000_000):
+        V_new = step(V)
+        diff = np.max(np.abs(V_new - V), initial=0.0)
+        if diff <= c * max(1.0, np.max(np.abs(V_new), initial=0.0)) or diff == 0.0:
+            return V_new
+        V = V_new
+    raise RuntimeError(f"{what} did not converge")
+
 @dataclass(frozen=True, eq=False)
 class FollowerStructure:
     """Coefficients of the MAL family's best-response structure on one MDP at floor `eta`.
@@ -121,18 +136,15 @@ class FollowerStructure:
         S, A = self.k_size.shape
         ks, ka, _ = self.kset
         g = self.mdp.gamma
-        V = np.zeros(S)
-        stop = tol * (1 - g) / (2 * g)
         init = np.inf if pick is np.minimum else -np.inf
-        for _ in range(1_000_000):
+
+        def step(V):
             q = np.full(S * A, init)
             pick.at(q, ks * A + ka, self.target_values(V))
             q = q.reshape(S, A)
-            V_new = np.where(self.mdp.terminal, 0.0, np.max(np.where(np.isfinite(q), q, -np.inf), axis=1))
-            if np.max(np.abs(V_new - V)) <= stop:
-                return V_new
-            V = V_new
-        raise RuntimeError("fixed point iteration did not converge")
+            return np.where(self.mdp.terminal, 0.0, np.max(np.where(np.isfinite(q), q, -np.inf), axis=1))
+
+        return contraction_fixed_point(step, np.zeros(S), g, tol, "fixed point iteration")
 
     # ---------------------------------------------------------------- one policy
 
@@ -178,17 +190,15 @@ class FollowerStructure:
         if z.size:
             Pz = self.Pv[z, actions[z]][:, z]
             V[z] = np.linalg.solve(np.eye(z.size) - g * Pz, self.rv[z, actions[z]])
-        stop = tol * (1 - g) / (2 * g)
-        for _ in range(1_000_000):
+
+        def step(V):
             fitted = self.fitted_values(V)
-            Q = np.where(self.forced, fitted, self.worst_free_values(V))
-            V_new = np.max(Q, axis=1)
+            V_new = np.max(np.where(self.forced, fitted, self.worst_free_values(V)), axis=1)
             V_new[Z] = fitted[idx[Z], actions[Z]]
             V_new[m.terminal] = 0.0
-            if np.max(np.abs(V_new - V)) <= stop:
-                return V_new
-            V = V_new
-        raise RuntimeError("policy evaluation with hostile free pairs did not converge")
+            return V_new
+
+        return contraction_fixed_point(step, V, g, tol, "policy evaluation with hostile free pairs")
 
     def witness_model(self, actions: np.ndarray, fitted_states: np.ndarray,
                       V: np.ndarray) -> np.ndarray:
