@@ -99,6 +99,7 @@ def start_cluster(tmp_path: Path, procs: list) -> str:
     return address
 
 
+@pytest.mark.slow      # the engine-level twin of the command-line test below (the default suite's)
 def test_a_worker_killed_mid_task_loses_and_duplicates_nothing(tmp_path, monkeypatch):
     trace = tmp_path / "trace"
     trace.mkdir()
