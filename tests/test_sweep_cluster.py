@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from bilevel.equilibria import solve_formulation
 from bilevel.mdp.garnet import garnet
