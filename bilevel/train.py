@@ -22,7 +22,7 @@ import numpy as np
 
 from bilevel.cache import TASK_CACHE
 from bilevel.cli.output import add_verbosity, setup_logging
-from bilevel.mdp.io import load_mdp, mdp_from_dict, mdp_to_dict
+from bilevel.mdp.io import load_mdp, mdp_from_arrays, mdp_to_arrays
 from bilevel.mdp.model import MDPError
 from bilevel.rl.record import ALGORITHMS, FORMULATIONS, TRAINABLE, RunRecord, default_alpha
 from bilevel.studies.reference import reference_for, reference_text
@@ -158,9 +158,9 @@ def _T(mdp) -> int:
 
 
 def run_task(mdp, path: str, formulation: str, seed: int, args, alpha) -> Task:
-    """One training run as a sweep task; the MDP travels as its YAML document, so a worker on
-    another machine needs no file."""
-    kwargs = {"mdp": mdp_to_dict(mdp), "mdp_path": path, "formulation": formulation,
+    """One training run as a sweep task; the MDP travels as its arrays (mdp_to_arrays), so a
+    worker on another machine needs no file."""
+    kwargs = {"mdp": mdp_to_arrays(mdp), "mdp_path": path, "formulation": formulation,
               "seed": seed, "algorithm": args.algorithm, "alpha": alpha, "budget": args.budget,
               "iters": args.iters}
     return Task("bilevel.train:train_run", kwargs, label=f"{formulation}-seed{seed}")
@@ -169,7 +169,7 @@ def run_task(mdp, path: str, formulation: str, seed: int, args, alpha) -> Task:
 def train_run(mdp: dict, mdp_path: str, formulation: str, seed: int, algorithm: str,
               alpha: float | None, budget: int | None, iters: int | None) -> dict:
     """Train one run (inner-outer or contextualized) and return its RunRecord as a dict."""
-    m = mdp_from_dict(mdp, source=mdp_path)
+    m = mdp_from_arrays(mdp)
     if algorithm == "inner-outer":
         from bilevel.rl.inner_outer import TrainConfig, train_inner_outer
         cfg, train = TrainConfig(), train_inner_outer

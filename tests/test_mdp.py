@@ -56,11 +56,17 @@ def test_explicit_support_and_initial_mapping():
 
 
 def test_dump_round_trips():
+    """Every number survives, R also off the support of P: with support `all` a model may move
+    mass there and its reward rhat = sum Phat R uses it (a Garnet draws R on every s')."""
+    from bilevel.cache import mdp_fingerprint
     for m in [load_mdp(MDPS / "hidden_goal.yaml"), garnet(4, 3, 2, seed=5),
               load_mdp(MDPS / "grid_hidden_goal.yaml")]:
         m2 = mdp_from_dict(yaml.safe_load(dump_mdp(m)))
-        assert np.array_equal(m.P, m2.P) and np.array_equal(m.R * (m.P > 0), m2.R)
+        assert np.array_equal(m.P, m2.P) and np.array_equal(m.R, m2.R)
         assert np.array_equal(m.K, m2.K) and np.array_equal(m.rho0, m2.rho0)
+        assert mdp_fingerprint(m) == mdp_fingerprint(m2)
+    g = garnet(4, 3, 2, seed=5)
+    assert (g.R[(g.P == 0) & g.K] != 0).any()     # the case the old dump lost
 
 
 def test_all_shipped_mdps_load():

@@ -253,7 +253,8 @@ def _model_support(spec, v: _Reader, sidx, aidx, P, terminal):
 
 
 def mdp_to_dict(mdp: TabularMDP) -> dict:
-    """The explicit YAML form of an MDP (round-trips through mdp_from_dict)."""
+    """The explicit YAML form of an MDP (round-trips through mdp_from_dict: every number of P and
+    R, R also off the support of P)."""
     S, A = mdp.n_states, mdp.n_actions
     st, ac = mdp.states, mdp.actions
     trans, rew = {}, {}
@@ -264,7 +265,9 @@ def mdp_to_dict(mdp: TabularMDP) -> dict:
         for j in range(A):
             nz = np.flatnonzero(mdp.P[i, j] > 0)
             trans[st[i]][ac[j]] = {st[k]: float(mdp.P[i, j, k]) for k in nz}
-            rew[st[i]][ac[j]] = {st[k]: float(mdp.R[i, j, k]) for k in nz}
+            # R also where P = 0 but a model may move mass (the model reward uses R on K)
+            kr = np.flatnonzero((mdp.P[i, j] > 0) | (mdp.R[i, j] != 0))
+            rew[st[i]][ac[j]] = {st[k]: float(mdp.R[i, j, k]) for k in kr}
     init = ({st[i]: float(p) for i, p in enumerate(mdp.rho0) if p > 0}
             if np.count_nonzero(mdp.rho0) > 1 else st[int(np.argmax(mdp.rho0))])
     d = {"name": mdp.name, "gamma": mdp.gamma}
