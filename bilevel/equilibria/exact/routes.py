@@ -135,6 +135,21 @@ def pal_epsilon_interval(mdp: TabularMDP, epsilon: float) -> EquilibriumInterval
                                seconds=time.perf_counter() - t0, details=details)
 
 
+def _witness(mdp, formulation, alpha, actions, fs_eta, limit_model):
+    """(eq, entry): the deterministic policy `actions` certified with its witness model at the
+    file's floor (fs_eta's hostile check), entry {"witness": it holds}. Where the floor breaks a
+    tie (that witness's follower gap > FOLLOWER_GAP_TOL) the end holds in the limit only: the
+    limit witness `limit_model()` is certified instead, and the entry keeps the floored gap."""
+    pi = deterministic_policy(actions, mdp.n_actions)
+    chk = fs_eta.check(actions)
+    eq = certify_point(mdp, formulation, alpha, pi, fs_eta.witness_model(chk.actions, chk.reached, chk.V))
+    entry = {"witness": eq.follower_gap <= FOLLOWER_GAP_TOL}
+    if not entry["witness"]:
+        entry["floored_witness_follower_gap"] = eq.follower_gap
+        eq = certify_point(mdp, formulation, alpha, pi, limit_model())
+    return eq, entry
+
+
 # --------------------------------------------------------------------------- MAL + true reward
 
 def _true_return(mdp, formulation, alpha, say) -> EquilibriumInterval:
@@ -149,18 +164,17 @@ def _true_return(mdp, formulation, alpha, say) -> EquilibriumInterval:
     fs = FollowerStructure(mdp, 0.0, none)
     _, J_star, _, a_star = return_extremes(fs)
     say(f"{formulation}: limit interval [J*, J*] = [{J_star:.9g}, {J_star:.9g}] (closed form)")
-    pi = deterministic_policy(a_star, mdp.n_actions)
     fs_eta = FollowerStructure(mdp, mdp.floor, none) if mdp.floor > 0 else fs
-    chk = fs_eta.check(a_star)
-    eq = certify_point(mdp, formulation, alpha, pi, fs_eta.witness_model(chk.actions, chk.reached, chk.V))
-    at_floor = {"eta": mdp.floor, "witness": eq.follower_gap <= FOLLOWER_GAP_TOL}
+
+    def limit_model():
+        chk = fs.check(a_star)
+        return fs.witness_model(chk.actions, chk.reached, chk.V)
+
+    eq, entry = _witness(mdp, formulation, alpha, a_star, fs_eta, limit_model)
+    at_floor = {"eta": mdp.floor, **entry}
     if at_floor["witness"]:
         tol = 1e-6 * max(1.0, abs(J_star))
         at_floor["J_bounds"] = [J_star - (alpha * eq.model_loss + tol) / (1.0 - alpha), J_star]
-    else:                                   # a tie the floor breaks: the limit witness
-        at_floor["floored_witness_follower_gap"] = eq.follower_gap
-        chk = fs.check(a_star)
-        eq = certify_point(mdp, formulation, alpha, pi, fs.witness_model(chk.actions, chk.reached, chk.V))
     if eq.follower_gap > FOLLOWER_GAP_TOL:
         return EquilibriumInterval(formulation, "failed", alpha=alpha, solver="exact",
                                    reason=f"witness fails its follower certificate "
@@ -221,18 +235,11 @@ def _mal_family(mdp, formulation, alpha, time_limit, say, floor_ends) -> Equilib
     records, at_floor = {}, {"eta": mdp.floor}
     fs_eta = FollowerStructure(mdp, mdp.floor, forced) if mdp.floor > 0 else fs
     for name, end in ends.items():
-        pi = deterministic_policy(end.actions, mdp.n_actions)
-        chk_eta = fs_eta.check(end.actions)
-        eq = certify_point(mdp, formulation, alpha, pi,
-                           fs_eta.witness_model(chk_eta.actions, chk_eta.reached, chk_eta.V))
-        at_floor[name] = {"witness": eq.follower_gap <= FOLLOWER_GAP_TOL}
-        if not at_floor[name]["witness"]:
-            # the end holds in the limit only: a tie that the floor breaks
-            at_floor[name]["floored_witness_follower_gap"] = eq.follower_gap
-            if floor_ends:
-                at_floor[name].update(_floor_end(fs_eta, formulation, alpha, name == "max",
-                                                 time_limit, say))
-            eq = certify_point(mdp, formulation, alpha, pi, fs.witness_model(end.actions, end.fitted, end.V))
+        eq, at_floor[name] = _witness(mdp, formulation, alpha, end.actions, fs_eta,
+                                      lambda end=end: fs.witness_model(end.actions, end.fitted, end.V))
+        if floor_ends and not at_floor[name]["witness"]:
+            at_floor[name].update(_floor_end(fs_eta, formulation, alpha, name == "max",
+                                             time_limit, say))
         if eq.follower_gap > FOLLOWER_GAP_TOL:
             return EquilibriumInterval(formulation, "failed", alpha=alpha, solver="exact",
                                        reason=f"{name} end's witness fails its follower "
