@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from scipy.special import rel_entr
 
+import bilevel.equilibria.mpec_interval as mpec_interval
 import bilevel.equilibria.mpec_route as mpec_route
 from bilevel.equilibria import follower_gap, snap_to_best_response, solve_formulation, starting_point
 from bilevel.equilibria.starts import random_starts
@@ -270,7 +271,7 @@ def test_random_starts_are_follower_optimal_points(formulation):
 def test_failed_end_search_falls_back_to_the_leader_optimum(monkeypatch):
     """If no IPOPT start of an interval step converges, the end is the leader-optimal point
     (an equilibrium in the band: optimal in its model by brute force), and it is reported."""
-    real, calls = mpec_route._ipopt_best, []
+    real, calls = mpec_interval._ipopt_best, []
 
     def failing_ends(*args):
         calls.append(1)
@@ -278,7 +279,7 @@ def test_failed_end_search_falls_back_to_the_leader_optimum(monkeypatch):
             return MPECResult(Status.INFEASIBLE, None, None, message="forced failure")
         return real(*args)
 
-    monkeypatch.setattr(mpec_route, "_ipopt_best", failing_ends)
+    monkeypatch.setattr(mpec_interval, "_ipopt_best", failing_ends)
     mdp = garnet(4, 2, 2, seed=1, gamma=0.9)
     r = solve_formulation(mdp, "MAL", solver="ipopt", starts=1)
     assert r.ok and r.low.J == pytest.approx(r.high.J)
@@ -340,7 +341,8 @@ def test_an_end_failing_its_follower_certificate_is_snapped_and_reported(monkeyp
         snaps.append(1)
         real_snap(bm)
 
-    monkeypatch.setattr(mpec_route, "certify", certify)
+    monkeypatch.setattr(mpec_interval, "certify", certify)      # the leader step's check
+    monkeypatch.setattr(mpec_route, "certify", certify)         # the ends'
     monkeypatch.setattr(mpec_route, "snap_to_best_response", snap)
     r = solve_formulation(hidden_goal, "PAL", solver="scip")
     assert r.ok and snaps == [1] and list(r.details["snapped_to_best_response"]) == ["min"]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import bilevel.equilibria as eq
+import bilevel.equilibria.mpec_interval as mpec_interval
 import bilevel.equilibria.mpec_route as mpec_route
 from bilevel.equilibria.starts import starting_point
 from bilevel.game import BilevelModel
@@ -66,7 +67,7 @@ def leader_point(mdp, m, formulation, Phat, certificate="local", policy=None):
 def plant_ipopt(monkeypatch, mdp, Phat, fail_min=True, fail_max=False):
     """IPOPT: the leader step returns the decoy with `Phat` (a poor local point); the min and /
     or max steps find nothing (so the leader point stands in for them)."""
-    real, calls = mpec_route._ipopt_best, []
+    real, calls = mpec_interval._ipopt_best, []
 
     def fake(m, backend, reduction, kw, warm_points, sense, warm_schedule):
         calls.append(sense)
@@ -76,7 +77,7 @@ def plant_ipopt(monkeypatch, mdp, Phat, fail_min=True, fail_max=False):
             return MPECResult(Status.INFEASIBLE, None, None, message="forced failure")
         return real(m, backend, reduction, kw, warm_points, sense, warm_schedule)
 
-    monkeypatch.setattr(mpec_route, "_ipopt_best", fake)
+    monkeypatch.setattr(mpec_interval, "_ipopt_best", fake)
     return calls
 
 
@@ -90,7 +91,8 @@ def test_an_end_that_beats_the_leader_optimum_replaces_it(monkeypatch, hidden_go
     r = eq.solve_formulation(hidden_goal, "PAL", solver="ipopt", starts=1, ipopt_mode="polish")
     assert r.ok, r.reason
     assert r.leader_objective == pytest.approx(L_star, abs=1e-6)
-    assert r.low.J == pytest.approx(J_star, abs=1e-6) and r.high.J == pytest.approx(J_star, abs=1e-6)
+    # within the band's reach of J* (IPOPT's ends keep ~1e-7 of the other action: J*(1 - 3e-7))
+    assert r.low.J == pytest.approx(J_star, abs=1e-4) and r.high.J == pytest.approx(J_star, abs=1e-4)
     [step] = r.details["leader_optimum_improved"]
     assert step["old"] == pytest.approx(-1.0000731753, abs=1e-6)
     assert step["new"] == pytest.approx(L_star, abs=1e-6) and step["found_by"] == "max"
@@ -140,7 +142,8 @@ def test_a_global_leader_optimum_that_is_beaten_is_downgraded(monkeypatch, hidde
                 return leader_point(mdp, m, "MAL", off, certificate="global", policy=pi_star)
         return real(m, reduction, backend, **kw)
 
-    monkeypatch.setattr(mpec_route, "solve_mpec", fake)
+    monkeypatch.setattr(mpec_interval, "solve_mpec", fake)     # the leader and end steps
+    monkeypatch.setattr(mpec_route, "solve_mpec", fake)        # the descent, the polish
     r = eq.solve_formulation(mdp, "MAL", solver="scip")
     assert r.ok, r.reason
     assert r.certificate == "local" and r.details["certificate_downgraded"]
@@ -200,7 +203,7 @@ def test_a_global_end_off_only_on_tolerance_is_polished(monkeypatch, hidden_goal
                     m.Phat[s, a, t].set_value(float(moved[s, a, t]), skip_validation=True)
         return res
 
-    monkeypatch.setattr(mpec_route, "solve_mpec", fake)
+    monkeypatch.setattr(mpec_interval, "solve_mpec", fake)
     r = eq.solve_formulation(hidden_goal, "MAL", solver="scip")
     assert r.ok, r.reason
     polished = r.details["polished_to_follower_optimum"]["min"]

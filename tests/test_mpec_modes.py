@@ -186,3 +186,21 @@ def test_accepts_says_why_not():
     empty = pyo.ConcreteModel()
     empty.x = pyo.Var()
     assert BigM().accepts(empty)             # nothing to reduce: the identity
+
+
+def test_polish_restores_the_bounds_of_a_variable_that_is_a_side_of_two_pairs():
+    """The active-set polish fixes the smaller side of each pair to 0 by its bounds and must give
+    the bounds back. x is the smaller side of two pairs (x _|_ y, x _|_ z): restored in the order
+    saved, x kept the 0 upper bound of the first fix, and every later solve on the model ran with
+    x = 0 forced (the MPEC route's end steps did)."""
+    from solvers.ipopt import Ipopt
+    m = pyo.ConcreteModel()
+    m.x = pyo.Var(bounds=(0, 5), initialize=1.0)
+    m.y = pyo.Var(bounds=(0, 5), initialize=2.0)
+    m.z = pyo.Var(bounds=(0, 5), initialize=3.0)
+    m.c1 = Complementarity(expr=complements(m.x >= 0, m.y >= 0))
+    m.c2 = Complementarity(expr=complements(m.x >= 0, m.z >= 0))
+    m.obj = pyo.Objective(expr=(m.x - 1) ** 2 + (m.y - 2) ** 2 + (m.z - 3) ** 2)
+    res = solve_mpec(m, Scholtes(schedule=(1e-2, 1e-4)), Ipopt(tol=1e-9), starts=1)
+    assert res.ok and res.objective == pytest.approx(1.0, abs=1e-5)   # x = 0, y = 2, z = 3
+    assert [(v.lb, v.ub) for v in (m.x, m.y, m.z)] == [(0, 5)] * 3

@@ -63,9 +63,11 @@ def solve_to_dict(mdp: TabularMDP, formulations=None, alpha=None, solver: str = 
     forms = list(formulations or FORMULATIONS)
     table = [(f, alpha.get(f) if isinstance(alpha, dict) else alpha) for f in forms]
     swept = [(f, a) for f in DEFAULT_ALPHA for a in (sweep_alphas or ())]
-    tasks = [solve_task_of(mdp, f, a, solver=solver, starts=starts, seed=seed, epsilon=epsilon)
-             for f, a in table]
-    tasks += [solve_task_of(mdp, f, a, solver=solver, starts=starts, seed=seed) for f, a in swept]
+    split = _parallel(sweep)
+    tasks = [solve_task_of(mdp, f, a, solver=solver, starts=starts, seed=seed, epsilon=epsilon,
+                           **split) for f, a in table]
+    tasks += [solve_task_of(mdp, f, a, solver=solver, starts=starts, seed=seed, **split)
+              for f, a in swept]
     records = _run(tasks, log, sweep, f"solve {mdp.name}")
     for (f, a), rec in zip(table, records):
         out["formulations"][f] = _entry(rec, f, a, log)
@@ -84,11 +86,22 @@ def solve_task_of(mdp: TabularMDP, formulation: str, alpha, **options) -> Task:
     return Task("bilevel.equilibria.document:solve_task", kwargs, label=label, cost=cost)
 
 
-def solve_task(mdp: dict, formulation: str, alpha=None, **options) -> dict:
+def solve_task(mdp: dict, formulation: str, alpha=None, split_ends: bool = False,
+               **options) -> dict:
     """solve_formulation(...).to_json() of the MDP given as mdp_to_arrays; progress messages go
-    to the `bilevel.solve` logger of the process that runs it."""
+    to the `bilevel.solve` logger of the process that runs it. `split_ends`: on the MPEC route,
+    the two ends run as two more tasks (bilevel.equilibria.parallel_ends; the same interval)."""
+    if split_ends:
+        from bilevel.equilibria.parallel_ends import solve_split
+        return solve_split(mdp, formulation, alpha, **options)
     return solve_formulation(mdp_from_arrays(mdp), formulation, alpha=alpha, log=say("solve"),
                              **options).to_json()
+
+
+def _parallel(sweep: dict | None) -> dict:
+    """{"split_ends": True} when the sweep runs on workers (then an MPEC route's two ends are
+    tasks of their own), else {} (in this process they would only run one after the other)."""
+    return {} if sweep is None or sweep.get("workers") == 0 else {"split_ends": True}
 
 
 def _run(tasks: list[Task], log, sweep: dict | None, name: str) -> list[dict]:
@@ -122,7 +135,8 @@ def alpha_sweeps(mdp: TabularMDP, formulations, alphas=SWEEP_ALPHAS, solver: str
     """{F: [row per alpha]}: the exact equilibrium interval of each formulation at each alpha, all
     (F, alpha) pairs as independent tasks of one sweep (`sweep`: run_sweep's options)."""
     pairs = [(f, a) for f in formulations for a in alphas]
-    tasks = [solve_task_of(mdp, f, a, solver=solver, starts=starts, seed=seed) for f, a in pairs]
+    tasks = [solve_task_of(mdp, f, a, solver=solver, starts=starts, seed=seed, **_parallel(sweep))
+             for f, a in pairs]
     return _sweep_rows(pairs, _run(tasks, log, sweep, f"alpha sweep {mdp.name}"), log)
 
 

@@ -27,6 +27,12 @@ class Equilibrium:
                 "leader_objective": self.leader_objective, "follower_gap": self.follower_gap,
                 "complementarity_violation": self.complementarity_violation}
 
+    @classmethod
+    def from_json(cls, d: dict) -> "Equilibrium":
+        """The inverse of to_json (exact: JSON keeps every float)."""
+        return cls(**{**d, "policy": np.array(d["policy"], dtype=float),
+                      "model": np.array(d["model"], dtype=float)})
+
 
 @dataclass(frozen=True)
 class EquilibriumInterval:

@@ -1,6 +1,6 @@
-"""Equilibrium intervals with independent certificates (docs/DESIGN.md sections 2 and 4).
-
-For one formulation:
+"""The MPEC route's settings and the pieces of its steps (bilevel.equilibria.mpec_interval
+runs the steps): equilibrium intervals with independent certificates (docs/DESIGN.md sections 2
+and 4). For one formulation:
   1. leader optimum  L* = min leader(Phat, pi)  over the single-level MPEC;
   2. the interval    min / max J(pi, M)  s.t. the MPEC and  leader <= L* + tol,
      tol = 1e-6 max(1, |L*|) + floor allowance (loss-based leaders only: 2 eta max_sa |K(s,a)|,
@@ -16,7 +16,6 @@ best responses. `certificate: global` only when SCIP proved all three solves; el
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pyomo.environ as pyo
@@ -24,16 +23,13 @@ from pyomo.common.collections import ComponentMap
 
 import bilevel.game as game
 from bilevel.equilibria.certificates import (FEASIBILITY_SLACK, FOLLOWER_GAP_TOL, certify,
-                                             equilibrium_tolerance, snap_to_best_response)
-from bilevel.equilibria.interval import Equilibrium, EquilibriumInterval
-from bilevel.equilibria.starts import random_starts, starting_point, structured_starts
-from bilevel.game.formulations import BilevelModel, build, extract
-from bilevel.mdp.graph import live_pairs
+                                             snap_to_best_response)
+from bilevel.equilibria.interval import Equilibrium
+from bilevel.equilibria.starts import starting_point
+from bilevel.game.formulations import BilevelModel, extract
 from bilevel.mpec.driver import MPECResult, solve_mpec
-from bilevel.mpec.modes import ExactProduct, Scholtes
-from solvers.base import Status
+from bilevel.mpec.modes import Scholtes
 from solvers.ipopt import Ipopt
-from solvers.scip import Scip
 
 
 # IPOPT past this many live pairs: no Scholtes homotopy (hundreds to thousands of iterations per
@@ -217,167 +213,3 @@ def _descend_leader(bm: BilevelModel, found: Equilibrium, schedule) -> Equilibri
     if eq.follower_gap > FOLLOWER_GAP_TOL or eq.leader_objective >= found.leader_objective:
         return found
     return eq
-
-
-def _solve_formulation(mdp, formulation, alpha, which, starts, seed, time_limit, pal_reduction,
-                       log, ipopt_mode="auto", epsilon=None) -> EquilibriumInterval:
-    """The MPEC route. `epsilon`: the band width (default `equilibrium_tolerance`)."""
-    if ipopt_mode not in ("auto", "homotopy", "polish"):
-        raise ValueError(f"unknown ipopt_mode {ipopt_mode!r} (auto | homotopy | polish)")
-    t0 = time.perf_counter()
-    polish_only = which == "ipopt" and (
-        ipopt_mode == "polish" or (ipopt_mode == "auto" and (
-            live_pairs(mdp) > POLISH_ONLY_PAIRS or game.formulation(formulation).polish_only)))
-    if polish_only and pal_reduction == "closed_form":
-        # the polish fixes one side of each pair to 0; a squared-norm side is degenerate there
-        pal_reduction = "closed_form_split"
-    bm = build(mdp, formulation, alpha=alpha, pal_reduction=pal_reduction)
-    m = bm.model
-    if which == "scip":
-        backend = Scip(time_limit=time_limit, gap=SCIP_GAP, abs_gap=SCIP_ABS_GAP)
-        reduction, kw = ExactProduct(), {}
-    elif which == "ipopt":
-        schedule, warm_schedule = ((), ()) if polish_only else (HOMOTOPY, WARM_SCHEDULE)
-        backend, reduction = Ipopt(tol=1e-9, max_iter=3000), Scholtes(schedule=schedule)
-        # cold starts: the model's current values (the build's start; in the interval steps the
-        # leader-optimal point) and starts - 1 random follower-optimal points
-        kw = {"starts": min(starts, 1), "x0s": structured_starts(bm)}
-    else:
-        raise ValueError(f"unknown solver {which!r} (ipopt | scip | auto)")
-    say = log or (lambda msg: None)
-    improvements, downgrades = [], []
-
-    def fail(why):
-        details = {}
-        if improvements:
-            details["leader_optimum_improved"] = improvements
-        if downgrades:
-            details["certificate_downgraded"] = downgrades
-        return EquilibriumInterval(formulation, "failed", reason=why, alpha=bm.alpha, solver=which,
-                                   seconds=time.perf_counter() - t0, details=details)
-
-    n_starts = 1 if which == "scip" else starts + len(kw.get("x0s", ()))
-    structured = ()
-
-    say(f"{formulation}: leader optimum ({which})")
-    set_objective(m, m.leader)
-    if which == "ipopt":
-        structured = kw["x0s"]
-        kw = dict(kw, x0s=random_starts(bm, max(0, starts - 1), seed))
-        lead = _ipopt_best(m, backend, reduction, kw, structured, pyo.minimize, warm_schedule)
-    else:
-        lead = solve_mpec(m, reduction, backend, **kw)
-    if not lead.ok:
-        return fail(f"leader optimum: {lead.status.value} ({lead.message})")
-    L = float(lead.objective)
-    proven_gap = abs(L - lead.bound) if (lead.bound is not None and math.isfinite(lead.bound)) else 0.0
-    L_check = certify(bm, lead.complementarity_violation).leader_objective
-    lead_certificate = lead.certificate
-    lead_gaps = [lead.gap] if lead.gap is not None else []
-    restarts = 0
-    while True:
-        # the band, and (mirrored) what proves L* was not the optimum; the allowance covers the
-        # solvers' feasibility tolerance (every leader value below is recomputed from arrays)
-        tol = (equilibrium_tolerance(bm, L) if epsilon is None else epsilon) + proven_gap
-        allowance = FEASIBILITY_SLACK * max(1.0, abs(L))
-        band, beaten = max(L, L_check) + tol + allowance, min(L, L_check) - tol - allowance
-        if m.component("eq_leader_bound") is not None:
-            m.del_component("eq_leader_bound")
-        m.eq_leader_bound = pyo.Constraint(expr=m.leader <= L + tol)
-        certificate, gaps = lead_certificate, list(lead_gaps)
-        ends, fallbacks, snapped, polished, end_gaps = {}, {}, {}, {}, {}
-        failure, better = "", None
-        for name, sense in (("min", pyo.minimize), ("max", pyo.maximize)):
-            say(f"{formulation}: {name} J(pi, M) over equilibria ({which})")
-            set_objective(m, m.true_return, sense)
-            if which == "ipopt":
-                res = _ipopt_best(m, backend, reduction, kw,
-                                  list(structured) + [p for _, p in lead.solutions], sense, warm_schedule)
-            else:
-                res = solve_mpec(m, reduction, backend, **kw)
-            step_solved = res.ok
-            if not res.ok and which == "ipopt":
-                # no start of this step converged: the leader-optimal point is itself an
-                # equilibrium in the band, so it stands as this end (local, and said so)
-                say(f"{formulation}: {name} J step failed ({res.message}); the leader optimum stands")
-                fallbacks[name] = f"{res.status.value}: {res.message}"
-                _load(lead.point)
-                res = lead
-            if not res.ok:
-                return fail(failure or f"{name} J over equilibria: {res.status.value} ({res.message})")
-            if res.certificate != "global":
-                certificate = "local"
-            if res.gap is not None:
-                gaps.append(res.gap)
-            # the proved absolute gap of this end: |J found - SCIP's bound| (none: IPOPT)
-            end_gaps[name] = (abs(float(res.objective) - float(res.bound))
-                              if res is not lead and res.certificate == "global"
-                              and res.bound is not None and math.isfinite(res.bound) else None)
-            eq, why, local = _certified_end(bm, name, res, which, band, f"{L + tol:.9g}",
-                                            snapped, polished)
-            if local:
-                certificate = "local"
-                downgrades.append(local)
-            # any equilibrium of this step below the band's mirror beats L*
-            seen = ([eq] if eq.follower_gap <= FOLLOWER_GAP_TOL else []) + \
-                (_other_equilibria(bm, res) if step_solved else [])
-            best = min(seen, key=lambda e: e.leader_objective, default=None)
-            if best is not None and best.leader_objective < beaten:
-                better = (name, best)
-                break
-            if why:
-                failure = failure or why     # the other end may still show that L* is beaten
-                continue
-            ends[name] = eq
-        if better is None:
-            break
-        name, found = better
-        if restarts == _LEADER_RESTARTS:
-            return fail(f"leader optimum: the {name} step found leader objective "
-                        f"{found.leader_objective:.9g} below L* = {L:.9g} after {restarts} restarts")
-        restarts += 1
-        if lead_certificate == "global":
-            lead_certificate = "local"
-            downgrades.append(f"the {name} step found an equilibrium with leader objective "
-                              f"{found.leader_objective:.9g} below the proven leader optimum {L:.9g}")
-        eq = _descend_leader(bm, found, warm_schedule if which == "ipopt" else WARM_SCHEDULE)
-        say(f"{formulation}: the {name} step found an equilibrium with leader objective "
-            f"{found.leader_objective:.9g} < L* = {L:.9g}; L* = {eq.leader_objective:.9g} "
-            "(after a local descent from it), interval recomputed")
-        improvements.append({"old": L, "new": eq.leader_objective, "found_by": name,
-                             "found": found.leader_objective})
-        L = L_check = eq.leader_objective
-        point = starting_point(bm, eq.policy, eq.model)
-        new_tol = (equilibrium_tolerance(bm, L) if epsilon is None else epsilon) + proven_gap
-        lead = MPECResult(Status.LOCALLY_OPTIMAL, L, point,
-                          ((L, point),) + tuple((o, p) for o, p in lead.solutions if o <= L + new_tol),
-                          complementarity_violation=eq.complementarity_violation,
-                          certificate="local", message="an equilibrium of an interval step")
-        _load(point)
-    if failure:
-        return fail(failure)
-    low, high = ends["min"], ends["max"]
-    if low.J > high.J:  # numerical noise: recomputed values decide the order
-        low, high = high, low
-    details = {"solver_gap": max((g for g in gaps if math.isfinite(g)), default=None),
-               "proved_gap": end_gaps if certificate == "global" else
-               {k: None for k in end_gaps},
-               "leader_objective_recomputed": L_check}
-    if which == "ipopt":
-        details["ipopt_mode"] = "polish" if not reduction.schedule else "homotopy"
-    if fallbacks:
-        details["ends_at_leader_optimum"] = fallbacks
-    if snapped:
-        details["snapped_to_best_response"] = snapped
-    if polished:
-        details["polished_to_follower_optimum"] = polished
-    if improvements:
-        details["leader_optimum_improved"] = improvements
-    if downgrades:
-        details["certificate_downgraded"] = downgrades
-    if epsilon is not None:
-        details["epsilon"] = epsilon
-    return EquilibriumInterval(formulation, "solved", alpha=bm.alpha, certificate=certificate,
-                               solver=which, starts=n_starts, leader_objective=L, tolerance=tol,
-                               low=low, high=high, seconds=time.perf_counter() - t0,
-                               details=details)

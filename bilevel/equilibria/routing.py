@@ -5,7 +5,7 @@ import math
 
 import bilevel.game as game
 from bilevel.equilibria.interval import EquilibriumInterval
-from bilevel.equilibria.mpec_route import _solve_formulation
+from bilevel.equilibria.mpec_interval import solve_route
 from bilevel.mdp.graph import live_pairs, n_policies
 from bilevel.mdp.model import TabularMDP
 
@@ -45,7 +45,7 @@ def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = N
                       solver: str = "auto", starts: int = 3, seed: int = 0,
                       time_limit: float = SCIP_TIME_LIMIT, pal_reduction: str = "closed_form",
                       log=None, ipopt_mode: str = "auto",
-                      epsilon: float | None = None) -> EquilibriumInterval:
+                      epsilon: float | None = None, mpec=None) -> EquilibriumInterval:
     """The equilibrium interval of `formulation` (see module docstring).
     epsilon: the interval over epsilon-leader-optimal equilibria (leader <= L* + epsilon, at the
     file's floor) instead of the exact limit one: PAL in closed form, the MAL family on the
@@ -59,7 +59,9 @@ def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = N
     ipopt_mode: "homotopy" (Scholtes eps schedule, then polish), "polish" (active-set polish
     from follower-optimal starts only), "auto" (polish past POLISH_ONLY_PAIRS live pairs).
     solver="enumerate" (MAL family, tiny MDPs): bilevel.equilibria.enumeration, at most
-    min(time_limit, ENUMERATE_TIME_LIMIT) s per policy (the bounds need only resolve the band)."""
+    min(time_limit, ENUMERATE_TIME_LIMIT) s per policy (the bounds need only resolve the band).
+    mpec: what runs the MPEC route (default mpec_interval.solve_route, in this process;
+    parallel_ends.split_route returns its ends as tasks instead)."""
     say = log or (lambda msg: None)
     solver = SOLVER_ALIASES.get(solver, solver)
     if solver not in SOLVERS:
@@ -95,13 +97,22 @@ def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = N
     which = choose_solver(mdp, solver, formulation)
     if which == "enumerate":
         return enumerated()
-    res = _solve_formulation(mdp, formulation, alpha, which, starts, seed,
-                             time_limit, pal_reduction, log, ipopt_mode, epsilon)
+    run = mpec or solve_route
+    res = run(mdp, formulation, alpha, which, starts, seed, time_limit, pal_reduction, log,
+              ipopt_mode, epsilon)
     if solver in ("auto", "enumerate") and res.solver == "scip" and not res.ok:
         say(f"{formulation}: SCIP did not certify ({res.reason}); IPOPT")
-        local = _solve_formulation(mdp, formulation, alpha, "ipopt", starts, seed, time_limit,
-                                   pal_reduction, log, ipopt_mode, epsilon)
-        details = dict(local.details, scip=res.reason)
-        return EquilibriumInterval(**{**local.__dict__, "details": details,
-                                      "seconds": local.seconds + res.seconds})
+        local = run(mdp, formulation, alpha, "ipopt", starts, seed, time_limit, pal_reduction,
+                    log, ipopt_mode, epsilon)
+        scip = {"reason": res.reason, "seconds": res.seconds}
+        if isinstance(local, EquilibriumInterval):
+            return with_scip_failure(local, scip)
+        return local.after_scip(**scip)          # a split solve: said when its ends settle
     return res
+
+
+def with_scip_failure(local: EquilibriumInterval, scip: dict) -> EquilibriumInterval:
+    """IPOPT's interval after SCIP did not certify: SCIP's reason in its details, SCIP's
+    seconds added to its own."""
+    return EquilibriumInterval(**{**local.__dict__, "details": dict(local.details, scip=scip["reason"]),
+                                  "seconds": local.seconds + scip["seconds"]})

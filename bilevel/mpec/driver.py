@@ -69,6 +69,15 @@ class MPECResult:
                 "seconds": self.seconds, "certificate": self.certificate, "gap": self.gap,
                 "bound": self.bound, "message": self.message}
 
+    @classmethod
+    def from_json(cls, d: dict, model) -> "MPECResult":
+        """The inverse of to_json, its points bound to the variables of the same names in
+        `model` (the same formulation built again from the same MDP)."""
+        bound = (lambda named: None if named is None else
+                 ComponentMap((model.find_component(name), x) for name, x in named.items()))
+        return cls(**{**d, "status": Status(d["status"]), "point": bound(d["point"]),
+                      "solutions": tuple((s["objective"], bound(s["point"])) for s in d["solutions"])})
+
 
 def _objective_sense(model) -> int:
     objs = list(model.component_data_objects(pyo.Objective, active=True, descend_into=True))
@@ -116,7 +125,9 @@ def polish(nlp, inv: InverseData):
     try:
         return nlp.solve(load="always", options=POLISH)
     finally:
-        for side, lb, ub in saved:
+        # in reverse: a variable that is a side of several pairs was saved once per pair, the
+        # later saves holding the 0 bounds of the earlier ones
+        for side, lb, ub in reversed(saved):
             side.setlb(lb)
             side.setub(ub)
 

@@ -3,6 +3,8 @@
     records[i] = stored record of tasks[i].key            if the store holds a reusable one
                                                            (and not fresh)
                = run_task(tasks[i])                        otherwise, on a worker, then stored
+A task whose result is a continuation (bilevel.sweep.continuation) finishes through child
+tasks, run like the others, and a combine step in this process.
 
 Where the tasks run:
     scheduler="tcp://host:port"   an existing cluster (`dask scheduler`, `dask worker ADDRESS`)
@@ -25,6 +27,7 @@ from contextlib import ExitStack
 from bilevel.cache import code_version
 from bilevel.cli.output import logger, progress as progress_bar, say as log_to
 from bilevel.sweep.store import ResultStore
+from bilevel.sweep.continuation import children, combined, is_continuation
 from bilevel.sweep.record import failed
 from bilevel.sweep.task import Task, run_task
 
@@ -89,79 +92,147 @@ def run_sweep(tasks, store=None, scheduler: str | None = None, workers: int | No
         raise ValueError(f"workers must be >= 0, got {workers}")
     if store is not None and not isinstance(store, ResultStore):
         store = ResultStore(store)
-    distinct: dict[str, Task] = {}                          # the first task of each key
-    for task in tasks:
-        distinct.setdefault(task.key, task)
-    records: dict[str, dict] = {}
-    for key, task in distinct.items():
-        record = store.get(key) if store is not None and not fresh else None
-        if record is not None and reusable(record, task, retry_failed):
-            records[key] = record
-    counts = {"done": 0, "failed": 0, "reused": len(records)}
-    # the costliest tasks first (their `cost`, then the time-limited solver tasks), so that no
-    # long task starts last while the other workers idle; records come back in task order
-    pending = sorted((t for key, t in distinct.items() if key not in records),
-                     key=lambda t: (-t.cost, t.time_limit is None))
     t0 = time.perf_counter()
-    bar = progress_bar(total=len(pending), desc=name, quiet=not progress)
-
-    def finish(task: Task, record: dict, keep: bool = True) -> None:
-        if task.key in records:                              # one record per key, stored once
-            return
-        records[task.key] = record
-        if keep and store is not None:
-            store.put(task.key, record)
-        ok = record.get("status") == "ok"
-        counts["done" if ok else "failed"] += 1
-        if not ok:
-            say(f"{task.label} failed: {record.get('reason')}")
-        bar.update(1)
-
+    bar = progress_bar(total=0, desc=name, quiet=not progress)
+    graph = _Graph(store, fresh, retry_failed, say, bar)
+    for task in tasks:
+        graph.want(task)
+    distinct = len({t.key for t in tasks})
     try:
-        if not pending:
+        if not graph.queued:
             where = "nothing to run"
         elif workers == 0:
             where = "in process"
-            for task in pending:
-                finish(task, run_task(task))
+            while graph.queued:
+                task = graph.next()
+                graph.settle(task, run_task(task), ran=True)
         else:
             check = scheduler is not None if check_code is None else check_code
-            where = _run_distributed(pending, finish, scheduler, workers, retries,
+            where = _run_distributed(graph, scheduler, workers, retries,
                                      code_version() if check else None)
     finally:
         bar.close()
-    n = f"{len(tasks)} tasks" + (f" ({len(distinct)} distinct)" if len(distinct) < len(tasks)
-                                 else "")
+    counts = graph.counts
+    n = f"{len(tasks)} tasks" + (f" ({distinct} distinct)" if distinct < len(tasks) else "")
     say(f"{n}: {counts['done']} done, {counts['failed']} failed, {counts['reused']} "
         f"reused; {time.perf_counter() - t0:.1f} s, {where}")
-    out = SweepRecords(dict(records[t.key]) for t in tasks)
+    out = SweepRecords(dict(graph.final[t.key]) for t in tasks)
     out.counts = counts
     return out
 
 
-def _run_distributed(pending: list[Task], finish, scheduler, workers, retries, code) -> str:
-    """Submit `pending` to a Dask cluster and finish() each as it completes; where it ran.
+class _Graph:
+    """The records of a sweep's tasks and of their continuations' children
+    (bilevel.sweep.continuation): which tasks still have to run (`queued`, the costliest first:
+    their `cost`, then the time-limited solver tasks), which wait for children (`waiting`), and
+    the final records (`final`), stored as they come, once per key."""
+
+    def __init__(self, store, fresh, retry_failed, say, bar):
+        self.store, self.fresh, self.retry_failed, self.say, self.bar = store, fresh, retry_failed, say, bar
+        self.final: dict[str, dict] = {}
+        self.queued: list[Task] = []
+        self.waiting: dict[str, tuple[Task, dict, list[Task]]] = {}
+        self.parents: dict[str, list[str]] = {}
+        self.transient: set[str] = set()        # keys whose final record is not stored
+        self.seen: set[str] = set()
+        self.counts = {"done": 0, "failed": 0, "reused": 0}
+
+    def want(self, task: Task) -> None:
+        """`task` needs a record: from the store when it holds a reusable one, else run it."""
+        if task.key in self.seen:
+            return
+        self.seen.add(task.key)
+        record = None
+        if self.store is not None and not self.fresh:
+            record = self.store.get(task.key)
+        if record is not None and (is_continuation(record) or reusable(record, task, self.retry_failed)):
+            self.settle(task, record, ran=False)
+            return
+        self.queued.append(task)
+        self.bar.total = (self.bar.total or 0) + 1
+        self.bar.refresh()
+
+    def next(self) -> Task:
+        """The costliest queued task, taken off the queue."""
+        self.queued.sort(key=lambda t: (-t.cost, t.time_limit is None))
+        return self.queued.pop(0)
+
+    def settle(self, task: Task, record: dict, ran: bool, keep: bool = True) -> None:
+        """Take `record` as `task`'s: store it (when it ran and is `keep`), then either start its
+        continuation's children or make it final and combine the parents it completes."""
+        if ran:
+            if keep and self.store is not None:
+                self.store.put(task.key, record)
+            if not keep:
+                self.transient.add(task.key)
+            self.bar.update(1)
+        if is_continuation(record):
+            kids = children(record)
+            self.waiting[task.key] = (task, record, kids)
+            for kid in kids:
+                self.parents.setdefault(kid.key, []).append(task.key)
+            for kid in kids:
+                self.want(kid)
+            self._combine(task.key)
+            return
+        if task.key in self.final:
+            return
+        self.final[task.key] = record
+        ok = record.get("status") == "ok"
+        self.counts["done" if ok and ran else "failed" if ran else "reused"] += 1
+        if ran and not ok:
+            self.say(f"{task.label} failed: {record.get('reason')}")
+        for parent in self.parents.pop(task.key, []):
+            self._combine(parent)
+
+    def _combine(self, key: str) -> None:
+        """Combine the continuation of `key` once all its children are final."""
+        if key not in self.waiting:
+            return
+        task, record, kids = self.waiting[key]
+        if any(kid.key not in self.final for kid in kids):
+            return
+        del self.waiting[key]
+        keep = not any(kid.key in self.transient for kid in kids)
+        self.bar.total = (self.bar.total or 0) + 1      # the combine counts as a step
+        self.settle(task, combined(record, [self.final[kid.key] for kid in kids]), ran=True, keep=keep)
+
+
+def _run_distributed(graph: _Graph, scheduler, workers, retries, code) -> str:
+    """Submit the graph's queued tasks to a Dask cluster, settle each as it completes (which
+    may queue continuation children, submitted at once); where it ran.
     `code`: the code version the workers must run (None: no check).
     A future that errs (KilledWorker: the workers running it died more than allowed-failures
     times; a lost scheduler; StaleCode) gives a failed record that is not stored."""
     from distributed import Client, as_completed
     with ExitStack() as stack:
         if scheduler is None:
-            n = min(workers or os.cpu_count() or 1, len(pending))
+            # one worker per core (not fewer for a short sweep: its tasks may continue into more)
+            n = workers or os.cpu_count() or 1
             cluster = stack.enter_context(local_cluster(n))
             logger("sweep").debug(f"dashboard: {cluster.dashboard_link or 'none'}")
             client, where = stack.enter_context(Client(cluster)), f"{n} local worker processes"
         else:
             client, where = stack.enter_context(Client(scheduler)), f"on {scheduler}"
-        futures = {client.submit(run_task, t, code, key=dask_key(t), pure=False,
-                                 retries=retries): t for t in pending}
-        for future in as_completed(list(futures)):
+        futures, running = {}, as_completed()
+
+        def submit_queued():
+            while graph.queued:
+                task = graph.next()
+                future = client.submit(run_task, task, code, key=dask_key(task), pure=False,
+                                       retries=retries)
+                futures[future] = task
+                running.add(future)
+
+        submit_queued()
+        for future in running:
             task = futures.pop(future)
             try:
                 record, keep = future.result(), True
             except Exception as e:
                 from bilevel.cli.common import failure_reason
                 record, keep = failed(failure_reason(e)), False
-            finish(task, record, keep)
+            graph.settle(task, record, ran=True, keep=keep)
             future.release()
+            submit_queued()
     return where

@@ -10,6 +10,8 @@ failure, a trace of executions, an empty task (the engine's overhead).
     process         the process that runs it: process id and code version
     prints          writes to stdout (print and file descriptor 1), returns what it wrote
     reads_stdin     what the task reads from its standard input
+    split_sum       sum of squares through a continuation: one child task per square (through
+                    `traced` when a trace directory is given), summed by `sum_results`
 """
 from __future__ import annotations
 
@@ -91,3 +93,36 @@ def reads_stdin() -> str:
 def empty(**kwargs) -> None:
     """Nothing: the engine's own cost per task."""
     return None
+
+
+def split_sum(values: list, trace: str | None = None, fail_at=None, sleep: float = 0.0) -> dict:
+    """sum(v**2 for v in values), as a continuation (bilevel.sweep.continuation): a child task
+    square(v) per value (traced into `trace` when given, after `sleep` seconds; `fail_at`: that
+    value's child raises), combined by sum_results."""
+    from bilevel.sweep.continuation import continuation
+    from bilevel.sweep.task import Task
+
+    def child(v):
+        fn, kwargs = ("bilevel.sweep.probes:fail", {}) if v == fail_at else \
+            ("bilevel.sweep.probes:square", {"value": v})
+        if trace is not None:
+            fn, kwargs = "bilevel.sweep.probes:traced", {"trace": trace, "fn": fn, "kwargs": kwargs,
+                                                       "sleep": sleep}
+        return Task(fn, kwargs, label=f"square-{v}")
+
+    return continuation([child(v) for v in values], "bilevel.sweep.probes:sum_results",
+                        {"n": len(values)})
+
+
+def square(value: float) -> float:
+    """value ** 2."""
+    return value * value
+
+
+def sum_results(context: dict, records: list) -> float:
+    """The sum of the children's results (RuntimeError naming the first failed child)."""
+    assert len(records) == context["n"]
+    bad = [r for r in records if r["status"] != "ok"]
+    if bad:
+        raise RuntimeError(f"a child failed: {bad[0]['reason']}")
+    return sum(r["result"] for r in records)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -96,6 +97,28 @@ def jsonable(value):
             return json.loads(json.dumps(json_clean(value), allow_nan=False))
         except (TypeError, ValueError) as e:
             raise TypeError(f"the result has no JSON form ({e})") from None
+
+
+def tagged(obj):
+    """`obj` with every non-finite float x written {"float": repr(x)} (strict JSON has none)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return {"float": repr(obj)}
+    if isinstance(obj, dict):
+        return {k: tagged(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [tagged(v) for v in obj]
+    return obj
+
+
+def untagged(obj):
+    """The inverse of `tagged`."""
+    if isinstance(obj, dict):
+        if set(obj) == {"float"}:
+            return float(obj["float"])
+        return {k: untagged(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [untagged(v) for v in obj]
+    return obj
 
 
 def call(fn: str, kwargs: dict) -> dict:
