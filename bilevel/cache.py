@@ -46,6 +46,8 @@ def mdp_fingerprint(mdp) -> str:
         h.update(str(arr.dtype).encode() + str(arr.shape).encode())
         h.update(arr.tobytes())
     h.update(json.dumps([mdp.gamma, mdp.floor, mdp.horizon]).encode())
+    if getattr(mdp, "occupancy", "discounted") != "discounted":   # discounted keys stay as they were
+        h.update(json.dumps({"occupancy": mdp.occupancy}).encode())
     return h.hexdigest()
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from bilevel.cache import TASK_CACHE
 from bilevel.sweep import add_sweep_args, sweep_options
 from bilevel.cli.output import add_verbosity, logger, say, setup_logging
-from bilevel.cli.common import _parse_alpha, json_dumps
+from bilevel.cli.common import _parse_alpha, add_occupancy_arg, json_dumps
 from bilevel.equilibria.document import SWEEP_ALPHAS, mdp_head, optimum, solve_to_dict, summary
 from bilevel.game.formulations import DEFAULT_ALPHA, FORMULATIONS
 from bilevel.game.formulations import formulation as game_formulation
@@ -66,7 +66,7 @@ def planned_route(mdp: TabularMDP, formulation: str, solver: str = "auto",
         if s in ("auto", "exact", "enumerate"):
             s = "auto"
     elif s in ("auto", "exact", "enumerate"):
-        if has_exact_route(formulation) and (s != "enumerate" or not form.enumerable):
+        if has_exact_route(formulation, mdp) and (s != "enumerate" or not form.enumerable):
             return "exact route"
         if s != "enumerate":
             s = "auto"
@@ -96,7 +96,9 @@ def print_summary(mdp: TabularMDP, opt: dict, out=None) -> None:
     term = [s for s, t in zip(mdp.states, mdp.terminal) if t]
     start = name_list(f"{s}={p:g}" for s, p in zip(mdp.states, mdp.rho0) if p > 0)
     print(f"MDP {mdp.name} ({mdp.source}): {mdp.n_states} states, {mdp.n_actions} actions, "
-          f"gamma={mdp.gamma:g}, horizon={mdp.horizon if mdp.horizon else 'none'}", file=out)
+          f"gamma={mdp.gamma:g}, horizon={mdp.horizon if mdp.horizon else 'none'}"
+          + (", occupancy: average (loss weights of T-step episodes; J is the T-step return)"
+             if mdp.averaged else ""), file=out)
     print(f"  start: {start}; terminal: {name_list(term) or 'none'}; model support: "
           f"{mdp.support} ({int(mdp.K.sum())} of {mdp.K.size} entries), floor eta={mdp.floor:g}",
           file=out)
@@ -106,7 +108,8 @@ def print_summary(mdp: TabularMDP, opt: dict, out=None) -> None:
     print(f"  state graph: {len(erg['classes'])} strongly connected classes, closed: {shown}"
           f"{' (ergodic)' if erg['strongly_connected'] else ''}", file=out)
     ep = opt["episode_reward"]
-    print(f"Optimum (value iteration): J* = {opt['J']:.6g} (discounted return)"
+    what = "T-step return of the discounted optimum" if mdp.averaged else "discounted return"
+    print(f"Optimum (value iteration): J* = {opt['J']:.6g} ({what})"
           + (f", episode reward = {ep:.6g} (undiscounted, {mdp.horizon} steps)" if ep is not None else ""),
           file=out)
     if mdp.n_states <= 12:
@@ -133,7 +136,8 @@ def print_table(mdp: TabularMDP, doc: dict, out=None) -> None:
              "leader-optimal equilibria, in the limit of a vanishing model floor and band")
     print(f"\nExact Stackelberg equilibria (strong/optimistic: the leader picks among the "
           f"follower's best responses;\nintervals = min and max true return over {which})", file=out)
-    head = f"{'formulation':<24} {'alpha':>6}  {'J(pi, M) discounted':<22} {ep_head:<26} " \
+    j_head = "J(pi, M) T-step" if mdp.averaged else "J(pi, M) discounted"
+    head = f"{'formulation':<24} {'alpha':>6}  {j_head:<22} {ep_head:<26} " \
            f"{'leader obj.':>12}  {'certificate':<18} {'seconds':>7}"
     print(head, file=out)
     print("-" * len(head), file=out)
@@ -204,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "file's floor: what a trainer with leader error E can end at) instead of "
                         "the exact limit interval; PAL in closed form, the MAL family on the "
                         "MPEC route")
+    add_occupancy_arg(p)
     p.add_argument("--starts", type=int, default=3, help="IPOPT cold starts: the model's initial point and N-1 random follower-optimal (policy, model) pairs, besides the structured ones (the true optimum with the fitted model, the uniform policy, the fitted model's optimum)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--summary-only", action="store_true", help="only the MDP summary and optimum")
@@ -219,6 +224,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         mdp = load_mdp(args.file)
+        if args.occupancy is not None:
+            mdp = mdp.with_(occupancy=args.occupancy)
     except MDPError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

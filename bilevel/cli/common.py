@@ -73,3 +73,13 @@ def _alpha_number(value: str, item: str, key: str | None = None) -> float:
     if not 0.0 <= a <= 1.0:
         raise ValueError(f"{where}alpha must lie in [0, 1], got {value.strip()!r}")
     return a
+
+
+def add_occupancy_arg(parser) -> None:
+    """--occupancy discounted|average: the data's occupancy, instead of the file's `occupancy`
+    (average: the T-step averaged occupancy of episodes of the file's horizon T)."""
+    from bilevel.mdp.model import OCCUPANCIES
+    parser.add_argument("--occupancy", choices=OCCUPANCIES, default=None,
+                        help="the occupancy that weights the model's loss: discounted, or average "
+                             "(T-step episodes, T = the file's horizon; the reported return J is "
+                             "then the T-step return); default: the file's `occupancy`")

@@ -13,7 +13,6 @@ from bilevel.game.formulations import BilevelModel, extract
 from bilevel.mdp.model import TabularMDP
 from bilevel.tabular.evaluation import episode_reward, policy_return
 from bilevel.tabular.fits import kl_fit, model_loss
-from bilevel.tabular.occupancy import occupancy
 
 
 FOLLOWER_GAP_TOL = 1e-6
@@ -49,7 +48,7 @@ def snap_to_best_response(bm: BilevelModel) -> None:
         return
     mdp, m = bm.mdp, bm.model
     pi = extract(bm)["policy"]
-    visited = occupancy(mdp.P, mdp.rho0, mdp.gamma, pi) > 0
+    visited = mdp.data_occupancy(pi) > 0
     Peta = kl_fit(mdp.P, mdp.K, mdp.floor)
     for (s, a, t) in m.KSET:
         if visited[s, a]:
@@ -58,10 +57,12 @@ def snap_to_best_response(bm: BilevelModel) -> None:
 
 def certify_point(mdp: TabularMDP, formulation: str, alpha, pi: np.ndarray, Phat: np.ndarray,
                   violation: float | None = None) -> Equilibrium:
-    """Every reported number of (pi, Phat), recomputed from the arrays: J(pi, M), episode
-    reward, l(Phat, mu_M^pi), J(pi, Phat), the leader objective and the follower gap."""
-    mu = occupancy(mdp.P, mdp.rho0, mdp.gamma, pi)
-    J = policy_return(mdp.P, mdp.r, mdp.rho0, mdp.gamma, pi)
+    """Every reported number of (pi, Phat), recomputed from the arrays: J(pi, M) (the T-step
+    return under `occupancy: average`), episode reward, l(Phat, mu_M^pi) (mu the data
+    occupancy), J(pi, Phat) (the agent's discounted value in the model), the leader objective
+    and the follower gap."""
+    mu = mdp.data_occupancy(pi)
+    J = mdp.true_return(pi)
     ep = episode_reward(mdp.P, mdp.r, mdp.rho0, pi, mdp.horizon) if mdp.horizon else None
     J_model = policy_return(Phat, mdp.model_reward(Phat), mdp.rho0, mdp.gamma, pi)
     return Equilibrium(policy=pi, model=Phat, J=J, episode_reward=ep,

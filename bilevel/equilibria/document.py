@@ -17,17 +17,21 @@ SWEEP_ALPHAS = (0.0, 0.5, 0.9, 0.99, 0.999, 0.9999, 1.0)   # alpha sweeps: solve
 
 
 def optimum(mdp: TabularMDP) -> dict:
-    """J* = rho0.V* (value iteration), its greedy policy and exact episode reward."""
+    """J* = rho0.V* (value iteration), its greedy policy and exact episode reward; under
+    `occupancy: average` J is that policy's T-step return (the agent's optimum, measured as the
+    study measures it)."""
     V, pi = value_iteration(mdp.P, mdp.r, mdp.gamma)
     ep = episode_reward(mdp.P, mdp.r, mdp.rho0, pi, mdp.horizon) if mdp.horizon else None
-    return {"J": float(mdp.rho0 @ V), "episode_reward": ep, "policy": pi.tolist(),
+    J = mdp.true_return(pi) if mdp.averaged else float(mdp.rho0 @ V)
+    return {"J": J, "episode_reward": ep, "policy": pi.tolist(),
             "V": V.tolist()}
 
 
 def mdp_head(mdp: TabularMDP) -> dict:
-    """The `mdp` entry of the JSON document."""
+    """The `mdp` entry of the JSON document ("occupancy" only when it is average)."""
     return {"name": mdp.name, "states": mdp.n_states, "actions": mdp.n_actions,
-            "gamma": mdp.gamma, "horizon": mdp.horizon}
+            "gamma": mdp.gamma, "horizon": mdp.horizon,
+            **({"occupancy": mdp.occupancy} if mdp.averaged else {})}
 
 
 def summary(mdp: TabularMDP) -> dict:

@@ -24,8 +24,9 @@ SOLVER_ALIASES = {"scip": "mpec-scip", "ipopt": "mpec-ipopt"}
 def choose_solver(mdp: TabularMDP, solver: str, formulation: str = "") -> str:
     """`auto`: SCIP (global) for MDPs with at most AUTO_SCIP_MAX_PAIRS state-action pairs, except
     a formulation with `enumerate_on_auto` (MAL + agent reward: SCIP did not close its gap in
-    30 s on hidden_goal for alpha >= 0.99): enumeration of the follower's policies when there
-    are at most ENUMERATE_AUTO_MAX_POLICIES, else IPOPT. (solve_formulation: a SCIP solve that
+    30 s on hidden_goal for alpha >= 0.99; MAL + true reward under `occupancy: average`, which
+    has no closed form there): enumeration of the follower's policies when there are at most
+    ENUMERATE_AUTO_MAX_POLICIES, else IPOPT. (solve_formulation: a SCIP solve that
     does not certify hands over to the enumeration when it applies and proves both ends, else to
     IPOPT.) `enumerate` covers the `enumerable` formulations (a policy follower: the MAL
     family); the others (PAL) then take the `auto` route."""
@@ -34,7 +35,7 @@ def choose_solver(mdp: TabularMDP, solver: str, formulation: str = "") -> str:
         return "enumerate" if spec is None or spec.enumerable else choose_solver(mdp, "auto", formulation)
     if solver != "auto":
         return solver
-    if spec is not None and spec.enumerate_on_auto:
+    if spec is not None and (spec.enumerate_on_auto or (mdp.averaged and spec.exact_route == "true_return")):
         return "enumerate" if n_policies(mdp) <= ENUMERATE_AUTO_MAX_POLICIES else "ipopt"
     return "scip" if live_pairs(mdp) <= AUTO_SCIP_MAX_PAIRS else "ipopt"
 
@@ -77,7 +78,7 @@ def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = N
             solver = "auto"
     elif solver in ("auto", "exact", "enumerate"):
         from bilevel.equilibria.exact import exact_interval, has_exact_route
-        if has_exact_route(formulation) and (solver != "enumerate" or not spec.enumerable):
+        if has_exact_route(formulation, mdp) and (solver != "enumerate" or not spec.enumerable):
             return exact_interval(mdp, formulation, alpha, log=log)
         if solver == "exact" and spec.exact_minlp:
             # no closed-form structure: SCIP on the binary-follower MINLP (global where proved)

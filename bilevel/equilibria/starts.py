@@ -8,17 +8,18 @@ import bilevel.game as game
 from bilevel.game.formulations import BilevelModel
 from bilevel.tabular.evaluation import policy_evaluation, value_iteration
 from bilevel.tabular.fits import kl_fit, kl_rows, random_model
-from bilevel.tabular.occupancy import occupancy
+from bilevel.tabular.occupancy import occupancy, state_visits
 from bilevel.tabular.policies import uniform_policy
 
 
 def starting_point(bm: BilevelModel, pi: np.ndarray, Phat: np.ndarray | None = None) -> ComponentMap:
     """A consistent start: policy pi, model Phat (default: the floored fit P_eta), the true
-    occupancy mu, and (MAL family) V, w of pi in Phat, or (PAL) the model occupancy d."""
+    (data) occupancy mu (and its state visits under `occupancy: average`), and (MAL family) V, w
+    of pi in Phat, or (PAL) the model occupancy d."""
     mdp, m = bm.mdp, bm.model
     if Phat is None:
         Phat = kl_fit(mdp.P, mdp.K, mdp.floor)
-    mu = occupancy(mdp.P, mdp.rho0, mdp.gamma, pi)
+    mu = mdp.data_occupancy(pi)
     x = ComponentMap()
     for (s, a) in m.SA:
         x[m.pi[s, a]] = float(pi[s, a])
@@ -28,6 +29,10 @@ def starting_point(bm: BilevelModel, pi: np.ndarray, Phat: np.ndarray | None = N
         for a in range(mdp.n_actions):
             if not m.mu[s, a].fixed:
                 x[m.mu[s, a]] = float(mu[s, a] if not mdp.terminal[s] else mu[s].sum())
+    if hasattr(m, "visits"):
+        d = state_visits(mdp.P, mdp.rho0, pi, mdp.horizon)
+        for (t, s) in m.visits:
+            x[m.visits[t, s]] = float(d[t, s])
     if hasattr(m, "fit_up"):
         diff = Phat - kl_fit(mdp.P, mdp.K, mdp.floor)
         for (s, a, t) in m.KSET:
@@ -89,7 +94,7 @@ def random_starts(bm: BilevelModel, n: int, seed: int = 0) -> list[ComponentMap]
             pi = rng.dirichlet(np.ones(A), size=S)
             onehot = rng.random(S) < 0.5
             pi[onehot] = np.eye(A)[rng.integers(A, size=int(onehot.sum()))]
-            visited = occupancy(mdp.P, mdp.rho0, mdp.gamma, pi) > 0
+            visited = mdp.data_occupancy(pi) > 0
             Phat = np.where(visited[:, :, None], Peta, D)
         else:
             lam = np.where(rng.random((S, A)) < 0.5, 0.0, rng.random((S, A)))[:, :, None]

@@ -15,11 +15,10 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from bilevel.game.build import BilevelModel, base_model
+from bilevel.game.build import BilevelModel, base_model, random_data
 from bilevel.mdp.model import TabularMDP
 from bilevel.tabular.evaluation import policy_return
 from bilevel.tabular.fits import kl_fit, model_loss
-from bilevel.tabular.occupancy import occupancy, uniform_occupancy
 
 
 class Formulation(ABC):
@@ -97,10 +96,10 @@ class Formulation(ABC):
     def nu(self, mdp: TabularMDP, pi: np.ndarray, alpha: float | None = None) -> np.ndarray:
         """The leader's data occupancy nu = a mu + c mu_rand (`data_mixture`), shape (S,A)."""
         a, c = self.data_mixture(self.resolve_alpha(alpha))
-        mu = occupancy(mdp.P, mdp.rho0, mdp.gamma, pi)
+        mu = mdp.data_occupancy(pi)
         if c == 0.0:
             return mu if a == 1.0 else a * mu
-        return a * mu + c * uniform_occupancy(mdp.P, mdp.rho0, mdp.gamma)
+        return a * mu + c * random_data(mdp)
 
     def forced_pairs(self, mdp: TabularMDP, alpha: float | None) -> np.ndarray:
         """Live pairs whose weight in nu does not depend on the follower (c mu_rand(s,a) > 0):
@@ -108,19 +107,21 @@ class Formulation(ABC):
         _, c = self.data_mixture(self.resolve_alpha(alpha))
         if c <= 0.0:
             return np.zeros((mdp.n_states, mdp.n_actions), dtype=bool)
-        return (uniform_occupancy(mdp.P, mdp.rho0, mdp.gamma) > 0) & ~mdp.terminal[:, None]
+        return (random_data(mdp) > 0) & ~mdp.terminal[:, None]
 
     def leader_value(self, mdp: TabularMDP, pi: np.ndarray, Phat: np.ndarray,
                      alpha: float | None = None) -> float:
         """leader(pi, Phat) = w_l l(Phat, nu) - w_J J(pi, X), X = Phat or M (`return_in`), from
-        arrays (a term with weight 0 is not evaluated)."""
+        arrays (a term with weight 0 is not evaluated). J(pi, Phat) is the agent's own value in
+        the model (discounted: what the follower optimizes); J(pi, M) the reported return
+        (`TabularMDP.true_return`: the T-step return under `occupancy: average`)."""
         alpha = self.resolve_alpha(alpha)
         w_l, w_J = self.objective_weights(alpha)
         value = 0.0
         if w_l:
             value += w_l * model_loss(mdp.P, Phat, self.nu(mdp, pi, alpha))
         if w_J and self.return_in == "true":
-            value -= w_J * policy_return(mdp.P, mdp.r, mdp.rho0, mdp.gamma, pi)
+            value -= w_J * mdp.true_return(pi)
         elif w_J:
             value -= w_J * policy_return(Phat, mdp.model_reward(Phat), mdp.rho0, mdp.gamma, pi)
         return float(value)

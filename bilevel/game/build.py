@@ -10,7 +10,9 @@ Variables (all arrays are indexed like the numpy conventions):
     kl[s,a]       KL(P(.|s,a) || Phat(.|s,a)), for the loss l(Phat, nu) = sum nu kl
 with the model's reward rhat(s,a) = sum_s' Phat(s'|s,a) R(s,a,s') (rewards known, transitions
 learned: a model hides a goal through its transitions alone), and `true_return` =
-J(pi, M) = sum mu r / (1-g), the quantity whose equilibrium interval is reported.
+J(pi, M) = sum mu r / (1-g), the quantity whose equilibrium interval is reported. Under
+`occupancy: average`, mu is the averaged occupancy mu_T (`averaged_flow`) and `true_return` the
+T-step return T sum mu_T r.
 """
 from __future__ import annotations
 
@@ -22,7 +24,6 @@ from pyomo.mpec import Complementarity, complements
 
 from bilevel.mdp.model import TabularMDP
 from bilevel.tabular.fits import kl_fit
-from bilevel.tabular.occupancy import uniform_occupancy
 from bilevel.tabular.policies import uniform_policy
 
 
@@ -68,10 +69,13 @@ def base_model(mdp: TabularMDP) -> pyo.ConcreteModel:
     m.pi = pyo.Var(m.SA, bounds=(0.0, 1.0), initialize=1.0 / A)
     m.policy_simplex = pyo.Constraint(m.LIVE, rule=lambda m_, s: sum(m_.pi[s, a] for a in m_.A) == 1.0)
 
-    mu0 = uniform_occupancy(P, mdp.rho0, g)
+    mu0 = random_data(mdp)
     m.mu = pyo.Var(m.S, m.A, bounds=(0.0, 1.0), initialize=lambda m_, s, a: mu0[s, a])
-    m.flow = pyo.Constraint(m.S, rule=lambda m_, t: sum(m_.mu[t, a] for a in m_.A) == (1 - g) * mdp.rho0[t]
-                            + g * sum(P[s, a, t] * m_.mu[s, a] for s in m_.S for a in m_.A if P[s, a, t] > 0))
+    if mdp.averaged:
+        averaged_flow(m, mdp)
+    else:
+        m.flow = pyo.Constraint(m.S, rule=lambda m_, t: sum(m_.mu[t, a] for a in m_.A) == (1 - g) * mdp.rho0[t]
+                                + g * sum(P[s, a, t] * m_.mu[s, a] for s in m_.S for a in m_.A if P[s, a, t] > 0))
     m.mu_policy = pyo.Constraint(m.SA_LINK, rule=lambda m_, s, a:
                                  m_.mu[s, a] == m_.pi[s, a] * sum(m_.mu[s, b] for b in m_.A))
     # in terminal states the action split is irrelevant: fix it to keep the model bounded
@@ -80,8 +84,41 @@ def base_model(mdp: TabularMDP) -> pyo.ConcreteModel:
             for a in range(1, A):
                 m.mu[s, a].fix(0.0)
     r = mdp.r
-    m.true_return = pyo.Expression(expr=sum(r[s, a] * m.mu[s, a] for (s, a) in m.SA) / (1 - g))
+    scale = mdp.horizon if mdp.averaged else 1.0 / (1 - g)      # T-step return: T sum mu_T r
+    m.true_return = pyo.Expression(expr=scale * sum(r[s, a] * m.mu[s, a] for (s, a) in m.SA))
     return m
+
+
+def random_data(mdp: TabularMDP) -> np.ndarray:
+    """mu_rand: the data occupancy of the uniform policy in M (the random-noise data)."""
+    return mdp.data_occupancy(uniform_policy(mdp.n_states, mdp.n_actions))
+
+
+def averaged_flow(m, mdp: TabularMDP) -> None:
+    """mu = mu_T for `occupancy: average`: state visits d[t, s] = Pr(s_t = s), t < T (variables
+    visits[t, s] for t >= 1),
+        d[0] = rho0,  d[t+1, s'] = sum_{s live, a} P(s'|s,a) pi(s,a) d[t, s] + sum_{s terminal} P(s'|s,.) d[t, s],
+        sum_a mu(s,a) = (1/T) sum_t d[t, s]
+    (with the link mu(s,a) = pi(s,a) sum_b mu(s,b): mu(s,a) = pi(a|s) (1/T) sum_t d[t, s])."""
+    S, T, P = mdp.n_states, mdp.horizon, mdp.P
+    d0 = np.asarray(mdp.rho0, dtype=float)
+    d_init = random_data(mdp).sum(axis=1)
+    m.TIME = pyo.RangeSet(1, T - 1) if T > 1 else pyo.Set(initialize=[])
+    m.visits = pyo.Var(m.TIME, m.S, bounds=(0.0, 1.0), initialize=lambda m_, t, s: d_init[s])
+
+    def visits(m_, t, s):
+        return float(d0[s]) if t == 0 else m_.visits[t, s]
+
+    def step(m_, t, u):
+        live = sum(P[s, a, u] * m_.pi[s, a] * visits(m_, t - 1, s)
+                   for (s, a) in m_.SA if P[s, a, u] > 0)
+        dead = sum(P[s, 0, u] * visits(m_, t - 1, s) for s in range(S)
+                   if mdp.terminal[s] and P[s, 0, u] > 0)
+        return m_.visits[t, u] == live + dead
+
+    m.visit_flow = pyo.Constraint(m.TIME, m.S, rule=step)
+    m.flow = pyo.Constraint(m.S, rule=lambda m_, s: sum(m_.mu[s, a] for a in m_.A)
+                            == (float(d0[s]) + sum(m_.visits[t, s] for t in m_.TIME)) / T)
 
 
 def model_prob(m, mdp: TabularMDP, s: int, a: int, t: int):

@@ -13,10 +13,9 @@ import numpy as np
 import pyomo.environ as pyo
 
 from bilevel.game.base import Formulation
-from bilevel.game.build import kl_loss, policy_follower
+from bilevel.game.build import kl_loss, policy_follower, random_data
 from bilevel.mdp.model import TabularMDP
 from bilevel.tabular.evaluation import policy_evaluation, value_iteration
-from bilevel.tabular.occupancy import uniform_occupancy
 
 # Default alphas. MAL + agent reward: inside the range where hidden_goal's equilibrium interval
 # sits at the optimum (`python -m bilevel.solve mdps/hidden_goal.yaml --alpha-sweep`, global by
@@ -66,7 +65,7 @@ class MALFamily(Formulation):
         (nu = a mu + c mu_rand, `data_mixture`) and the leader `m.leader` (`leader_expression`)."""
         policy_follower(m, mdp)
         a, c = self.data_mixture(alpha)
-        weights = None if c == 0.0 and a == 1.0 else (a, c * uniform_occupancy(mdp.P, mdp.rho0, mdp.gamma))
+        weights = None if c == 0.0 and a == 1.0 else (a, c * random_data(mdp))
         m.loss = pyo.Expression(expr=kl_loss(m, mdp, weights))
         m.leader = pyo.Expression(expr=self.leader_expression(m, mdp, alpha))
 

@@ -25,7 +25,6 @@ from bilevel.game.base import Formulation
 from bilevel.game.build import model_reward_term
 from bilevel.mdp.model import TabularMDP
 from bilevel.tabular.fits import kl_fit
-from bilevel.tabular.occupancy import occupancy
 
 PAL_REDUCTIONS = ("closed_form", "closed_form_split", "kkt")
 
@@ -52,7 +51,7 @@ class PAL(Formulation):
         fit = kl_fit(mdp.P, mdp.K, mdp.floor)
         if Phat is None:
             return fit
-        visited = occupancy(mdp.P, mdp.rho0, mdp.gamma, pi) > 0
+        visited = mdp.data_occupancy(pi) > 0
         return np.where(visited[:, :, None], fit, Phat)
 
     def follower_gap(self, mdp: TabularMDP, pi: np.ndarray, Phat: np.ndarray) -> float:

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import numpy as np
 import yaml
 
-from bilevel.mdp.model import DEFAULT_FLOOR, MDPError, SUM_TOL, SUPPORT_KINDS, TabularMDP
+from bilevel.mdp.model import DEFAULT_FLOOR, MDPError, OCCUPANCIES, SUM_TOL, SUPPORT_KINDS, TabularMDP
 from bilevel.mdp.graph import support_mask
 
 
@@ -38,7 +38,7 @@ def mdp_from_dict(data: Any, source: str = "<dict>", default_name: str = "mdp") 
     if not isinstance(data, Mapping):
         raise MDPError(source, "", "top level must be a mapping of fields (name, gamma, states, ...)")
     known = {"name", "gamma", "horizon", "states", "actions", "initial", "terminal", "transitions",
-             "rewards", "model_support", "model_floor", "gridworld", "description"}
+             "rewards", "model_support", "model_floor", "gridworld", "description", "occupancy"}
     for k in data:
         if k not in known:
             raise MDPError(source, str(k), f"unknown field (known: {', '.join(sorted(known))})")
@@ -56,6 +56,11 @@ def mdp_from_dict(data: Any, source: str = "<dict>", default_name: str = "mdp") 
     floor = v.number(data, "model_floor", required=False, default=DEFAULT_FLOOR)
     if not 0.0 <= floor < 1.0:
         raise MDPError(source, "model_floor", f"must lie in [0, 1), got {floor}")
+    occupancy = data.get("occupancy", "discounted")
+    if occupancy not in OCCUPANCIES:
+        raise MDPError(source, "occupancy", f"must be one of {', '.join(OCCUPANCIES)}, got {occupancy!r}")
+    if occupancy == "average" and horizon is None:
+        raise MDPError(source, "occupancy", "average needs a horizon (the episode length T)")
 
     grid = None
     if "gridworld" in data:
@@ -85,7 +90,8 @@ def mdp_from_dict(data: Any, source: str = "<dict>", default_name: str = "mdp") 
     K, support = _model_support(data.get("model_support", "all"), v, sidx, aidx, P, terminal)
     return TabularMDP(name=name, states=tuple(states), actions=tuple(actions), P=P, R=R,
                       rho0=rho0, gamma=float(gamma), terminal=terminal, K=K, support=support,
-                      horizon=horizon, floor=float(floor), source=source, grid=grid)
+                      horizon=horizon, floor=float(floor), source=source, grid=grid,
+                      occupancy=occupancy)
 
 
 class _Reader:
@@ -283,6 +289,8 @@ def mdp_to_dict(mdp: TabularMDP) -> dict:
         d["model_support"] = mdp.support
     if mdp.floor != DEFAULT_FLOOR:
         d["model_floor"] = mdp.floor
+    if mdp.averaged:
+        d["occupancy"] = mdp.occupancy
     return d
 
 

@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bilevel.tabular.evaluation import expected_reward
+from bilevel.tabular.evaluation import episode_reward, expected_reward, policy_return
+from bilevel.tabular.occupancy import averaged_occupancy, occupancy
 
 
 SUM_TOL = 1e-9
 DEFAULT_FLOOR = 1e-6
 SUPPORT_KINDS = ("true", "neighbors", "all")
+OCCUPANCIES = ("discounted", "average")
 
 
 class MDPError(ValueError):
@@ -49,10 +51,40 @@ class TabularMDP:
     floor: float = DEFAULT_FLOOR         # eta: Phat >= eta on K (keeps KL finite)
     source: str = "<memory>"
     grid: dict | None = field(default=None)  # gridworld layout, for drawing
+    occupancy: str = "discounted"        # the data's occupancy: discounted | average (T = horizon)
 
     def __post_init__(self):
         for a in (self.P, self.R, self.rho0, self.terminal, self.K):
             a.setflags(write=False)
+        if self.occupancy not in OCCUPANCIES:
+            raise MDPError(self.source, "occupancy", f"must be one of {', '.join(OCCUPANCIES)}, "
+                           f"got {self.occupancy!r}")
+        if self.occupancy == "average" and self.horizon is None:
+            raise MDPError(self.source, "occupancy", "average needs a horizon (the episode length T)")
+
+    @property
+    def averaged(self) -> bool:
+        """Whether the data is T-step episodes (`occupancy: average`)."""
+        return self.occupancy == "average"
+
+    def data_occupancy(self, pi: np.ndarray, P: np.ndarray | None = None) -> np.ndarray:
+        """The occupancy that weights the model's loss: mu(s,a) = (1-g) sum_t g^t Pr(s_t=s,
+        a_t=a) (discounted), or mu_T(s,a) = (1/T) sum_{t<T} Pr(s_t=s, a_t=a) (average), of pi
+        in P (default: the true MDP)."""
+        P = self.P if P is None else P
+        if self.averaged:
+            return averaged_occupancy(P, self.rho0, pi, self.horizon)
+        return occupancy(P, self.rho0, self.gamma, pi)
+
+    def true_return(self, pi: np.ndarray, P: np.ndarray | None = None) -> float:
+        """The return whose equilibrium interval is reported: J(pi) = rho0 . V^pi (discounted),
+        or the T-step return E[sum_{t<T} r(s_t, a_t)] (average), of pi in P (default: M) with
+        the rewards known (r = sum_s' P R)."""
+        P = self.P if P is None else P
+        r = expected_reward(P, self.R)
+        if self.averaged:
+            return episode_reward(P, r, self.rho0, pi, self.horizon)
+        return policy_return(P, r, self.rho0, self.gamma, pi)
 
     @property
     def r(self) -> np.ndarray:

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from bilevel.cli.common import json_dumps
+from bilevel.cli.common import add_occupancy_arg, json_dumps
 from bilevel.cli.output import add_verbosity, say, setup_logging
 from bilevel.mdp.io import load_mdp
 from bilevel.mdp.model import MDPError
@@ -32,7 +32,8 @@ from bilevel.report.render import render_html, render_md
 
 
 def write_report(path: str, out: str | Path, runs_dir=None, equilibria=None, sweep_alphas=SWEEP_ALPHAS,
-                 log=None, studies_dir=None, fresh: bool = False, sweep: dict | None = None) -> dict:
+                 log=None, studies_dir=None, fresh: bool = False, sweep: dict | None = None,
+                 occupancy: str | None = None) -> dict:
     """Build data, figures, index.html and report.md under `out`; return the data. The alpha
     sweep of a previous OUT/data.json is reused when its content key matches, unless `fresh`."""
     out = Path(out)
@@ -44,11 +45,12 @@ def write_report(path: str, out: str | Path, runs_dir=None, equilibria=None, swe
         except ValueError:
             cached = None
     data = build_data(path, runs_dir, equilibria, sweep_alphas, cached, log=log,
-                      studies_dir=studies_dir, sweep=sweep)
+                      studies_dir=studies_dir, sweep=sweep, occupancy=occupancy)
     if log:
         log(f"drawing the figures into {out}")
     t0 = time.perf_counter()
-    pngs = make_figures(data, load_mdp(path), out, studies_dir)
+    mdp = load_mdp(path)
+    pngs = make_figures(data, mdp.with_(occupancy=occupancy) if occupancy else mdp, out, studies_dir)
     data["timings"]["figures_seconds"] = time.perf_counter() - t0
     (out / "data.json").write_text(json_dumps(data, indent=1))
     doc = {k: data[k] for k in ("mdp", "optimal", "formulations")}
@@ -66,6 +68,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--equilibria", help="saved `python -m bilevel.solve FILE --json` output (else solved now)")
     ap.add_argument("--studies", help="directory of saved studies (python -m bilevel.studies "
                                       "theorem|counterexample|fixes --out DIR) to add to the report")
+    add_occupancy_arg(ap)
     ap.add_argument("--no-sweep", action="store_true", help="skip the alpha sweeps")
     ap.add_argument("--alphas", help=f"comma-separated sweep alphas (default {','.join(map(str, SWEEP_ALPHAS))}); "
                                      "a sweep in OUT/data.json with the same content key (MDP, "
@@ -92,7 +95,8 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         data = write_report(args.file, out, args.runs, args.equilibria, alphas, log=log,
                             studies_dir=args.studies, fresh=args.fresh,
-                            sweep=dict(sweep_options(args), store=TASK_CACHE, fresh=args.fresh))
+                            sweep=dict(sweep_options(args), store=TASK_CACHE, fresh=args.fresh),
+                            occupancy=args.occupancy)
     except (MDPError, ReportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -169,14 +169,18 @@ def repo_path(p) -> str:
 
 def build_data(path: str, runs_dir: str | None = None, equilibria: str | None = None,
                sweep_alphas=SWEEP_ALPHAS, cached: dict | None = None, log=None,
-               studies_dir: str | None = None, sweep: dict | None = None) -> dict:
+               studies_dir: str | None = None, sweep: dict | None = None,
+               occupancy: str | None = None) -> dict:
     """Everything the report shows. `cached`: a previous data.json whose sweeps are reused when
     their `sweep_key` (bilevel.cache: the MDP's content, the alphas, the code version) matches.
     `log(msg)`: progress messages, also passed to the exact solves. `sweep`: where the alpha
-    sweep's tasks run (run_sweep's options; None: in this process)."""
+    sweep's tasks run (run_sweep's options; None: in this process). `occupancy`: instead of
+    the file's (TabularMDP.occupancy)."""
     say = log or _quiet
     try:
         mdp = load_mdp(path)
+        if occupancy is not None:
+            mdp = mdp.with_(occupancy=occupancy)
     except MDPError as e:
         raise ReportError(str(e)) from None
     t0 = time.perf_counter()

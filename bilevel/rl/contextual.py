@@ -232,4 +232,5 @@ def train_contextualized(mdp: TabularMDP, formulation: str, seed: int, cfg: Cont
     return RunRecord(mdp=mdp.name, mdp_path=mdp_path or mdp.source, formulation=formulation,
                      algorithm="contextualized", alpha=alpha, seed=int(seed), config=asdict(cfg),
                      policy=pi, model=Phat, curve=tuple(curve), env_samples=int(env.steps),
-                     seconds=time.perf_counter() - t0, final=final, notes=notes)
+                     seconds=time.perf_counter() - t0, final=final, notes=notes,
+                     occupancy=mdp.occupancy)

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from bilevel.mdp.model import TabularMDP
-from bilevel.tabular.evaluation import episode_reward, policy_return
+from bilevel.tabular.evaluation import episode_reward
 from bilevel.tabular.policies import uniform_policy
 from bilevel.rl import learners as L
 from bilevel.rl.env import BatchStepper, episode_horizon
@@ -68,7 +68,7 @@ def final_figures(mdp: TabularMDP, pi: np.ndarray, T: int, rng, n: int) -> dict:
     """Exact J and T-step episode reward of pi in M, and the mean of n sampled episodes."""
     ev = BatchStepper.of(mdp, rng=rng, horizon=T)
     ret = ev.rollout(pi, n).returns
-    return {"J": policy_return(mdp.P, mdp.r, mdp.rho0, mdp.gamma, pi),
+    return {"J": mdp.true_return(pi),
             "episode_reward": episode_reward(mdp.P, mdp.r, mdp.rho0, pi, T),
             "sampled_episode_reward": float(ret.mean()),
             "sampled_episode_reward_se": float(ret.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0}
@@ -81,12 +81,13 @@ def leader_data(env: BatchStepper, mdp: TabularMDP, formulation: str, pi: np.nda
     (MAL_random_noise, alpha < 1) W mixes in as many uniform-random episodes, a W_pi + c W_rand."""
     S, A = pi.shape
     ro = env.rollout(pi, episodes)
-    W = L.transition_weights(ro, S, A, mdp.gamma)
+    T = mdp.horizon if mdp.averaged else None
+    W = L.transition_weights(ro, S, A, mdp.gamma, T)
     spec = game.formulation(formulation)
     a, c = spec.data_mixture(spec.resolve_alpha(alpha))
     if c > 0.0:
         ro_rand = env.rollout(uniform_policy(S, A), episodes)
-        W = a * W + c * L.transition_weights(ro_rand, S, A, mdp.gamma)
+        W = a * W + c * L.transition_weights(ro_rand, S, A, mdp.gamma, T)
     return ro, W
 
 
@@ -135,7 +136,7 @@ def train_inner_outer(mdp: TabularMDP, formulation: str, seed: int, cfg: TrainCo
             nonlocal model_theta
             if cfg.pal_model == "count":
                 return L.count_model(L.transition_counts(ro, S, A), K, eta, cfg.prior)
-            W = L.transition_weights(ro, S, A, g)
+            W = L.transition_weights(ro, S, A, g, mdp.horizon if mdp.averaged else None)
             opt = L.Adam(cfg.model_lr)
             for _ in range(cfg.follower_steps):
                 Phat = L.softmax_model(model_theta, K, eta)
@@ -189,4 +190,4 @@ def train_inner_outer(mdp: TabularMDP, formulation: str, seed: int, cfg: TrainCo
     return RunRecord(mdp=mdp.name, mdp_path=mdp_path or mdp.source, formulation=formulation,
                      algorithm="inner-outer", alpha=alpha, seed=int(seed), config=asdict(cfg),
                      policy=pi, model=Phat, curve=tuple(curve), env_samples=int(env.steps),
-                     seconds=time.perf_counter() - t0, final=final)
+                     seconds=time.perf_counter() - t0, final=final, occupancy=mdp.occupancy)

@@ -36,15 +36,23 @@ def transition_counts(ro: Rollouts, S: int, A: int) -> np.ndarray:
     return N
 
 
-def transition_weights(ro: Rollouts, S: int, A: int, gamma: float) -> np.ndarray:
+def transition_weights(ro: Rollouts, S: int, A: int, gamma: float,
+                       horizon: int | None = None) -> np.ndarray:
     """Estimate of mu(s,a) P(s'|s,a): per episode the discounted visitation (1-g) g^t of each
     transition; a terminated episode leaves its remaining mass g^T on the terminal state (zero
     loss there, so it is dropped); a truncated episode is renormalized to total mass 1 (its
-    unobserved tail is assumed to look like its observed part). Averaged over episodes."""
+    unobserved tail is assumed to look like its observed part). Averaged over episodes.
+    With `horizon` T (`occupancy: average`): the estimate of mu_T(s,a) P(s'|s,a), weight 1/T for
+    each of the episode's first T steps (an episode that ends earlier leaves the rest on the
+    terminal state, dropped; none is renormalized: T-step episodes are the data)."""
     n, T = ro.alive.shape
-    w_t = (1.0 - gamma) * gamma ** np.arange(T)[None, :] * ro.alive
-    observed = w_t.sum(axis=1)
-    scale = np.where(ro.terminated | (observed <= 0), 1.0, 1.0 / np.maximum(observed, 1e-300))
+    if horizon is not None:
+        w_t = (np.arange(T)[None, :] < horizon) * ro.alive / float(horizon)
+        scale = np.ones(n)
+    else:
+        w_t = (1.0 - gamma) * gamma ** np.arange(T)[None, :] * ro.alive
+        observed = w_t.sum(axis=1)
+        scale = np.where(ro.terminated | (observed <= 0), 1.0, 1.0 / np.maximum(observed, 1e-300))
     w_t = w_t * scale[:, None] / n
     W = np.zeros((S, A, S))
     m = ro.alive
@@ -52,9 +60,10 @@ def transition_weights(ro: Rollouts, S: int, A: int, gamma: float) -> np.ndarray
     return W
 
 
-def occupancy_estimate(ro: Rollouts, S: int, A: int, gamma: float) -> np.ndarray:
+def occupancy_estimate(ro: Rollouts, S: int, A: int, gamma: float,
+                       horizon: int | None = None) -> np.ndarray:
     """mu_hat(s,a) = sum_{s'} transition_weights (non-terminal states only)."""
-    return transition_weights(ro, S, A, gamma).sum(axis=-1)
+    return transition_weights(ro, S, A, gamma, horizon).sum(axis=-1)
 
 
 # --------------------------------------------------------------------------- model learners

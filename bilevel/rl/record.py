@@ -48,6 +48,7 @@ class RunRecord:
     seconds: float
     final: dict
     notes: dict = field(default_factory=dict)
+    occupancy: str = "discounted"  # the data's occupancy the run trained with (TabularMDP.occupancy)
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}

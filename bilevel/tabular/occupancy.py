@@ -4,6 +4,8 @@ Conventions (docs/DESIGN.md section 1):
     mu(s,a)  = (1-gamma) sum_t gamma^t Pr(s_t=s, a_t=a)           (normalized occupancy)
     J(pi, M) = sum_{s,a} mu(s,a) r(s,a) / (1-gamma) = rho0 . V^pi   (discounted return)
     episode reward = E[sum_{t<T} r(s_t, a_t)]                        (undiscounted, T = horizon)
+    mu_T(s,a) = (1/T) sum_{t<T} Pr(s_t=s, a_t=a)                     (averaged occupancy, an MDP
+                with `occupancy: average`; its return is the episode reward T sum mu_T r)
     loss l(Phat, mu) = sum_{s,a} mu(s,a) KL(P(.|s,a) || Phat(.|s,a))
 """
 from __future__ import annotations
@@ -24,6 +26,37 @@ def occupancy(P: np.ndarray, rho0: np.ndarray, gamma: float, pi: np.ndarray) -> 
     S = P.shape[0]
     d = np.linalg.solve(np.eye(S) - gamma * transition_matrix(P, pi).T, (1.0 - gamma) * rho0)
     return np.maximum(d, 0.0)[:, None] * pi
+
+
+def state_visits(P: np.ndarray, rho0: np.ndarray, pi: np.ndarray, horizon: int) -> np.ndarray:
+    """d[t, s] = Pr(s_t = s) for t < horizon: d_0 = rho0, d_{t+1} = d_t P_pi (terminal states
+    absorb: P[t, a, t] = 1)."""
+    P_pi = transition_matrix(P, pi)
+    d = np.empty((horizon, P.shape[0]))
+    d[0] = rho0
+    for t in range(1, horizon):
+        d[t] = d[t - 1] @ P_pi
+    return d
+
+
+def averaged_occupancy(P: np.ndarray, rho0: np.ndarray, pi: np.ndarray, horizon: int) -> np.ndarray:
+    """mu_T(s,a) = pi(a|s) (1/T) sum_{t<T} Pr(s_t = s): the data of T-step episodes. A pair
+    has weight exactly when the policy reaches it within T - 1 steps (products of zeros stay 0)."""
+    return state_visits(P, rho0, pi, horizon).mean(axis=0)[:, None] * pi
+
+
+def finite_return_range(P: np.ndarray, r: np.ndarray, rho0: np.ndarray, horizon: int,
+                        allowed: np.ndarray) -> tuple[float, float]:
+    """(min, max) of E[sum_{t<T} r(s_t, a_t)] over NONSTATIONARY policies that play at each state
+    only `allowed` actions ((S,A) bool; a row without any: every action), by backward induction
+    V_T = 0, V_t(s) = max / min_{a allowed} r(s,a) + sum_s' P(s'|s,a) V_{t+1}(s'). It bounds
+    the T-step return of every stationary policy, mixed or not, with support in `allowed`."""
+    ok = np.where(allowed.any(axis=1, keepdims=True), allowed, True)
+    hi, lo = np.zeros(P.shape[0]), np.zeros(P.shape[0])
+    for _ in range(horizon):
+        hi = np.where(ok, r + P @ hi, -np.inf).max(axis=1)
+        lo = np.where(ok, r + P @ lo, np.inf).min(axis=1)
+    return float(rho0 @ lo), float(rho0 @ hi)
 
 
 def uniform_occupancy(P: np.ndarray, rho0: np.ndarray, gamma: float) -> np.ndarray:

@@ -156,7 +156,7 @@ def check_run(rec: RunRecord, mdp: TabularMDP, eq: dict, optimal_J: float, file:
     rh = mdp.model_reward(Phat)
     J_model = policy_return(Phat, rh, mdp.rho0, g, pi)
     eps_pi = return_gap(Phat, rh, mdp.rho0, g, pi)
-    J = policy_return(mdp.P, mdp.r, mdp.rho0, g, pi)
+    J = mdp.true_return(pi)
     ep = episode_reward(mdp.P, mdp.r, mdp.rho0, pi, T) if T else float("nan")
     lo, hi = float(eq["J"]["min"]), float(eq["J"]["max"])
     outside = max(0.0, lo - J, J - hi)
@@ -174,7 +174,11 @@ def check_run(rec: RunRecord, mdp: TabularMDP, eq: dict, optimal_J: float, file:
     if spec.fits_leader_data and eps_M > TOL_M:
         failed.append(f"eps_M={eps_M:.3g} > {TOL_M}: model not fit to the leader's data")
     bound = gap = None
-    if spec.leader == "policy":     # PAL's theorem
+    if spec.leader == "policy" and mdp.averaged:
+        notes.append("the PAL theorem's bound is stated for the discounted occupancy and return: "
+                     "not checked under occupancy: average")
+        equilibrium = "optimum" if abs(J - optimal_J) <= tol_J else "suboptimal"
+    elif spec.leader == "policy":     # PAL's theorem
         L = _pal_value(eq)
         eps_pi_thm = max(eps_pi, L - J_model) if L is not None else eps_pi
         loss = model_loss(mdp.P, Phat, spec.nu(mdp, pi, rec.alpha))

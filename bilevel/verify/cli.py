@@ -7,13 +7,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from bilevel.cli.common import add_occupancy_arg
 from bilevel.cli.output import add_verbosity, say, setup_logging
 from bilevel.verify.check import RunCheck, TOL_J_REL, TOL_M, TOL_PI_FRACTION, VerifyInputError
 from bilevel.verify.runs import load_equilibria, load_runs, verify_runs
 
 
 def format_checks(checks: list[RunCheck]) -> str:
-    head = (f"{'run':<40} {'J (disc.)':>9} {'exact interval':>19} {'J vs interval':>16} "
+    head = (f"{'run':<40} {'J':>9} {'exact interval':>19} {'J vs interval':>16} "
             f"{'outside':>7} {'tol_J':>7} {'eps_M':>8} {'eps_pi':>8} {'PAL bound >= gap':>20}  "
             f"{'equilibrium':<22} verdict")
     lines = [head, "-" * len(head)]
@@ -32,7 +33,8 @@ def format_checks(checks: list[RunCheck]) -> str:
     lines.append(f"{len(checks) - n_bad}/{len(checks)} runs verified "
                  f"(tolerances: J the interval's own precision tol_J, at least {TOL_J_REL:g} "
                  f"max(1, |J|); eps_pi {TOL_PI_FRACTION:.0%} of R_max/(1-gamma) = {tol_pi:.3g}; "
-                 f"eps_M {TOL_M} nats)")
+                 f"eps_M {TOL_M} nats; J is the discounted return, or the T-step return of a run "
+                 f"trained with occupancy: average)")
     return "\n".join(lines)
 
 
@@ -41,13 +43,14 @@ def main(argv=None) -> int:
     ap.add_argument("dir", help="directory of run records (or one record)")
     ap.add_argument("--equilibria", help="saved `python -m bilevel.solve FILE --json` output")
     ap.add_argument("--json", action="store_true", help="machine-readable output")
+    add_occupancy_arg(ap)
     add_verbosity(ap)
     args = ap.parse_args(argv)
     setup_logging(args)
     try:
         runs = load_runs(Path(args.dir))
         eq = load_equilibria(Path(args.equilibria)) if args.equilibria else None
-        checks = verify_runs(runs, eq, log=say("verify"))
+        checks = verify_runs(runs, eq, log=say("verify"), occupancy=args.occupancy)
     except VerifyInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

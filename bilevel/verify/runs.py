@@ -56,25 +56,36 @@ def equilibrium_entry(sol: dict, formulation: str, alpha: float | None, where: s
     return eq
 
 
-def verify_runs(runs, equilibria: dict | None = None, log=None) -> list[RunCheck]:
-    """Check every (file, RunRecord); equilibria: a solve output, else solved per MDP and alpha
-    (`log(msg)` says which, and how long each solve took)."""
+def verify_runs(runs, equilibria: dict | None = None, log=None,
+                occupancy: str | None = None) -> list[RunCheck]:
+    """Check every (file, RunRecord); equilibria: a solve output, else solved per MDP, alpha and
+    the run's occupancy (`log(msg)` says which, and how long each solve took). `occupancy`: the
+    occupancy every run must have trained with (a run with another is an input error)."""
     mdps, solved, out = {}, {}, []
     for file, rec in progress(runs, desc="verify"):
         require_alpha(rec, file)
+        if occupancy is not None and rec.occupancy != occupancy:
+            raise VerifyInputError(f"{file}: occupancy: the run trained with {rec.occupancy}, "
+                                   f"--occupancy asks for {occupancy}")
         try:
-            mdp = mdps.get(rec.mdp_path) or load_mdp(rec.mdp_path)
+            mdp = mdps.get((rec.mdp_path, rec.occupancy)) or load_mdp(rec.mdp_path)
+            if mdp.occupancy != rec.occupancy:      # the run's, not the file's
+                mdp = mdp.with_(occupancy=rec.occupancy)
         except MDPError as e:
             raise VerifyInputError(f"{file}: {e}") from None
-        mdps[rec.mdp_path] = mdp
+        mdps[(rec.mdp_path, rec.occupancy)] = mdp
         if mdp.name != rec.mdp:
             raise VerifyInputError(f"{file}: run is of MDP {rec.mdp!r}, {rec.mdp_path} is {mdp.name!r}")
         if equilibria is not None:
             sol, where = equilibria, "equilibria file"
             if sol.get("mdp", {}).get("name") not in (None, mdp.name):
                 raise VerifyInputError(f"{file}: equilibria are of MDP {sol['mdp']['name']!r}, run of {mdp.name!r}")
+            sol_occupancy = sol.get("mdp", {}).get("occupancy", "discounted")
+            if sol_occupancy != rec.occupancy:
+                raise VerifyInputError(f"{file}: equilibria are for occupancy {sol_occupancy}, the run "
+                                       f"trained with occupancy {rec.occupancy}")
         else:
-            key = (rec.mdp_path, rec.formulation, rec.alpha)
+            key = (rec.mdp_path, rec.formulation, rec.alpha, rec.occupancy)
             if key not in solved:
                 if log:
                     log(f"solving the exact {rec.formulation} equilibria of {mdp.name}"

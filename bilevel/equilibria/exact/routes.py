@@ -23,6 +23,7 @@ import numpy as np
 from bilevel.mdp.graph import n_policies
 from bilevel.equilibria.certificates import FOLLOWER_GAP_TOL, certify_point
 from bilevel.equilibria.interval import EquilibriumInterval
+from bilevel.equilibria.exact import averaged
 from bilevel.equilibria.exact.milp import HidingMILP
 from bilevel.equilibria.exact.search import (brute_force, hiding_descent, low_return_equilibria, return_extremes,
                                   true_return)
@@ -47,9 +48,12 @@ FLOOR_MILP_TIME_LIMIT = 30.0
 BRUTE_FORCE_MAX_POLICIES = 2_000
 
 
-def has_exact_route(formulation: str) -> bool:
-    """Whether `formulation` (a name) has an exact route (False for an unknown name)."""
-    return formulation in EXACT_FORMULATIONS
+def has_exact_route(formulation: str, mdp: TabularMDP | None = None) -> bool:
+    """Whether `formulation` (a name) has an exact route (False for an unknown name); given the
+    MDP, whether it applies there (under `occupancy: average`: `averaged.applies`)."""
+    if formulation not in EXACT_FORMULATIONS:
+        return False
+    return mdp is None or not mdp.averaged or not averaged.applies(mdp, FORMULATIONS[formulation].exact_route)
 
 
 def exact_interval(mdp: TabularMDP, formulation: str, alpha=None,
@@ -65,7 +69,16 @@ def exact_interval(mdp: TabularMDP, formulation: str, alpha=None,
     alpha = spec.resolve_alpha(alpha)
     say = log or (lambda msg: None)
     say(f"{formulation}: exact route")
-    if spec.exact_route == "closed_form":
+    route = "hiding" if spec.exact_route == "true_return" and alpha >= 1.0 else spec.exact_route
+    if mdp.averaged:
+        why = averaged.applies(mdp, route)
+        if why:
+            res = EquilibriumInterval(formulation, "failed", alpha=alpha, solver="exact", reason=why)
+        elif route == "closed_form":
+            res = averaged.pal(mdp, alpha, say)
+        else:
+            res = averaged.mal_family(mdp, formulation, alpha, say)
+    elif spec.exact_route == "closed_form":
         res = _pal(mdp, alpha, say)
     elif spec.exact_route == "true_return" and alpha < 1.0:
         res = _true_return(mdp, formulation, alpha, say)

@@ -11,13 +11,14 @@ import itertools
 import numpy as np
 
 from bilevel.equilibria.exact.structure import Check, FollowerStructure
-from bilevel.tabular.evaluation import policy_return, value_iteration
+from bilevel.tabular.evaluation import value_iteration
 from bilevel.tabular.policies import deterministic_policy
 
 
 def true_return(fs: FollowerStructure, actions) -> float:
+    """J(pi, M) of the deterministic policy (`TabularMDP.true_return`)."""
     m = fs.mdp
-    return policy_return(m.P, m.r, m.rho0, m.gamma, deterministic_policy(actions, m.n_actions))
+    return m.true_return(deterministic_policy(actions, m.n_actions))
 
 
 def brute_force(fs: FollowerStructure) -> list[tuple[tuple, float, bool]]:

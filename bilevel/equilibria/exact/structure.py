@@ -149,12 +149,15 @@ class FollowerStructure:
     # ---------------------------------------------------------------- one policy
 
     def reached(self, actions: np.ndarray) -> np.ndarray:
-        """Z(pi): live states reached in M from rho0 under the deterministic policy."""
+        """Z(pi): live states reached in M from rho0 under the deterministic policy (under
+        `occupancy: average`: within T - 1 steps, the states whose pairs carry weight in mu_T)."""
         m = self.mdp
         P_pi = m.P[np.arange(m.n_states), actions]
         seen = (m.rho0 > 0) & ~m.terminal
         frontier = seen.copy()
-        while frontier.any():
+        steps = m.horizon - 1 if m.averaged else None
+        while frontier.any() and (steps is None or steps > 0):
+            steps = None if steps is None else steps - 1
             nxt = (P_pi[frontier] > 0).any(axis=0) & ~m.terminal & ~seen
             seen |= nxt
             frontier = nxt

@@ -1,0 +1,124 @@
+"""`occupancy: average` (T-step episodes): the averaged occupancy and the T-step return against
+enumeration of every trajectory, the nonstationary return range against every nonstationary
+deterministic policy, the MPEC's time-expanded flow against the arrays, and the exact routes
+against brute force over deterministic policies with SCIP's enumeration route."""
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bilevel.equilibria.routing import solve_formulation
+from bilevel.mdp.garnet import garnet
+from bilevel.mdp.io import load_mdp, mdp_from_arrays, mdp_to_arrays
+from bilevel.mdp.model import MDPError
+from bilevel.tabular.occupancy import averaged_occupancy, finite_return_range
+from conftest import MDPS, ROOT
+
+
+def trajectories(P, rho0, pi, T):
+    """(probability, [(s_0, a_0), ..., (s_{T-1}, a_{T-1})]) of every trajectory of T steps."""
+    S, A, _ = P.shape
+    for seq in itertools.product(range(S), range(A), repeat=T):
+        pairs = list(zip(seq[0::2], seq[1::2]))
+        p = rho0[pairs[0][0]]
+        for t, (s, a) in enumerate(pairs):
+            p *= pi[s, a]
+            if t + 1 < T:
+                p *= P[s, a, pairs[t + 1][0]]
+        if p > 0:
+            yield p, pairs
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_averaged_occupancy_and_T_step_return_against_every_trajectory(seed):
+    mdp = garnet(3, 2, 2, seed=seed, gamma=0.9).with_(horizon=4, occupancy="average")
+    pi = np.random.default_rng(seed).dirichlet(np.ones(2), size=3)
+    mu, J = np.zeros((3, 2)), 0.0
+    for p, pairs in trajectories(mdp.P, mdp.rho0, pi, 4):
+        for s, a in pairs:
+            mu[s, a] += p / 4
+            J += p * mdp.r[s, a]
+    assert np.allclose(averaged_occupancy(mdp.P, mdp.rho0, pi, 4), mu, atol=1e-14)
+    assert np.allclose(mdp.data_occupancy(pi), mu, atol=1e-14)
+    assert mdp.true_return(pi) == pytest.approx(J, abs=1e-12)
+
+
+def test_return_range_is_the_extremes_over_nonstationary_deterministic_policies():
+    mdp = garnet(3, 2, 2, seed=4, gamma=0.9)
+    T, S, A = 3, 3, 2
+    allowed = np.array([[True, True], [True, False], [True, True]])
+    values = []
+    for plan in itertools.product(*[[a for a in range(A) if allowed[s, a]] for s in range(S)] * T):
+        pi_t = [np.eye(A)[list(plan[t * S:(t + 1) * S])] for t in range(T)]
+        d, J = mdp.rho0.copy(), 0.0
+        for t in range(T):
+            J += float(d @ (pi_t[t] * mdp.r).sum(axis=1))
+            d = d @ np.einsum("sa,sat->st", pi_t[t], mdp.P)
+        values.append(J)
+    lo, hi = finite_return_range(mdp.P, mdp.r, mdp.rho0, T, allowed)
+    assert lo == pytest.approx(min(values), abs=1e-12) and hi == pytest.approx(max(values), abs=1e-12)
+
+
+def test_the_mpec_flow_is_the_averaged_occupancy():
+    import pyomo.environ as pyo
+    from bilevel.equilibria.starts import starting_point
+    from bilevel.game.formulations import build
+    mdp = garnet(4, 2, 2, seed=1, gamma=0.9).with_(horizon=3, occupancy="average")
+    bm = build(mdp, "MAL_agent_true_reward", alpha=0.5)
+    pi = np.random.default_rng(0).dirichlet(np.ones(2), size=4)
+    for v, x in starting_point(bm, pi).items():
+        v.set_value(x, skip_validation=True)
+    m = bm.model
+    for name in ("visit_flow", "flow", "mu_policy"):
+        for c in getattr(m, name).values():
+            assert abs(pyo.value(c.body) - pyo.value(c.upper)) < 1e-14
+    assert pyo.value(m.true_return) == pytest.approx(mdp.true_return(pi), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed,T", [(0, 2), (1, 3), (2, 2), (3, 6)])
+def test_mal_exact_route_against_scip_enumeration(seed, T):
+    """T < 4 live states: the reach is cut by the horizon, so the hiding structure runs on Z_T.
+    SCIP's enumeration solves the MPEC (with the time-expanded flow) per deterministic policy."""
+    mdp = garnet(4, 2, 2, seed=seed, gamma=0.9, support="all").with_(horizon=T, occupancy="average")
+    exact = solve_formulation(mdp, "MAL", solver="exact")
+    enum = solve_formulation(mdp, "MAL", solver="enumerate")
+    assert exact.ok and enum.ok, (exact.reason, enum.reason)
+    assert exact.low.J == pytest.approx(enum.low.J, abs=1e-6)
+    assert exact.high.J == pytest.approx(enum.high.J, abs=1e-6)
+    for e in (exact.low, exact.high):
+        assert e.J == pytest.approx(mdp.true_return(e.policy), abs=1e-12)
+
+
+def test_hidden_goal_table_under_average():
+    """hidden_goal (T = 50 >= 2 live states: the same equilibria as discounted): every interval
+    is the episode-reward column of the discounted table, proved."""
+    mdp = load_mdp(MDPS / "hidden_goal.yaml").with_(occupancy="average")
+    disc = load_mdp(MDPS / "hidden_goal.yaml")
+    for f in ("PAL", "MAL", "MAL_random_noise"):
+        a, d = solve_formulation(mdp, f), solve_formulation(disc, f)
+        assert a.certificate == "global"
+        assert a.low.J == pytest.approx(d.low.episode_reward, abs=1e-9)
+        assert a.high.J == pytest.approx(d.high.episode_reward, abs=1e-9)
+
+
+def test_occupancy_field_round_trips_and_bad_input_is_one_line(tmp_path):
+    mdp = load_mdp(MDPS / "hidden_goal.yaml").with_(occupancy="average")
+    assert mdp_from_arrays(mdp_to_arrays(mdp)).occupancy == "average"
+    with pytest.raises(MDPError, match="occupancy: average needs a horizon"):
+        garnet(3, 2, 2, seed=0).with_(occupancy="average")
+    text = (MDPS / "hidden_goal.yaml").read_text().replace("horizon: 50", "horizon: 50\noccupancy: avg")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    out = subprocess.run([sys.executable, "-m", "bilevel.solve", str(bad)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [f"error: {bad}: occupancy: must be one of discounted, average, got 'avg'"]
+    no_horizon = tmp_path / "nohorizon.yaml"
+    no_horizon.write_text((MDPS / "hidden_goal.yaml").read_text().replace("horizon: 50\n", ""))
+    out = subprocess.run([sys.executable, "-m", "bilevel.solve", str(no_horizon), "--occupancy",
+                          "average"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "needs a horizon" in out.stderr and "Traceback" not in out.stderr
