@@ -122,3 +122,33 @@ def test_occupancy_field_round_trips_and_bad_input_is_one_line(tmp_path):
     out = subprocess.run([sys.executable, "-m", "bilevel.solve", str(no_horizon), "--occupancy",
                           "average"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "needs a horizon" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_t_step_episodes_estimate_the_averaged_occupancy():
+    """The trainers' data under `occupancy: average`: weight 1/T per step of T-step episodes."""
+    from bilevel.rl import learners as L
+    from bilevel.rl.env import BatchStepper
+    m = load_mdp(MDPS / "hidden_goal.yaml").with_(horizon=5, occupancy="average")
+    pi = np.array([[0.5, 0.5], [0.7, 0.3], [0.5, 0.5]])
+    ro = BatchStepper.of(m, rng=4).rollout(pi, 20_000)
+    mu_hat = L.occupancy_estimate(ro, 3, 2, m.gamma, horizon=5)
+    np.testing.assert_allclose(mu_hat[:2], m.data_occupancy(pi)[:2], atol=0.01)
+
+
+def test_an_average_run_is_verified_against_average_intervals_only(tmp_path):
+    from bilevel.rl.inner_outer import TrainConfig, train_inner_outer
+    from bilevel.verify.check import VerifyInputError
+    from bilevel.verify.runs import verify_runs
+    mdp = load_mdp(MDPS / "hidden_goal.yaml").with_(occupancy="average")
+    rec = train_inner_outer(mdp, "MAL", 0, TrainConfig(), mdp_path=str(MDPS / "hidden_goal.yaml"))
+    assert rec.occupancy == "average"
+    assert rec.final["J"] == pytest.approx(mdp.true_return(np.asarray(rec.policy)), abs=1e-12)
+    [check] = verify_runs([("run.json", rec)])
+    assert check.ok and 0.98 < check.J_interval[0] < 1.0 and check.J_interval[1] == pytest.approx(36.45)
+    discounted = solve_formulation(load_mdp(MDPS / "hidden_goal.yaml"), "MAL")
+    doc = {"mdp": {"name": "hidden_goal"}, "optimal": {"J": 73.96},
+           "formulations": {"MAL": discounted.to_json()}}
+    with pytest.raises(VerifyInputError, match="equilibria are for occupancy discounted"):
+        verify_runs([("run.json", rec)], doc)
+    with pytest.raises(VerifyInputError, match="--occupancy asks for discounted"):
+        verify_runs([("run.json", rec)], occupancy="discounted")
