@@ -14,6 +14,7 @@ the best feasible grid points. The equilibria are {pi : L(pi) <= min L + band}, 
 [min, max] of J(pi, M) over them, J by a linear solve. For MAL when every state is reached,
 L(pi) = l(P_eta, mu) exactly when pi passes the hostile check (`hostile_equilibria`).
 """
+import dataclasses
 import itertools
 
 import numpy as np
@@ -27,6 +28,7 @@ from bilevel.equilibria.enumeration import deterministic_policies, enumerate_int
 from bilevel.mdp import load_mdp
 from bilevel.mdp.garnet import garnet
 from conftest import MDPS, floored_fit
+from solvers.scip import Scip
 
 
 def simplex_grid(k, eta, n):
@@ -187,7 +189,8 @@ def enumerated(case):
 @pytest.mark.parametrize("case", list(CASES))
 def test_policy_bounds_bracket_the_reference_leader_optimum(case):
     """lb(pi) <= L(pi) <= ub(pi) with L(pi) from the grid search; a policy SCIP proves
-    infeasible has no feasible grid point, and J(pi, M) is the linear solve's."""
+    infeasible has no feasible grid point, and J(pi, M) is the linear solve's. A policy set
+    aside at the leader limit has its lower bound only (L(pi) may be +inf)."""
     _, _, bounds, ref = enumerated(case)
     assert len(bounds) == len(ref)
     for b in bounds:
@@ -196,8 +199,10 @@ def test_policy_bounds_bracket_the_reference_leader_optimum(case):
         if b.lb == np.inf:
             assert L == np.inf, b.actions
             continue
-        assert np.isfinite(L), b.actions          # the reference finds a feasible model too
         assert b.lb <= L + 1e-6, (b.actions, b.lb, L)
+        if b.set_aside:
+            continue
+        assert np.isfinite(L), b.actions          # the reference finds a feasible model too
         assert L <= b.ub + 1e-5, (b.actions, L, b.ub)
     # not trivial: some policy's leader optimum is far above the best one
     assert any(L > min(L for _, L in ref.values()) + 1e-3 for _, L in ref.values())
@@ -242,6 +247,79 @@ def test_deterministic_policies_are_every_action_choice_on_live_states(hidden_go
         assert list(live) == [0, 1]
         assert np.array_equal(pi[:2], np.eye(2)[list(acts)])
         assert np.allclose(pi[2], 0.5)
+
+
+# ------------------------------------------------------------------ the leader limit
+
+@pytest.fixture
+def node_limited_scip(monkeypatch):
+    """SCIP stopped by a node count instead of the clock, so that a solve it cuts short repeats
+    exactly (the comparisons below are number for number)."""
+    real = Scip.solve
+
+    def solve(self, model, load=True):
+        options = {**(self.options or {}), "limits/totalnodes": 200}
+        return real(dataclasses.replace(self, time_limit=60.0, options=options), model, load)
+    monkeypatch.setattr(Scip, "solve", solve)
+
+
+def recorded(mdp, formulation, alpha):
+    """(interval, per-policy bounds, number of SCIP solves) of one enumerate_interval run."""
+    seen, calls = [], []
+    real_bounds, real_solve = enumeration.policy_bounds, enumeration.solve_policy
+
+    def recording(*args, **kw):
+        out = real_bounds(*args, **kw)
+        seen.append(out[0])
+        return out
+
+    def counting(*args, **kw):
+        calls.append(1)
+        return real_solve(*args, **kw)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(enumeration, "policy_bounds", recording)
+        mp.setattr(enumeration, "solve_policy", counting)
+        interval = enumerate_interval(mdp, formulation, alpha)
+    return interval, seen[0], len(calls)
+
+
+def reported(r):
+    """The interval as reported, less its time and the two counts the leader limit may move."""
+    d = r.to_json()
+    d.pop("seconds")
+    moved = ("set_aside", "infeasible")
+    d["enumeration"] = {k: v for k, v in d["enumeration"].items() if k not in moved}
+    return d
+
+
+@pytest.mark.parametrize("case", ["hidden_goal-agent_reward-0.9999", "garnet9-MAL"])
+def test_the_leader_limit_changes_the_work_not_the_result(case, node_limited_scip, monkeypatch):
+    """Against the enumeration without SCIP's dual limit (module docstring, (*)): the same
+    interval number for number; the policies solved through have the same bounds, the ones set
+    aside a lower bound below the unlimited one and above L_up + tol. With a first guess U_0
+    far below L*, every policy reaches the limit, fails (*) and is solved again without it:
+    the unlimited bounds again, after 2n solves."""
+    name, formulation, alpha = CASES[case]
+    mdp = _mdp(name)
+    limited, bounds, _ = recorded(mdp, formulation, alpha)
+    with monkeypatch.context() as mp:
+        mp.setattr(enumeration, "leader_limit", lambda bm, U, g: np.inf)
+        full, full_bounds, n = recorded(mdp, formulation, alpha)
+    assert reported(limited) == reported(full)
+    assert any(b.set_aside for b in bounds)          # not trivial: the limit cut solves short
+    cut = limited.leader_objective + limited.tolerance
+    for b, f in zip(bounds, full_bounds):
+        assert b.actions == f.actions and not f.set_aside
+        if b.set_aside:
+            assert cut < b.lb <= f.lb, (b.actions, b.lb, f.lb)
+        else:
+            assert (b.lb, b.ub) == (f.lb, f.ub), b.actions
+    real_guess = enumeration.fit_guess
+    with monkeypatch.context() as mp:
+        mp.setattr(enumeration, "fit_guess", lambda bm, pols: (real_guess(bm, pols)[0], -1e6))
+        again, again_bounds, calls = recorded(mdp, formulation, alpha)
+    assert calls == 2 * n and reported(again) == reported(full)
+    assert [(b.lb, b.ub) for b in again_bounds] == [(f.lb, f.ub) for f in full_bounds]
 
 
 # ------------------------------------------------------------------ the exact MAL route
