@@ -33,3 +33,12 @@ TWO_STATES = {
                     "R": {"stay": {"R": 0.9, "L": 0.1}, "move": {"L": 1.0}}},
     "rewards": {"L": {"stay": 0.5, "move": 0.0}, "R": {"stay": 1.0, "move": 0.0}},
 }
+
+
+def without_seconds(obj):
+    """The document without wall-clock times (the only thing two runs may differ in)."""
+    if isinstance(obj, dict):
+        return {k: without_seconds(v) for k, v in obj.items() if k != "seconds"}
+    if isinstance(obj, list):
+        return [without_seconds(v) for v in obj]
+    return obj

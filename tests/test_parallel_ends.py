@@ -13,13 +13,7 @@ from bilevel.mpec import MPECResult
 from bilevel.sweep import run_sweep
 from solvers.base import Status
 
-
-def without_seconds(obj):
-    if isinstance(obj, dict):
-        return {k: without_seconds(v) for k, v in obj.items() if k != "seconds"}
-    if isinstance(obj, list):
-        return [without_seconds(v) for v in obj]
-    return obj
+from conftest import without_seconds
 
 
 def split_in_process(mdp, formulation, **options) -> tuple[dict, list]:

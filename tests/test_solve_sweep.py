@@ -8,21 +8,12 @@ import sys
 
 import pytest
 
-from conftest import MDPS, ROOT
+from conftest import MDPS, ROOT, without_seconds
 
 
 def solve(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "bilevel.solve", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
-
-
-def without_seconds(obj):
-    """The document without wall-clock times (the only thing two runs may differ in)."""
-    if isinstance(obj, dict):
-        return {k: without_seconds(v) for k, v in obj.items() if k != "seconds"}
-    if isinstance(obj, list):
-        return [without_seconds(v) for v in obj]
-    return obj
 
 
 def table(text: str) -> list[str]:

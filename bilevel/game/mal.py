@@ -118,9 +118,8 @@ class MALAgentTrueReward(MALFamily):
     default_alpha = TRUE_REWARD_ALPHA
     return_in = "true"
     exact_route = "true_return"
-    # the trainers' model leader follows the gradient of its objective with the policy fixed, and
-    # J(pi, M) reaches the model only through the follower's response: no trainer for it (yet)
-    trainable = False
+    # J(pi, M) reaches the model only through the follower's response: the trainer's model
+    # leader differentiates through the follower's soft best response (rl.learners)
 
     def objective_weights(self, alpha):
         """(w_l, w_J) = (alpha, 1 - alpha)."""

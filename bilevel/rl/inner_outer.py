@@ -14,6 +14,10 @@ MAL family (leader = model Phat, softmax-parametrized; follower = policy):
                         entropy-smoothed best response in Phat (temperature tau), held fixed
       MAL_random_noise  l(Phat, alpha mu_hat + (1-alpha) mu_hat_rand), mu_hat_rand from as many
                         uniform-random episodes (counted as env samples)
+      MAL_agent_true_reward  alpha l(Phat, mu_hat) - (1-alpha) J(pi_tau(Phat), M), differentiated
+                        through pi_tau (the return in M depends on the model only through it;
+                        the trainer uses M's arrays for this term: an exact-gradient reference
+                        trainer, not a sample-based one)
 The model starts at uniform on K (zero logits): the maximum-entropy prior. The last step makes the
 pair consistent: PAL refits the model to the final policy's data; MAL trains the follower on the
 final model.
@@ -95,14 +99,18 @@ def model_leader_update(mdp: TabularMDP, formulation: str, model_theta: np.ndarr
                         W: np.ndarray, alpha: float | None, tau: float, steps: int) -> np.ndarray:
     """`steps` Adam steps of the softmax model leader on its objective with data weights W:
     w_l NLL - w_J J(pi_tau, Phat) (`Formulation.objective_weights`: NLL for MAL and
-    MAL_random_noise, alpha NLL - (1-alpha) J(pi_tau, Phat) for MAL_agent_reward)."""
+    MAL_random_noise, alpha NLL - (1-alpha) J(pi_tau, Phat) for MAL_agent_reward), or, for a
+    return in the true MDP (MAL_agent_true_reward), alpha NLL - (1-alpha) J(pi_tau(Phat), M),
+    differentiated through the follower's soft best response (`true_return_gradient`)."""
     K, eta, g = mdp.K, mdp.floor, mdp.gamma
     spec = game.formulation(formulation)
     w_l, w_J = spec.objective_weights(spec.resolve_alpha(alpha))
     for _ in range(steps):
         Phat = L.softmax_model(model_theta, K, eta)
         grad = L.nll_gradient_model(W, Phat)
-        if w_J:
+        if w_J and spec.return_in == "true":      # J(pi_tau(Phat), M): through the follower
+            grad = w_l * grad - w_J * L.true_return_gradient(mdp, Phat, tau)
+        elif w_J:
             pi_tau = L.soft_best_response(Phat, mdp.R, g, tau)
             grad = w_l * grad - w_J * L.return_gradient(Phat, mdp.R, mdp.rho0, g, pi_tau)
         elif w_l != 1.0:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import softmax
 
+from bilevel.mdp.model import TabularMDP
 from bilevel.tabular.evaluation import expected_reward, policy_evaluation, transition_matrix
 from bilevel.rl.env import BatchStepper, Rollouts
 
@@ -164,6 +165,49 @@ def return_gradient(Phat: np.ndarray, R: np.ndarray, rho0: np.ndarray, gamma: fl
     S = Phat.shape[0]
     d = np.linalg.solve(np.eye(S) - gamma * transition_matrix(Phat, pi).T, rho0)
     return d[:, None, None] * pi[:, :, None] * (R + gamma * V[None, None, :])
+
+
+def policy_gradient(mdp: TabularMDP, pi: np.ndarray) -> np.ndarray:
+    """c(s,a) = dJ(pi, M)/dpi(a|s), pi's rows taken as free: d(s) Q^pi(s,a) with d = (I - g
+    P_pi^T)^{-1} rho0 (the policy gradient theorem); under `occupancy: average`, J the T-step
+    return: sum_{t<T} d_t(s) Q_{T-t}(s,a), d_t = Pr(s_t = .), Q_k = r + P V_{k-1}, V_k = sum_a pi
+    Q_k, V_0 = 0."""
+    P, r, g = mdp.P, mdp.r, mdp.gamma
+    if not mdp.averaged:
+        V = policy_evaluation(P, r, g, pi)
+        d = np.linalg.solve(np.eye(P.shape[0]) - g * transition_matrix(P, pi).T, mdp.rho0)
+        return d[:, None] * (r + g * P @ V)
+    T = mdp.horizon
+    P_pi = transition_matrix(P, pi)
+    visits = [np.asarray(mdp.rho0, dtype=float)]
+    for _ in range(T - 1):
+        visits.append(visits[-1] @ P_pi)
+    c, V = np.zeros_like(r), np.zeros(P.shape[0])
+    for k in range(1, T + 1):            # k steps to go: the visits at t = T - k
+        Q = r + P @ V
+        c += visits[T - k][:, None] * Q
+        V = (pi * Q).sum(axis=1)
+    return c
+
+
+def true_return_gradient(mdp: TabularMDP, Phat: np.ndarray, tau: float) -> np.ndarray:
+    """d/dPhat of J(pi_tau(Phat), M), pi_tau = soft_best_response(Phat) (the model reaches the
+    true return only through the follower). At the soft fixed point Q = rhat + g Phat V,
+    V(s) = tau logsumexp(Q(s,.)/tau), pi = softmax(Q/tau): dpi(s,a)/dQ(s,b) = pi(s,a)(1{a=b} -
+    pi(s,b))/tau, dV(s)/dQ(s,b) = pi(s,b), so with u = dJ/dQ (from `policy_gradient`) and the
+    adjoint lam = (I - g M^T)^{-1} u, M[(s,a),(s',b)] = Phat(s'|s,a) pi(s',b):
+        dJ/dPhat(s'|s,a) = lam(s,a) (R(s,a,s') + g V(s'))."""
+    S, A, _ = Phat.shape
+    g = mdp.gamma
+    pi = soft_best_response(Phat, mdp.R, g, tau, iters=500)
+    r_hat = expected_reward(Phat, mdp.R)
+    ent = -(pi * np.log(np.maximum(pi, 1e-300))).sum(axis=1)
+    V = np.linalg.solve(np.eye(S) - g * transition_matrix(Phat, pi), (pi * r_hat).sum(axis=1) + tau * ent)
+    c = policy_gradient(mdp, pi)
+    u = pi * (c - (pi * c).sum(axis=1, keepdims=True)) / tau
+    M = (Phat[:, :, :, None] * pi[None, None, :, :]).reshape(S * A, S * A)
+    lam = np.linalg.solve(np.eye(S * A) - g * M.T, u.ravel()).reshape(S, A)
+    return lam[:, :, None] * (mdp.R + g * V[None, None, :])
 
 
 def soft_best_response(Phat: np.ndarray, R: np.ndarray, gamma: float, tau: float,
