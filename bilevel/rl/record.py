@@ -63,7 +63,7 @@ class RunRecord:
     @classmethod
     def from_dict(cls, d: dict) -> "RunRecord":
         names = {f.name for f in fields(cls)}
-        missing = names - set(d) - {"notes"}
+        missing = names - set(d) - {"notes", "occupancy"}     # older records: discounted
         if missing:
             raise ValueError(f"run record lacks field(s): {', '.join(sorted(missing))}")
         kw = {k: d[k] for k in names if k in d}
