@@ -79,18 +79,39 @@ def test_the_mpec_flow_is_the_averaged_occupancy():
     assert pyo.value(m.true_return) == pytest.approx(mdp.true_return(pi), abs=1e-12)
 
 
-@pytest.mark.parametrize("seed,T", [(0, 2), (1, 3), (2, 2), (3, 6)])
-def test_mal_exact_route_against_scip_enumeration(seed, T):
-    """T < 4 live states: the reach is cut by the horizon, so the hiding structure runs on Z_T.
-    SCIP's enumeration solves the MPEC (with the time-expanded flow) per deterministic policy."""
-    mdp = garnet(4, 2, 2, seed=seed, gamma=0.9, support="all").with_(horizon=T, occupancy="average")
+@pytest.mark.parametrize("S,b,seed,T", [(3, 2, 0, 3), (3, 1, 7, 3), (3, 1, 9, 4), (3, 2, 2, 3),
+                                         pytest.param(4, 2, 0, 4, marks=pytest.mark.slow),
+                                         pytest.param(4, 2, 1, 5, marks=pytest.mark.slow)])
+def test_mal_exact_route_against_scip_enumeration(S, b, seed, T):
+    """Start in one state, T >= the live states (J_T and mu_T differ from the discounted game's,
+    the reach does not): the exact route against SCIP's enumeration, which solves the MPEC (with
+    the time-expanded flow) per deterministic policy."""
+    mdp = garnet(S, 2, b, seed=seed, gamma=0.9, support="all", initial="first").with_(
+        horizon=T, occupancy="average")
     exact = solve_formulation(mdp, "MAL", solver="exact")
     enum = solve_formulation(mdp, "MAL", solver="enumerate")
     assert exact.ok and enum.ok, (exact.reason, enum.reason)
+    assert exact.solver == "exact"      # global, or local with the mixtures' proved gap
     assert exact.low.J == pytest.approx(enum.low.J, abs=1e-6)
     assert exact.high.J == pytest.approx(enum.high.J, abs=1e-6)
     for e in (exact.low, exact.high):
         assert e.J == pytest.approx(mdp.true_return(e.policy), abs=1e-12)
+
+
+@pytest.mark.parametrize("b,seed", [(2, 0), (1, 7)])
+def test_a_horizon_that_cuts_the_reach_has_no_exact_route(b, seed):
+    """T = 2 < 3 live states: a fitted pair at the horizon leads to a state whose free model the
+    leader may make optimistic. Here a policy the hiding check would reject is an equilibrium
+    (SCIP's enumeration finds it), so the exact route declines and auto takes SCIP's MPEC,
+    whose min end is the enumeration's."""
+    from bilevel.equilibria.exact import has_exact_route
+    mdp = garnet(3, 2, b, seed=seed, gamma=0.9, support="all", initial="first").with_(
+        horizon=2, occupancy="average")
+    assert not has_exact_route("MAL", mdp)
+    auto = solve_formulation(mdp, "MAL")
+    enum = solve_formulation(mdp, "MAL", solver="enumerate")
+    assert auto.ok and enum.ok and auto.solver == "scip"
+    assert auto.low.J == pytest.approx(enum.low.J, abs=1e-5)
 
 
 def test_hidden_goal_table_under_average():

@@ -4,11 +4,14 @@ The data are T-step episodes: the loss weights are the averaged occupancy mu_T, 
 reported return is the T-step return J_T(pi) = E[sum_{t<T} r(s_t, a_t)]. The agent still
 optimizes its discounted value (the follower's best response, PAL's leader objective).
 
-A pair has weight exactly when the policy reaches it within T - 1 steps, so the hiding
-structure of section 5.2 holds with Z_T(pi), the states reached within T - 1 steps, in place of
-Z(pi) (`FollowerStructure.reached`); the policy at every other state changes neither J_T nor
-the loss and is re-chosen by the check. What does not carry over is the return: J_T of a
-stationary policy is a polynomial in pi, not linear in an occupancy, so
+A pair has weight exactly when the policy reaches it within T - 1 steps. When T is at least the
+number of live states, that is every pair the policy ever reaches (a breadth-first reach ends
+within S - 1 steps), so the hiding structure of section 5.2 holds unchanged: Z_T(pi) = Z(pi)
+(`FollowerStructure.reached`). A shorter horizon has no exact route here: a fitted pair at the
+last step leads to states outside Z_T whose free model the leader may make optimistic (raising
+the policy's own value) as well as hostile (lowering its deviations'), a trade-off the hiding
+check does not make. What does not carry over is the return: J_T of a stationary policy is a
+polynomial in pi, not linear in an occupancy, so
 
   * the ends over deterministic follower policies come from checking every one of them (at most
     BRUTE_FORCE_MAX_POLICIES; past that there is no exact route and `auto` takes the MPEC);
@@ -55,6 +58,10 @@ def applies(mdp: TabularMDP, route: str) -> str:
     if route == "closed_form" and mdp.horizon < live:
         return (f"PAL under occupancy: average needs horizon >= the live states ({live}): pairs "
                 "beyond the horizon are free for the leader's optimism")
+    if route == "hiding" and mdp.horizon < live:
+        return (f"the MAL family under occupancy: average needs horizon >= the live states ({live}): "
+                "a fitted pair at the horizon leads to states whose free model the leader may make "
+                "optimistic, which the hiding check does not cover")
     if route == "hiding" and n_policies(mdp) > BRUTE_FORCE_MAX_POLICIES:
         return (f"under occupancy: average the exact route checks every deterministic policy "
                 f"(at most {BRUTE_FORCE_MAX_POLICIES}; this MDP has {n_policies(mdp)})")
@@ -118,8 +125,8 @@ def mal_family(mdp: TabularMDP, formulation: str, alpha, say) -> EquilibriumInte
     found = []
     for actions in _policies(mdp, everything):
         chk = fs.check(actions)
-        if chk.equilibrium:
-            found.append((actions, chk.reached))
+        if chk.equilibrium:        # with the check's actions where pi does not reach (no effect on J_T)
+            found.append((chk.actions, chk.reached))
     if not found:
         return EquilibriumInterval(formulation, "failed", alpha=alpha, solver="exact",
                                    reason="no deterministic policy passes the hiding check")
