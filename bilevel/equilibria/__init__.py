@@ -3,7 +3,9 @@
     routing.py       which route computes an interval (exact, enumeration, MPEC on SCIP or IPOPT)
     exact/           the exact routes from the structure of the followers' best responses
     enumeration.py   MAL + agent reward on tiny MDPs: every deterministic follower policy
-    mpec_route.py    the MPEC route: leader optimum, band, both ends
+    mpec_route.py    the MPEC route's settings and pieces (IPOPT's best start, end repairs)
+    mpec_interval.py the MPEC route in steps: leader optimum and band, each end, settle
+    parallel_ends.py the two ends of an MPEC interval as sweep tasks (a continuation)
     certificates.py  independent checks of a point from arrays
     interval.py      the result types
     document.py      the JSON solution document

@@ -9,6 +9,7 @@ list of independent tasks run on Dask distributed, with one stored record per ta
     store.py    ResultStore: one JSON file per key, written atomically
     engine.py   run_sweep: reuse stored records, run the rest (LocalCluster, an existing
                 scheduler, or in process), store each as it finishes
+    continuation.py  a task that finishes through child tasks and a combine step
     options.py  --scheduler / --workers for the commands
     probes.py   small task functions with known answers (tests, benchmarks)
 
