@@ -173,3 +173,17 @@ def test_an_average_run_is_verified_against_average_intervals_only(tmp_path):
         verify_runs([("run.json", rec)], doc)
     with pytest.raises(VerifyInputError, match="--occupancy asks for discounted"):
         verify_runs([("run.json", rec)], occupancy="discounted")
+
+
+def test_the_report_under_average_labels_J_as_the_T_step_return(tmp_path):
+    """`report --occupancy average`: the table's J column is the T-step return, equal to the
+    episode-reward column cell by cell (hidden_goal), and the MDP section says so."""
+    from bilevel.report.cli import write_report
+    data = write_report(str(MDPS / "hidden_goal.yaml"), tmp_path, sweep_alphas=(),
+                        occupancy="average")
+    text = (tmp_path / "report.md").read_text()
+    assert "exact J (T-step return) [worst, best]" in text and "Occupancy: average" in text
+    assert data["mdp"]["occupancy"] == "average"
+    for f, eq in data["formulations"].items():
+        assert eq["J"]["min"] == pytest.approx(eq["episode_reward"]["min"], abs=1e-12), f
+        assert eq["J"]["max"] == pytest.approx(eq["episode_reward"]["max"], abs=1e-12), f

@@ -62,8 +62,9 @@ def verdict_cell(row: dict) -> str:
 def table_cells(data: dict) -> tuple[list[str], list[list[str]]]:
     """The results table, one row per formulation."""
     T = data["mdp"].get("horizon")
+    what = "T-step return" if data["mdp"].get("occupancy") == "average" else "discounted"
     head = ["formulation", "alpha", f"exact episode reward, T={T} [worst, best]",
-            "exact J (discounted) [worst, best]", "certificate"]
+            f"exact J ({what}) [worst, best]", "certificate"]
     with_runs = data["runs"] is not None
     with_ref = data["reference_study"] is not None
     if with_runs:
