@@ -47,9 +47,12 @@ def size_note(mdp: TabularMDP, formulations=FORMULATIONS, solver: str = "auto",
     if size["model_entries"] <= LARGE_MODEL_ENTRIES and size["pairs"] <= LARGE_PAIRS:
         return None
     routes = ", ".join(f"{f} {planned_route(mdp, f, solver, epsilon)}" for f in formulations)
+    visits = (f"; occupancy average: an MPEC route adds {(mdp.horizon - 1) * mdp.n_states:,} "
+              "state-visit variables with bilinear flow rows" if mdp.averaged else "")
     return (f"note: large input: {size['model_entries']:,} model entries (support K; S*A*S = "
             f"{size['dense_entries']:,}), {size['pairs']:,} state-action pairs "
-            f"({size['states']:,} states x {size['actions']:,} actions); --solver {solver}: {routes}")
+            f"({size['states']:,} states x {size['actions']:,} actions); --solver {solver}: {routes}"
+            + visits)
 
 
 def planned_route(mdp: TabularMDP, formulation: str, solver: str = "auto",
