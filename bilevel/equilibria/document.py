@@ -80,24 +80,24 @@ def solve_to_dict(mdp: TabularMDP, formulations=None, alpha=None, solver: str = 
     return out
 
 
-def solve_task_of(mdp: TabularMDP, formulation: str, alpha, **options) -> Task:
-    """One formulation's interval as a sweep task (the MDP travels as its arrays)."""
+def solve_task_of(mdp: TabularMDP, formulation: str, alpha, split_ends: bool = False,
+                  **options) -> Task:
+    """One formulation's interval as a sweep task (the MDP travels as its arrays): `solve_task`,
+    or with `split_ends` parallel_ends.solve_split (on the MPEC route the two ends run as two
+    more tasks; the same interval)."""
     kwargs = {"mdp": mdp_to_arrays(mdp), "formulation": formulation, "alpha": alpha, **options}
     label = formulation + ("" if alpha is None else f"-alpha{alpha:g}")
     spec = FORMULATIONS.get(formulation)
     # cost hint: a formulation without an exact route searches over the follower's policies
     cost = 1.0 if spec is None or spec.exact_route else 1.0 + n_policies(mdp)
-    return Task("bilevel.equilibria.document:solve_task", kwargs, label=label, cost=cost)
+    fn = ("bilevel.equilibria.parallel_ends:solve_split" if split_ends
+          else "bilevel.equilibria.document:solve_task")
+    return Task(fn, kwargs, label=label, cost=cost)
 
 
-def solve_task(mdp: dict, formulation: str, alpha=None, split_ends: bool = False,
-               **options) -> dict:
+def solve_task(mdp: dict, formulation: str, alpha=None, **options) -> dict:
     """solve_formulation(...).to_json() of the MDP given as mdp_to_arrays; progress messages go
-    to the `bilevel.solve` logger of the process that runs it. `split_ends`: on the MPEC route,
-    the two ends run as two more tasks (bilevel.equilibria.parallel_ends; the same interval)."""
-    if split_ends:
-        from bilevel.equilibria.parallel_ends import solve_split
-        return solve_split(mdp, formulation, alpha, **options)
+    to the `bilevel.solve` logger of the process that runs it."""
     return solve_formulation(mdp_from_arrays(mdp), formulation, alpha=alpha, log=say("solve"),
                              **options).to_json()
 

@@ -239,31 +239,20 @@ class Outcome:
     better: Equilibrium | None = None
 
 
-def settle(route_info: dict, lead: Lead, ends: list[End], improvements: list, downgrades: list,
+def settle(info: dict, lead: Lead, ends: list[End], improvements: list, downgrades: list,
            seconds: float) -> Outcome:
     """The ends in order (min, then max) as the interval: the first end that failed its step
     fails it; the first that beats L* asks for a restart (later ends are not read); ends that
-    fail their certificates fail it. `route_info`: formulation, alpha, which, n_starts,
-    ipopt_mode, epsilon. `downgrades` gains the ends' reasons for a local certificate."""
+    fail their certificates fail it. `info` (`route_info`): formulation, alpha, which,
+    n_starts, ipopt_mode, epsilon. `downgrades` gains the ends' reasons for a local
+    certificate."""
     certificate, gaps = lead.certificate, list(lead.gaps)
     chosen, fallbacks, snapped, polished, end_gaps, failure = {}, {}, {}, {}, {}, ""
-    info = route_info
-
-    def failed(why):
-        details = {}
-        if improvements:
-            details["leader_optimum_improved"] = improvements
-        if downgrades:
-            details["certificate_downgraded"] = downgrades
-        return Outcome(EquilibriumInterval(info["formulation"], "failed", reason=why,
-                                           alpha=info["alpha"], solver=info["which"],
-                                           seconds=seconds, details=details))
-
     for end in ends:
         if end.fallback:
             fallbacks[end.name] = end.fallback
         if end.failure:
-            return failed(failure or end.failure)
+            return Outcome(failed(info, failure or end.failure, seconds, improvements, downgrades))
         if not end.global_:
             certificate = "local"
         if end.gap is not None:
@@ -283,7 +272,7 @@ def settle(route_info: dict, lead: Lead, ends: list[End], improvements: list, do
             continue
         chosen[end.name] = end.eq
     if failure:
-        return failed(failure)
+        return Outcome(failed(info, failure, seconds, improvements, downgrades))
     low, high = chosen["min"], chosen["max"]
     if low.J > high.J:  # numerical noise: recomputed values decide the order
         low, high = high, low
@@ -316,10 +305,21 @@ def route_info(route: Route) -> dict:
             ("polish" if not route.reduction.schedule else "homotopy")}
 
 
+def failed(info: dict, why: str, seconds: float, improvements=(), downgrades=()) -> EquilibriumInterval:
+    """A failed interval of the route `info` (`route_info`), with the leader restarts and the
+    certificate downgrades so far in its details."""
+    details = {}
+    if improvements:
+        details["leader_optimum_improved"] = improvements
+    if downgrades:
+        details["certificate_downgraded"] = downgrades
+    return EquilibriumInterval(info["formulation"], "failed", reason=why, alpha=info["alpha"],
+                               solver=info["which"], seconds=seconds, details=details)
+
+
 def failed_interval(route: Route, why: str) -> EquilibriumInterval:
     """The route's interval failed at its leader step."""
-    return EquilibriumInterval(route.bm.formulation, "failed", reason=why, alpha=route.bm.alpha,
-                               solver=route.which, seconds=time.perf_counter() - route.t0)
+    return failed(route_info(route), why, time.perf_counter() - route.t0)
 
 
 def restart(route: Route, lead: Lead, name: str, found: Equilibrium,
@@ -378,19 +378,7 @@ def solve_route(mdp, formulation, alpha, which, starts, seed, time_limit, pal_re
         say(f"{formulation}: the {outcome.name} step found an equilibrium with leader objective "
             f"{outcome.better.leader_objective:.9g} < L* = {old:.9g}; L* = {lead.L:.9g} "
             "(after a local descent from it), interval recomputed")
-    return _too_many_restarts(route, outcome, lead, improvements, downgrades)
-
-
-def _too_many_restarts(route, outcome, lead, improvements, downgrades) -> EquilibriumInterval:
-    """The failure after _LEADER_RESTARTS restarts that each found a better leader value."""
-    details = {}
-    if improvements:
-        details["leader_optimum_improved"] = improvements
-    if downgrades:
-        details["certificate_downgraded"] = downgrades
-    return EquilibriumInterval(
-        route.bm.formulation, "failed", alpha=route.bm.alpha, solver=route.which,
-        seconds=time.perf_counter() - route.t0, details=details,
-        reason=(f"leader optimum: the {outcome.name} step found leader objective "
-                f"{outcome.better.leader_objective:.9g} below L* = {lead.L:.9g} after "
-                f"{_LEADER_RESTARTS} restarts"))
+    return failed(route_info(route), f"leader optimum: the {outcome.name} step found leader objective "
+                  f"{outcome.better.leader_objective:.9g} below L* = {lead.L:.9g} after "
+                  f"{_LEADER_RESTARTS} restarts", time.perf_counter() - route.t0,
+                  improvements, downgrades)

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import time
 
+from bilevel.cli.output import say
+from bilevel.equilibria.document import solve_task
 from bilevel.equilibria.mpec_interval import (End, Lead, end_step, failed_interval, leader_step,
-                                              open_route, route_info, settle)
+                                              open_route, route_info, settle, solve_route)
 from bilevel.equilibria.routing import solve_formulation, with_scip_failure
 from bilevel.mdp.io import mdp_from_arrays
 from bilevel.sweep.continuation import Forward, continuation
@@ -71,7 +73,6 @@ def split_route(arrays: dict):
 def solve_split(mdp: dict, formulation: str, alpha=None, solver: str = "auto", **options):
     """The interval JSON of `formulation` (mdp as mdp_to_arrays), or, on the MPEC route, a
     continuation whose ends run as two tasks (module docstring)."""
-    from bilevel.cli.output import say
     res = solve_formulation(mdp_from_arrays(mdp), formulation, alpha=alpha, solver=solver,
                             log=say("solve"), mpec=split_route(mdp), **options)
     if isinstance(res, Split):
@@ -128,18 +129,14 @@ def serial_task(mdp: dict, formulation: str, alpha, options: dict, solver: str,
                 scip: dict | None = None) -> dict:
     """The formulation's interval by the serial path (document.solve_task), after SCIP's failure when
     `scip` is given (its route was then IPOPT)."""
-    from bilevel.cli.output import say
     if scip is None:
-        return solve_formulation(mdp_from_arrays(mdp), formulation, alpha=alpha, solver=solver,
-                                 log=say("solve"), **options).to_json()
+        return solve_task(mdp, formulation, alpha, solver=solver, **options)
     return ipopt_task(mdp, formulation, alpha, options, solver, scip)
 
 
 def ipopt_task(mdp: dict, formulation: str, alpha, options: dict, solver: str,
                scip: dict) -> dict:
     """IPOPT's interval after SCIP did not certify (routing's hand-over under --solver auto)."""
-    from bilevel.cli.output import say
-    from bilevel.equilibria.mpec_interval import solve_route
     say("solve")(f"{formulation}: SCIP did not certify ({scip['reason']}); IPOPT")
     local = solve_route(mdp_from_arrays(mdp), formulation, alpha, "ipopt", log=say("solve"),
                         **{k: options[k] for k in ROUTE_OPTIONS})

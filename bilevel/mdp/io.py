@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import numpy as np
 import yaml
 
-from bilevel.mdp.model import DEFAULT_FLOOR, MDPError, OCCUPANCIES, SUM_TOL, SUPPORT_KINDS, TabularMDP
+from bilevel.mdp.model import DEFAULT_FLOOR, MDPError, SUM_TOL, SUPPORT_KINDS, TabularMDP
 from bilevel.mdp.graph import support_mask
 
 
@@ -56,11 +56,7 @@ def mdp_from_dict(data: Any, source: str = "<dict>", default_name: str = "mdp") 
     floor = v.number(data, "model_floor", required=False, default=DEFAULT_FLOOR)
     if not 0.0 <= floor < 1.0:
         raise MDPError(source, "model_floor", f"must lie in [0, 1), got {floor}")
-    occupancy = data.get("occupancy", "discounted")
-    if occupancy not in OCCUPANCIES:
-        raise MDPError(source, "occupancy", f"must be one of {', '.join(OCCUPANCIES)}, got {occupancy!r}")
-    if occupancy == "average" and horizon is None:
-        raise MDPError(source, "occupancy", "average needs a horizon (the episode length T)")
+    occupancy = data.get("occupancy", "discounted")     # checked by TabularMDP
 
     grid = None
     if "gridworld" in data:

@@ -22,6 +22,7 @@ from scipy.special import softmax
 
 from bilevel.mdp.model import TabularMDP
 from bilevel.tabular.evaluation import expected_reward, policy_evaluation, transition_matrix
+from bilevel.tabular.occupancy import state_visits
 from bilevel.rl.env import BatchStepper, Rollouts
 
 LOGIT_CLIP = 20.0
@@ -178,10 +179,7 @@ def policy_gradient(mdp: TabularMDP, pi: np.ndarray) -> np.ndarray:
         d = np.linalg.solve(np.eye(P.shape[0]) - g * transition_matrix(P, pi).T, mdp.rho0)
         return d[:, None] * (r + g * P @ V)
     T = mdp.horizon
-    P_pi = transition_matrix(P, pi)
-    visits = [np.asarray(mdp.rho0, dtype=float)]
-    for _ in range(T - 1):
-        visits.append(visits[-1] @ P_pi)
+    visits = state_visits(P, mdp.rho0, pi, T)
     c, V = np.zeros_like(r), np.zeros(P.shape[0])
     for k in range(1, T + 1):            # k steps to go: the visits at t = T - k
         Q = r + P @ V
@@ -200,14 +198,21 @@ def true_return_gradient(mdp: TabularMDP, Phat: np.ndarray, tau: float) -> np.nd
     S, A, _ = Phat.shape
     g = mdp.gamma
     pi = soft_best_response(Phat, mdp.R, g, tau, iters=500)
-    r_hat = expected_reward(Phat, mdp.R)
-    ent = -(pi * np.log(np.maximum(pi, 1e-300))).sum(axis=1)
-    V = np.linalg.solve(np.eye(S) - g * transition_matrix(Phat, pi), (pi * r_hat).sum(axis=1) + tau * ent)
+    V = soft_evaluation(Phat, expected_reward(Phat, mdp.R), g, tau, pi)
     c = policy_gradient(mdp, pi)
     u = pi * (c - (pi * c).sum(axis=1, keepdims=True)) / tau
     M = (Phat[:, :, :, None] * pi[None, None, :, :]).reshape(S * A, S * A)
     lam = np.linalg.solve(np.eye(S * A) - g * M.T, u.ravel()).reshape(S, A)
     return lam[:, :, None] * (mdp.R + g * V[None, None, :])
+
+
+def soft_evaluation(Phat: np.ndarray, r_hat: np.ndarray, gamma: float, tau: float,
+                    pi: np.ndarray) -> np.ndarray:
+    """V_tau^pi = (I - g Phat_pi)^{-1} (sum_a pi r_hat + tau H(pi(.|s))): pi's value with its
+    entropy bonus (at the soft fixed point, V_tau(s) = tau logsumexp(Q(s,.)/tau))."""
+    ent = -(pi * np.log(np.maximum(pi, 1e-300))).sum(axis=1)
+    return np.linalg.solve(np.eye(Phat.shape[0]) - gamma * transition_matrix(Phat, pi),
+                           (pi * r_hat).sum(axis=1) + tau * ent)
 
 
 def soft_best_response(Phat: np.ndarray, R: np.ndarray, gamma: float, tau: float,
@@ -218,9 +223,7 @@ def soft_best_response(Phat: np.ndarray, R: np.ndarray, gamma: float, tau: float
     r_hat = expected_reward(Phat, R)
     pi = np.full((S, A), 1.0 / A)
     for _ in range(iters):
-        ent = -(pi * np.log(np.maximum(pi, 1e-300))).sum(axis=1)
-        V = np.linalg.solve(np.eye(S) - gamma * transition_matrix(Phat, pi),
-                            (pi * r_hat).sum(axis=1) + tau * ent)
+        V = soft_evaluation(Phat, r_hat, gamma, tau, pi)
         Q = r_hat + gamma * Phat @ V
         new = softmax(Q / tau, axis=1)
         if np.max(np.abs(new - pi)) < 1e-10:

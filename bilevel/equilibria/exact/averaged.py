@@ -35,6 +35,7 @@ import itertools
 import numpy as np
 
 from bilevel.equilibria.certificates import FOLLOWER_GAP_TOL, certify_point
+from bilevel.equilibria.exact.search import BRUTE_FORCE_MAX_POLICIES, witness
 from bilevel.equilibria.exact.structure import FollowerStructure, forced_pairs
 from bilevel.equilibria.interval import EquilibriumInterval
 from bilevel.mdp.graph import n_policies
@@ -44,7 +45,6 @@ from bilevel.tabular.fits import kl_fit
 from bilevel.tabular.occupancy import finite_return_range
 from bilevel.tabular.policies import deterministic_policy
 
-BRUTE_FORCE_MAX_POLICIES = 2_000
 PROVED_TOL = 1e-9        # relative: an end within this of its bound is proved
 OPTIMAL_TOL = 1e-9       # relative: an action within this of V*(s) is discounted-optimal
 
@@ -79,9 +79,9 @@ def _policies(mdp: TabularMDP, allowed: np.ndarray):
         yield a
 
 
-def _ends(mdp: TabularMDP, found: list) -> tuple[dict, dict, np.ndarray]:
+def _ends(mdp: TabularMDP, found: list) -> tuple[dict, dict]:
     """{min, max: (J_T, actions)} over the deterministic equilibria `found` = [(actions,
-    reached)], the proved gaps to the mixture bound, and the allowed-actions mask."""
+    reached)], and the proved gaps to the mixture bound."""
     allowed = np.zeros((mdp.n_states, mdp.n_actions), dtype=bool)
     values = []
     for actions, reached in found:
@@ -92,15 +92,14 @@ def _ends(mdp: TabularMDP, found: list) -> tuple[dict, dict, np.ndarray]:
     gaps = {"min": max(0.0, ends["min"][0] - lo), "max": max(0.0, hi - ends["max"][0])}
     scale = max(1.0, abs(lo), abs(hi))       # rounding of the two evaluations is no gap
     gaps = {k: 0.0 if g <= PROVED_TOL * scale else g for k, g in gaps.items()}
-    return ends, gaps, allowed
+    return ends, gaps
 
 
-def _interval(mdp, formulation, alpha, ends, gaps, witness, how, route, leader) -> EquilibriumInterval:
-    """Certify both ends' witnesses and assemble the interval."""
+def _interval(mdp, formulation, alpha, ends, gaps, certified, how, route, leader) -> EquilibriumInterval:
+    """Assemble the interval from both ends' certified witnesses (`certified(actions)`)."""
     records = {}
     for name, (_, actions) in ends.items():
-        eq = certify_point(mdp, formulation, alpha, deterministic_policy(actions, mdp.n_actions),
-                           witness(actions))
+        eq = certified(actions)
         if eq.follower_gap > FOLLOWER_GAP_TOL:
             return EquilibriumInterval(formulation, "failed", alpha=alpha, solver="exact",
                                        reason=f"{name} end's witness fails its follower "
@@ -130,20 +129,17 @@ def mal_family(mdp: TabularMDP, formulation: str, alpha, say) -> EquilibriumInte
     if not found:
         return EquilibriumInterval(formulation, "failed", alpha=alpha, solver="exact",
                                    reason="no deterministic policy passes the hiding check")
-    ends, gaps, _ = _ends(mdp, found)
+    ends, gaps = _ends(mdp, found)
 
-    def witness(actions):
-        for structure in (fs_eta, fs):        # at the floor when it holds there, else the limit
-            chk = structure.check(actions)
-            Phat = structure.witness_model(chk.actions, chk.reached, chk.V)
-            eq = certify_point(mdp, formulation, alpha, deterministic_policy(actions, mdp.n_actions), Phat)
-            if eq.follower_gap <= FOLLOWER_GAP_TOL:
-                return Phat
-        return Phat
+    def certified(actions):               # at the floor when it holds there, else the limit
+        def limit_model():
+            chk = fs.check(actions)
+            return fs.witness_model(chk.actions, chk.reached, chk.V)
+        return witness(mdp, formulation, alpha, actions, fs_eta, limit_model)[0]
 
     how = {k: f"{len(found)} deterministic equilibria of {n_policies(mdp)} policies; mixtures "
               "bounded by backward induction" for k in ends}
-    return _interval(mdp, formulation, alpha, ends, gaps, witness, how,
+    return _interval(mdp, formulation, alpha, ends, gaps, certified, how,
                      "hiding structure on the T-step reach (every deterministic policy checked)", 0.0)
 
 
@@ -152,17 +148,18 @@ def pal(mdp: TabularMDP, alpha, say) -> EquilibriumInterval:
     V, _ = value_iteration(mdp.P, mdp.r, mdp.gamma, tol=1e-12)
     Q = mdp.r + mdp.gamma * mdp.P @ V
     optimal = Q >= V[:, None] - OPTIMAL_TOL * np.maximum(1.0, np.abs(V))[:, None]
-    found = []
-    for actions in _policies(mdp, optimal):
-        reached = np.ones(mdp.n_states, dtype=bool)     # every state: ties anywhere may mix
-        found.append((actions, reached))
-    ends, gaps, _ = _ends(mdp, found)
+    everywhere = np.ones(mdp.n_states, dtype=bool)      # every state: ties anywhere may mix
+    found = [(actions, everywhere) for actions in _policies(mdp, optimal)]
+    ends, gaps = _ends(mdp, found)
     say(f"PAL: J_T over the {len(found)} discounted-optimal deterministic policies "
         f"[{ends['min'][0]:.9g}, {ends['max'][0]:.9g}] (occupancy: average)")
     fit = kl_fit(mdp.P, mdp.K, mdp.floor)
     J_star = float(mdp.rho0 @ V)
     how = {k: "discounted-optimal policies of M (the fitted model is P wherever a policy goes)"
            for k in ends}
-    return _interval(mdp, "PAL", alpha, ends, gaps, lambda actions: fit, how,
+    def certified(actions):
+        return certify_point(mdp, "PAL", alpha, deterministic_policy(actions, mdp.n_actions), fit)
+
+    return _interval(mdp, "PAL", alpha, ends, gaps, certified, how,
                      "closed form (fitted model = P on every pair reached within T - 1 steps)",
                      -J_star)

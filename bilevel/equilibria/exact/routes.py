@@ -25,8 +25,9 @@ from bilevel.equilibria.certificates import FOLLOWER_GAP_TOL, certify_point
 from bilevel.equilibria.interval import EquilibriumInterval
 from bilevel.equilibria.exact import averaged
 from bilevel.equilibria.exact.milp import HidingMILP
-from bilevel.equilibria.exact.search import (brute_force, hiding_descent, low_return_equilibria, return_extremes,
-                                  true_return)
+from bilevel.equilibria.exact.search import (BRUTE_FORCE_MAX_POLICIES, brute_force, hiding_descent,
+                                             low_return_equilibria, return_extremes, true_return,
+                                             witness)
 from bilevel.equilibria.exact.structure import Check, FollowerStructure, forced_pairs
 import bilevel.game as game
 from bilevel.game.formulations import FORMULATIONS
@@ -44,8 +45,6 @@ PROVED_TOL = 1e-6       # an end is global when its proved gap is at most this (
 MILP_TIME_LIMIT = 600.0
 FLOOR_MILP_MAX_ENTRIES = 2_000    # the floored MILP (dense rows per target) only up to this |K|
 FLOOR_MILP_TIME_LIMIT = 30.0
-# below this many deterministic policies, checking each is faster than the MILP (RESULTS.md)
-BRUTE_FORCE_MAX_POLICIES = 2_000
 
 
 def has_exact_route(formulation: str, mdp: TabularMDP | None = None) -> bool:
@@ -78,9 +77,9 @@ def exact_interval(mdp: TabularMDP, formulation: str, alpha=None,
             res = averaged.pal(mdp, alpha, say)
         else:
             res = averaged.mal_family(mdp, formulation, alpha, say)
-    elif spec.exact_route == "closed_form":
+    elif route == "closed_form":
         res = _pal(mdp, alpha, say)
-    elif spec.exact_route == "true_return" and alpha < 1.0:
+    elif route == "true_return":
         res = _true_return(mdp, formulation, alpha, say)
     else:       # the hiding structure (MAL + true reward at alpha = 1 is MAL)
         res = _mal_family(mdp, formulation, alpha, time_limit, say, floor_ends)
@@ -148,21 +147,6 @@ def pal_epsilon_interval(mdp: TabularMDP, epsilon: float) -> EquilibriumInterval
                                seconds=time.perf_counter() - t0, details=details)
 
 
-def _witness(mdp, formulation, alpha, actions, fs_eta, limit_model):
-    """(eq, entry): the deterministic policy `actions` certified with its witness model at the
-    file's floor (fs_eta's hostile check), entry {"witness": it holds}. Where the floor breaks a
-    tie (that witness's follower gap > FOLLOWER_GAP_TOL) the end holds in the limit only: the
-    limit witness `limit_model()` is certified instead, and the entry keeps the floored gap."""
-    pi = deterministic_policy(actions, mdp.n_actions)
-    chk = fs_eta.check(actions)
-    eq = certify_point(mdp, formulation, alpha, pi, fs_eta.witness_model(chk.actions, chk.reached, chk.V))
-    entry = {"witness": eq.follower_gap <= FOLLOWER_GAP_TOL}
-    if not entry["witness"]:
-        entry["floored_witness_follower_gap"] = eq.follower_gap
-        eq = certify_point(mdp, formulation, alpha, pi, limit_model())
-    return eq, entry
-
-
 # --------------------------------------------------------------------------- MAL + true reward
 
 def _true_return(mdp, formulation, alpha, say) -> EquilibriumInterval:
@@ -183,7 +167,7 @@ def _true_return(mdp, formulation, alpha, say) -> EquilibriumInterval:
         chk = fs.check(a_star)
         return fs.witness_model(chk.actions, chk.reached, chk.V)
 
-    eq, entry = _witness(mdp, formulation, alpha, a_star, fs_eta, limit_model)
+    eq, entry = witness(mdp, formulation, alpha, a_star, fs_eta, limit_model)
     at_floor = {"eta": mdp.floor, **entry}
     if at_floor["witness"]:
         tol = 1e-6 * max(1.0, abs(J_star))
@@ -248,7 +232,7 @@ def _mal_family(mdp, formulation, alpha, time_limit, say, floor_ends) -> Equilib
     records, at_floor = {}, {"eta": mdp.floor}
     fs_eta = FollowerStructure(mdp, mdp.floor, forced) if mdp.floor > 0 else fs
     for name, end in ends.items():
-        eq, at_floor[name] = _witness(mdp, formulation, alpha, end.actions, fs_eta,
+        eq, at_floor[name] = witness(mdp, formulation, alpha, end.actions, fs_eta,
                                       lambda end=end: fs.witness_model(end.actions, end.fitted, end.V))
         if floor_ends and not at_floor[name]["witness"]:
             at_floor[name].update(_floor_end(fs_eta, formulation, alpha, name == "max",

@@ -2,7 +2,8 @@
 low-return equilibria fast (incumbents for the MILP).
 
 Both only *find* equilibria through `FollowerStructure.check`; proofs of optimality come from
-the MILP's bound or from the return bounds over all policies.
+the MILP's bound or from the return bounds over all policies. `witness` certifies the
+equilibrium a deterministic policy ends at.
 """
 from __future__ import annotations
 
@@ -10,9 +11,29 @@ import itertools
 
 import numpy as np
 
+from bilevel.equilibria.certificates import FOLLOWER_GAP_TOL, certify_point
 from bilevel.equilibria.exact.structure import Check, FollowerStructure
 from bilevel.tabular.evaluation import value_iteration
 from bilevel.tabular.policies import deterministic_policy
+
+
+# below this many deterministic policies, checking each is faster than the MILP (RESULTS.md)
+BRUTE_FORCE_MAX_POLICIES = 2_000
+
+
+def witness(mdp, formulation, alpha, actions, fs_eta, limit_model):
+    """(eq, entry): the deterministic policy `actions` certified with its witness model at the
+    file's floor (fs_eta's hostile check), entry {"witness": it holds}. Where the floor breaks a
+    tie (that witness's follower gap > FOLLOWER_GAP_TOL) the end holds in the limit only: the
+    limit witness `limit_model()` is certified instead, and the entry keeps the floored gap."""
+    pi = deterministic_policy(actions, mdp.n_actions)
+    chk = fs_eta.check(actions)
+    eq = certify_point(mdp, formulation, alpha, pi, fs_eta.witness_model(chk.actions, chk.reached, chk.V))
+    entry = {"witness": eq.follower_gap <= FOLLOWER_GAP_TOL}
+    if not entry["witness"]:
+        entry["floored_witness_follower_gap"] = eq.follower_gap
+        eq = certify_point(mdp, formulation, alpha, pi, limit_model())
+    return eq, entry
 
 
 def true_return(fs: FollowerStructure, actions) -> float:
