@@ -18,6 +18,7 @@ scheduler reschedules the tasks it held, and the client takes one result per fut
 """
 from __future__ import annotations
 
+import heapq
 import importlib.util
 import logging
 import os
@@ -130,7 +131,7 @@ class _Graph:
     def __init__(self, store, fresh, retry_failed, say, bar):
         self.store, self.fresh, self.retry_failed, self.say, self.bar = store, fresh, retry_failed, say, bar
         self.final: dict[str, dict] = {}
-        self.queued: list[Task] = []
+        self.queued: list[tuple] = []           # heap of (order key, arrival, task)
         self.waiting: dict[str, tuple[Task, dict, list[Task]]] = {}
         self.parents: dict[str, list[str]] = {}
         self.transient: set[str] = set()        # keys whose final record is not stored
@@ -148,14 +149,14 @@ class _Graph:
         if record is not None and (is_continuation(record) or reusable(record, task, self.retry_failed)):
             self.settle(task, record, ran=False)
             return
-        self.queued.append(task)
+        # the costliest first, then the time-limited ones, then in arrival order (a stable sort)
+        heapq.heappush(self.queued, (-task.cost, task.time_limit is None, len(self.seen), task))
         self.bar.total = (self.bar.total or 0) + 1
         self.bar.refresh()
 
     def next(self) -> Task:
         """The costliest queued task, taken off the queue."""
-        self.queued.sort(key=lambda t: (-t.cost, t.time_limit is None))
-        return self.queued.pop(0)
+        return heapq.heappop(self.queued)[-1]
 
     def settle(self, task: Task, record: dict, ran: bool, keep: bool = True) -> None:
         """Take `record` as `task`'s: store it (when it ran and is `keep`), then either start its
