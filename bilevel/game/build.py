@@ -72,7 +72,7 @@ def base_model(mdp: TabularMDP) -> pyo.ConcreteModel:
     mu0 = random_data(mdp)
     m.mu = pyo.Var(m.S, m.A, bounds=(0.0, 1.0), initialize=lambda m_, s, a: mu0[s, a])
     if mdp.averaged:
-        averaged_flow(m, mdp)
+        averaged_flow(m, mdp, mu0.sum(axis=1))
     else:
         m.flow = pyo.Constraint(m.S, rule=lambda m_, t: sum(m_.mu[t, a] for a in m_.A) == (1 - g) * mdp.rho0[t]
                                 + g * sum(P[s, a, t] * m_.mu[s, a] for s in m_.S for a in m_.A if P[s, a, t] > 0))
@@ -94,15 +94,15 @@ def random_data(mdp: TabularMDP) -> np.ndarray:
     return mdp.data_occupancy(uniform_policy(mdp.n_states, mdp.n_actions))
 
 
-def averaged_flow(m, mdp: TabularMDP) -> None:
+def averaged_flow(m, mdp: TabularMDP, d_init: np.ndarray) -> None:
     """mu = mu_T for `occupancy: average`: state visits d[t, s] = Pr(s_t = s), t < T (variables
     visits[t, s] for t >= 1),
         d[0] = rho0,  d[t+1, s'] = sum_{s live, a} P(s'|s,a) pi(s,a) d[t, s] + sum_{s terminal} P(s'|s,.) d[t, s],
         sum_a mu(s,a) = (1/T) sum_t d[t, s]
-    (with the link mu(s,a) = pi(s,a) sum_b mu(s,b): mu(s,a) = pi(a|s) (1/T) sum_t d[t, s])."""
+    (with the link mu(s,a) = pi(s,a) sum_b mu(s,b): mu(s,a) = pi(a|s) (1/T) sum_t d[t, s]).
+    `d_init`: the visits' initial value (the uniform policy's state occupancy)."""
     S, T, P = mdp.n_states, mdp.horizon, mdp.P
     d0 = np.asarray(mdp.rho0, dtype=float)
-    d_init = random_data(mdp).sum(axis=1)
     m.TIME = pyo.RangeSet(1, T - 1) if T > 1 else pyo.Set(initialize=[])
     m.visits = pyo.Var(m.TIME, m.S, bounds=(0.0, 1.0), initialize=lambda m_, t, s: d_init[s])
 
