@@ -187,3 +187,16 @@ def test_the_report_under_average_labels_J_as_the_T_step_return(tmp_path):
     for f, eq in data["formulations"].items():
         assert eq["J"]["min"] == pytest.approx(eq["episode_reward"]["min"], abs=1e-12), f
         assert eq["J"]["max"] == pytest.approx(eq["episode_reward"]["max"], abs=1e-12), f
+
+
+def test_the_agent_reward_point_that_moves_under_average():
+    """README: at alpha 0.5 the discounted game's MAL + agent reward equilibrium is an
+    optimistic lie (episode reward 2.578), the averaged game's is the decoy (0.9875); at 0.9999
+    both are the optimum (36.45)."""
+    disc = load_mdp(MDPS / "hidden_goal.yaml")
+    avg = disc.with_(occupancy="average")
+    for alpha, d_ep, a_J in ((0.5, 2.578, 0.9875), (0.9999, 36.45, 36.45)):
+        d, a = (solve_formulation(m, "MAL_agent_reward", alpha=alpha) for m in (disc, avg))
+        assert d.ok and a.ok
+        assert d.low.episode_reward == pytest.approx(d_ep, abs=5e-4) == d.high.episode_reward
+        assert a.low.J == pytest.approx(a_J, abs=5e-4) and a.high.J == pytest.approx(a_J, abs=5e-4)

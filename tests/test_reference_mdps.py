@@ -141,3 +141,23 @@ def test_exact_mal_route_converges_at_large_values():
     assert a.ok and b.ok and a.certificate == b.certificate == "global"
     assert (a.low.J, a.high.J) == pytest.approx((100 * b.low.J, 100 * b.high.J), rel=1e-9, abs=1e-9)
     assert a.low.J == pytest.approx(0.0, abs=1e-9) and a.high.J > 800
+
+
+SLOW_AGENT_REWARD = {"ergodic_mdp_1", "ergodic_mdp_2"}   # 13-17 s each on the enumeration
+
+
+@pytest.mark.parametrize("name", [n if n not in SLOW_AGENT_REWARD else
+                                  pytest.param(n, marks=pytest.mark.slow) for n in sorted(REGISTERED)])
+def test_every_fix_is_at_the_optimum_on_their_mdps(name):
+    """The README table's fix columns: MAL + random noise, MAL + true reward (exact routes) and
+    MAL + agent reward (the enumeration) are [J*, J*], J* from HiGHS's occupancy LP."""
+    from bilevel.equilibria import solve_formulation
+    from bilevel.tabular.occupancy import occupancy_lp
+    mdp = load_mdp(REF / f"{name}.yaml")
+    J_star = occupancy_lp(mdp.P, mdp.r, mdp.rho0, mdp.gamma).J
+    for f in ("MAL_random_noise", "MAL_agent_true_reward", "MAL_agent_reward"):
+        iv = solve_formulation(mdp, f)
+        assert iv.ok, (f, iv.reason)
+        assert iv.low.J == pytest.approx(J_star, rel=1e-6) and iv.high.J == pytest.approx(J_star, rel=1e-6), f
+        if f != "MAL_agent_reward" or name not in SLOW_AGENT_REWARD:
+            assert iv.certificate == "global", f
