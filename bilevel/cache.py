@@ -48,6 +48,9 @@ def mdp_fingerprint(mdp) -> str:
     h.update(json.dumps([mdp.gamma, mdp.floor, mdp.horizon]).encode())
     if getattr(mdp, "occupancy", "discounted") != "discounted":   # discounted keys stay as they were
         h.update(json.dumps({"occupancy": mdp.occupancy}).encode())
+    model_class = getattr(mdp, "model_class", None)
+    if model_class is not None and not model_class.tabular:   # tabular keys stay as they were
+        h.update(json.dumps(model_class.fingerprint()).encode())
     return h.hexdigest()
 
 

@@ -43,13 +43,30 @@ def snap_to_best_response(bm: BilevelModel) -> None:
     it on those rows. A relaxed complementarity leaves deviations of order eps / mu on rarely
     visited pairs; the snapped point is an exact equilibrium with the same policy (so the same
     J(pi, M)). Used on an interval end that fails its follower certificate; the band check
-    stays on the solver's point and the change of the leader objective is reported."""
+    stays on the solver's point and the change of the leader objective is reported.
+    A restricted class with unit atoms (aggregated): the class fit to mu_M^pi on every block pi
+    visits, which is unique there (the pooled floored fit); general atoms are not snapped (the
+    fit may not be unique)."""
     if not game.formulation(bm.formulation).closed_form_follower:
         return
     mdp, m = bm.mdp, bm.model
     pi = extract(bm)["policy"]
-    visited = mdp.data_occupancy(pi) > 0
-    Peta = kl_fit(mdp.P, mdp.K, mdp.floor)
+    mu = mdp.data_occupancy(pi)
+    if mdp.restricted:
+        cb = mdp.model_blocks
+        if any(b.targets is None for b in cb.blocks):
+            return
+        fit, thetas, weighted = cb.fit(mdp.P, mu)
+        for b, (theta, w) in enumerate(zip(thetas, weighted)):
+            if w:
+                for k, v in enumerate(theta):
+                    m.theta[b, k].set_value(float(v), skip_validation=True)
+        visited = np.array([[cb.block_of[s, a] >= 0 and weighted[cb.block_of[s, a]]
+                             for a in range(mdp.n_actions)] for s in range(mdp.n_states)])
+        Peta = fit
+    else:
+        visited = mu > 0
+        Peta = kl_fit(mdp.P, mdp.K, mdp.floor)
     for (s, a, t) in m.KSET:
         if visited[s, a]:
             m.Phat[s, a, t].set_value(float(Peta[s, a, t]), skip_validation=True)

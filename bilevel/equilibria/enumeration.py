@@ -65,7 +65,6 @@ from bilevel.mdp.model import TabularMDP
 from bilevel.mpec.driver import solve_mpec
 from bilevel.mpec.modes import ExactProduct
 from bilevel.tabular.evaluation import bellman_residual, policy_evaluation
-from bilevel.tabular.fits import kl_fit
 from solvers.base import Status
 from solvers.scip import Scip
 
@@ -104,7 +103,7 @@ def fit_guess(bm: BilevelModel, policies) -> tuple[list[int], float]:
     least leader(pi, P_eta) over the P_eta-optimal pi (+inf: none). A guess only: (*) of the
     module docstring keeps the result exact whatever it is."""
     mdp = bm.mdp
-    Peta = kl_fit(mdp.P, mdp.K, mdp.floor)
+    Peta = mdp.reference_fit()        # P_eta; a restricted class: its fit to the uniform policy's data
     rhat = mdp.model_reward(Peta)
     keys, U0 = [], math.inf
     for _, pi, _ in policies:

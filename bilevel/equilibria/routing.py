@@ -71,7 +71,7 @@ def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = N
     if epsilon is not None:
         if not (epsilon >= 0.0 and math.isfinite(epsilon)):
             raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon}")
-        if spec.epsilon_closed_form:
+        if spec.epsilon_closed_form and not mdp.restricted:
             from bilevel.equilibria.exact.routes import pal_epsilon_interval
             return pal_epsilon_interval(mdp, epsilon)
         if solver in ("auto", "exact", "enumerate"):
@@ -80,7 +80,7 @@ def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = N
         from bilevel.equilibria.exact import exact_interval, has_exact_route
         if has_exact_route(formulation, mdp) and (solver != "enumerate" or not spec.enumerable):
             return exact_interval(mdp, formulation, alpha, log=log)
-        if solver == "exact" and spec.exact_minlp:
+        if solver == "exact" and spec.exact_minlp and not mdp.restricted:
             # no closed-form structure: SCIP on the binary-follower MINLP (global where proved)
             from bilevel.equilibria.exact.agent_reward import agent_reward_interval
             return agent_reward_interval(mdp, alpha, time_limit=time_limit, log=log)

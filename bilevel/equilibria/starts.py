@@ -18,13 +18,17 @@ def starting_point(bm: BilevelModel, pi: np.ndarray, Phat: np.ndarray | None = N
     of pi in Phat, or (PAL) the model occupancy d."""
     mdp, m = bm.mdp, bm.model
     if Phat is None:
-        Phat = kl_fit(mdp.P, mdp.K, mdp.floor)
+        Phat = mdp.reference_fit()
     mu = mdp.data_occupancy(pi)
     x = ComponentMap()
     for (s, a) in m.SA:
         x[m.pi[s, a]] = float(pi[s, a])
     for (s, a, t) in m.KSET:
         x[m.Phat[s, a, t]] = float(Phat[s, a, t])
+    if hasattr(m, "theta"):
+        for b, theta in enumerate(mdp.model_blocks.theta_of(Phat)):
+            for k, v in enumerate(theta):
+                x[m.theta[b, k]] = float(v)
     for s in range(mdp.n_states):
         for a in range(mdp.n_actions):
             if not m.mu[s, a].fixed:
@@ -67,10 +71,20 @@ def structured_starts(bm: BilevelModel) -> list[ComponentMap]:
     _, pi_star = value_iteration(mdp.P, mdp.r, mdp.gamma)
     starts = [starting_point(bm, pi_star), starting_point(bm, uniform_policy(mdp.n_states, mdp.n_actions))]
     if game.formulation(bm.formulation).follower == "policy":
-        Peta = kl_fit(mdp.P, mdp.K, mdp.floor)
+        Peta = mdp.reference_fit()
         _, pi_eta = value_iteration(Peta, mdp.model_reward(Peta), mdp.gamma)
         starts.insert(0, starting_point(bm, pi_eta, Peta))
     return starts
+
+
+def class_random_model(mdp, rng: np.random.Generator) -> np.ndarray:
+    """A random model of a restricted class: floored Dirichlet(1) weights per block."""
+    cb = mdp.model_blocks
+    thetas = []
+    for blk in cb.blocks:
+        x = rng.gamma(1.0, size=blk.n_atoms)
+        thetas.append(mdp.floor + (1.0 - blk.n_atoms * mdp.floor) * x / x.sum())
+    return cb.lift(thetas)
 
 
 def random_starts(bm: BilevelModel, n: int, seed: int = 0) -> list[ComponentMap]:
@@ -85,20 +99,24 @@ def random_starts(bm: BilevelModel, n: int, seed: int = 0) -> list[ComponentMap]
     mdp = bm.mdp
     S, A = mdp.n_states, mdp.n_actions
     rng = np.random.default_rng(seed)
-    Peta = kl_fit(mdp.P, mdp.K, mdp.floor)
+    Peta = mdp.reference_fit()
     model_follower = game.formulation(bm.formulation).follower == "model"
     out = []
     for _ in range(n):
-        D = random_model(mdp.K, mdp.floor, rng)
+        D = random_model(mdp.K, mdp.floor, rng) if not mdp.restricted else class_random_model(mdp, rng)
         if model_follower:
             pi = rng.dirichlet(np.ones(A), size=S)
             onehot = rng.random(S) < 0.5
             pi[onehot] = np.eye(A)[rng.integers(A, size=int(onehot.sum()))]
-            visited = mdp.data_occupancy(pi) > 0
-            Phat = np.where(visited[:, :, None], Peta, D)
+            Phat = game.formulation(bm.formulation).best_response(mdp, pi, D)
         else:
-            lam = np.where(rng.random((S, A)) < 0.5, 0.0, rng.random((S, A)))[:, :, None]
-            Phat = (1.0 - lam) * Peta + lam * D     # both floored on K: so is the mixture
+            lam = np.where(rng.random((S, A)) < 0.5, 0.0, rng.random((S, A)))
+            if mdp.restricted:      # one mixing weight per block keeps the mixture in the class
+                cb = mdp.model_blocks
+                lam = np.array([[lam[cb.blocks[b].pairs[0]] if b >= 0 else 0.0 for b in row]
+                                for row in cb.block_of])
+            lam = lam[:, :, None]
+            Phat = (1.0 - lam) * Peta + lam * D     # both floored in the class: so is the mixture
             _, pi = value_iteration(Phat, mdp.model_reward(Phat), mdp.gamma, tol=1e-10)
         out.append(starting_point(bm, pi, Phat))
     return out

@@ -20,6 +20,8 @@ from bilevel.mdp.model import TabularMDP
 from bilevel.tabular.evaluation import policy_return
 from bilevel.tabular.fits import kl_fit, model_loss
 
+CLASS_KKT = "class_kkt"      # the model follower's reduction under a restricted model class
+
 
 class Formulation(ABC):
     """One bilevel formulation. Attributes:
@@ -128,11 +130,11 @@ class Formulation(ABC):
 
     def excess_loss(self, mdp: TabularMDP, pi: np.ndarray, Phat: np.ndarray,
                     alpha: float | None = None) -> float:
-        """eps_M = l(Phat, nu) - l(P_eta, nu) >= 0, P_eta = kl_fit(P, K, eta) the floored fit
-        (the loss's minimizer over floored models); clamped at 0."""
+        """eps_M = l(Phat, nu) - min_{Q in class} l(Q, nu) >= 0: for the tabular class the
+        minimizer is P_eta = kl_fit(P, K, eta), the floored fit; for a restricted class its fit
+        to nu (`TabularMDP.class_fit`). Clamped at 0."""
         nu = self.nu(mdp, pi, alpha)
-        best = kl_fit(mdp.P, mdp.K, mdp.floor)
-        return max(0.0, model_loss(mdp.P, Phat, nu) - model_loss(mdp.P, best, nu))
+        return max(0.0, model_loss(mdp.P, Phat, nu) - mdp.loss_minimum(nu))
 
     def band_allowance(self, mdp: TabularMDP) -> float:
         """What the model floor may cost the leader on top of the band's relative tolerance:
@@ -158,12 +160,20 @@ class Formulation(ABC):
         bilevel.equilibria). `reduction`: one of `reductions` (default the first)."""
         alpha = self.resolve_alpha(alpha)
         reduction = self.reductions[0] if reduction is None else reduction
-        if reduction not in self.reductions:
+        reduction = self.class_reduction(mdp, reduction)
+        if reduction not in self.reductions + (CLASS_KKT,):
             raise ValueError(f"unknown {self.name} reduction {reduction!r} "
                              f"(choose from {', '.join(self.reductions)})")
         m = base_model(mdp)
         self.add_game(m, mdp, alpha, reduction)
         return BilevelModel(self.name, mdp, m, alpha, reduction)
+
+    def class_reduction(self, mdp: TabularMDP, reduction: str) -> str:
+        """The reduction used on `mdp`: a model follower of a restricted class has only the KKT
+        system of its class fit (CLASS_KKT); otherwise `reduction`."""
+        if self.follower == "model" and mdp.restricted:
+            return CLASS_KKT
+        return reduction
 
     @abstractmethod
     def add_game(self, m, mdp: TabularMDP, alpha: float | None, reduction: str) -> None:

@@ -62,14 +62,19 @@ def base_model(mdp: TabularMDP) -> pyo.ConcreteModel:
     m.SA_LINK = pyo.Set(initialize=[(s, a) for s in live for a in range(A - 1)], dimen=2, ordered=True)
     m.KSET = pyo.Set(initialize=[(s, a, t) for (s, a) in m.SA for t in range(S) if mdp.K[s, a, t]],
                      dimen=3, ordered=True)
-    p_eta = kl_fit(P, mdp.K, eta)
-    m.Phat = pyo.Var(m.KSET, bounds=(eta, 1.0), initialize=lambda m_, s, a, t: p_eta[s, a, t])
-    m.model_simplex = pyo.Constraint(
-        m.SA, rule=lambda m_, s, a: sum(m_.Phat[s, a, t] for t in range(S) if mdp.K[s, a, t]) == 1.0)
+    mu0 = random_data(mdp)
+    p_eta = mdp.reference_fit()
+    lo = model_lower_bounds(mdp)
+    m.Phat = pyo.Var(m.KSET, bounds=lambda m_, s, a, t: (float(lo[s, a, t]), 1.0),
+                     initialize=lambda m_, s, a, t: p_eta[s, a, t])
+    if mdp.restricted:
+        model_class_link(m, mdp, p_eta)
+    else:
+        m.model_simplex = pyo.Constraint(
+            m.SA, rule=lambda m_, s, a: sum(m_.Phat[s, a, t] for t in range(S) if mdp.K[s, a, t]) == 1.0)
     m.pi = pyo.Var(m.SA, bounds=(0.0, 1.0), initialize=1.0 / A)
     m.policy_simplex = pyo.Constraint(m.LIVE, rule=lambda m_, s: sum(m_.pi[s, a] for a in m_.A) == 1.0)
 
-    mu0 = random_data(mdp)
     m.mu = pyo.Var(m.S, m.A, bounds=(0.0, 1.0), initialize=lambda m_, s, a: mu0[s, a])
     if mdp.averaged:
         averaged_flow(m, mdp, mu0.sum(axis=1))
@@ -87,6 +92,40 @@ def base_model(mdp: TabularMDP) -> pyo.ConcreteModel:
     scale = mdp.horizon if mdp.averaged else 1.0 / (1 - g)      # T-step return: T sum mu_T r
     m.true_return = pyo.Expression(expr=scale * sum(r[s, a] * m.mu[s, a] for (s, a) in m.SA))
     return m
+
+
+def model_lower_bounds(mdp: TabularMDP) -> np.ndarray:
+    """The least value of Phat(t|s,a) over the models of the class (S,A,S): eta on K for the
+    tabular class (`ClassBlocks.lower_bounds` otherwise)."""
+    if mdp.restricted:
+        return mdp.model_blocks.lower_bounds()
+    return np.where(mdp.K, mdp.floor, 0.0)
+
+
+def model_class_link(m, mdp: TabularMDP, p_start: np.ndarray) -> None:
+    """A restricted model class (bilevel.mdp.model_class): weights theta[b, k] >= eta on the
+    simplex of each block b, and every model entry on K their mixture,
+        Phat(t|s,a) = sum_k theta[b(s,a), k] Phi_k(t|s,a)
+    (this replaces the per-pair simplex of Phat, which it implies). `p_start`: a model of the
+    class, whose weights start theta."""
+    cb = mdp.model_blocks
+    S = mdp.n_states
+    thetas = cb.theta_of(p_start)
+    m.BLOCKS = pyo.RangeSet(0, len(cb.blocks) - 1)
+    m.ATOMS = pyo.Set(initialize=[(b, k) for b, blk in enumerate(cb.blocks) for k in range(blk.n_atoms)],
+                      dimen=2, ordered=True)
+    m.theta = pyo.Var(m.ATOMS, bounds=(mdp.floor, 1.0), initialize=lambda m_, b, k: float(thetas[b][k]))
+    m.theta_simplex = pyo.Constraint(m.BLOCKS, rule=lambda m_, b: sum(
+        m_.theta[b, k] for k in range(cb.blocks[b].n_atoms)) == 1.0)
+    rows = [blk.rows(S) for blk in cb.blocks]
+    where = {pair: (b, j) for b, blk in enumerate(cb.blocks) for j, pair in enumerate(blk.pairs)}
+
+    def link(m_, s, a, t):
+        b, j = where[(s, a)]
+        Phi = rows[b][:, j, t]
+        return m_.Phat[s, a, t] == sum(float(Phi[k]) * m_.theta[b, k] for k in np.flatnonzero(Phi))
+
+    m.model_class = pyo.Constraint(m.KSET, rule=link)
 
 
 def random_data(mdp: TabularMDP) -> np.ndarray:
@@ -162,8 +201,9 @@ def kl_loss(m, mdp: TabularMDP, weights=None):
     """l(Phat, nu) = sum_{s,a} nu(s,a) kl(s,a),  kl(s,a) = sum_{s' in supp P} P log(P / Phat) >= 0
     (Gibbs: a valid bound that lets a global solver see l >= 0), with nu = mu, or with
     weights = (a, c) the mixture nu = a mu + c (c a constant (S,A) array)."""
-    P, eta = mdp.P, mdp.floor
-    kl_hi = -np.log(max(eta, 1e-300))
+    P = mdp.P
+    lo = model_lower_bounds(mdp)
+    kl_hi = -np.log(max(float(np.min(lo[(P > 0) & ~mdp.terminal[:, None, None]], initial=1.0)), 1e-300))
     m.kl = pyo.Var(m.SA, bounds=(0.0, kl_hi), initialize=0.0)
 
     def kl_def(m_, s, a):
@@ -194,6 +234,20 @@ def extract(bm: BilevelModel) -> dict:
     # clean solver noise: project onto the simplices
     pi = np.clip(pi, 0.0, None)
     pi /= pi.sum(axis=1, keepdims=True)
+    if hasattr(m, "theta"):       # a restricted class: the model of the weights, a member
+        cb = mdp.model_blocks
+        thetas = []
+        for b, blk in enumerate(cb.blocks):
+            th = np.array([pyo.value(m.theta[b, k]) for k in range(blk.n_atoms)])
+            thetas.append(floored_simplex(th, mdp.floor))
+        return {"policy": pi, "model": cb.lift(thetas)}
     Phat = np.clip(Phat, 0.0, None)
     Phat /= Phat.sum(axis=-1, keepdims=True)
     return {"policy": pi, "model": Phat}
+
+
+def floored_simplex(theta: np.ndarray, eta: float) -> np.ndarray:
+    """theta with solver noise removed: clipped at eta, then rescaled above eta to sum 1."""
+    x = np.clip(theta, eta, None) - eta
+    room = 1.0 - eta * len(theta)
+    return eta + (x / x.sum() * room if x.sum() > 0 else room / len(theta))

@@ -13,7 +13,10 @@ The follower is reduced one of three ways in the MPEC:
                          mu(s,a) ⊥ up(s,a,s'), mu(s,a) ⊥ down(s,a,s');
     "kkt":               multiplied-through KKT of the convex fit per (s,a):
                          mu(s,a) P(s'|s,a) = Phat(s'|s,a) (lambda(s,a) - nu(s,a,s')),  sum Phat = 1,
-                         nu >= 0 ⊥ Phat - eta >= 0.
+                         nu >= 0 ⊥ Phat - eta >= 0;
+    "class_kkt":         under a restricted model class (the only reduction there): the KKT
+                         system of the class's convex fit, derived by bilevel.mpec.kkt
+                         (bilevel.game.class_follower).
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ import numpy as np
 import pyomo.environ as pyo
 from pyomo.mpec import Complementarity, complements
 
-from bilevel.game.base import Formulation
+from bilevel.game.base import CLASS_KKT, Formulation
+from bilevel.game.class_follower import class_best_response, class_fit_kkt
 from bilevel.game.build import model_reward_term
 from bilevel.mdp.model import TabularMDP
 from bilevel.tabular.fits import kl_fit
@@ -48,6 +52,8 @@ class PAL(Formulation):
     def best_response(self, mdp: TabularMDP, pi: np.ndarray, Phat: np.ndarray | None) -> np.ndarray:
         """The best response nearest Phat: P_eta on every pair pi visits in M (mu > 0), Phat
         elsewhere (P_eta everywhere when Phat is None)."""
+        if mdp.restricted:
+            return class_best_response(mdp, pi, Phat)
         fit = kl_fit(mdp.P, mdp.K, mdp.floor)
         if Phat is None:
             return fit
@@ -76,7 +82,9 @@ class PAL(Formulation):
         m.J_model = pyo.Expression(expr=sum(m.d[s, a] * model_reward_term(m, mdp, s, a)
                                             for (s, a) in m.SA) / (1 - g))
         m.leader = pyo.Expression(expr=-m.J_model)
-        if reduction == "closed_form":
+        if reduction == CLASS_KKT:
+            class_fit_kkt(m, mdp)
+        elif reduction == "closed_form":
             # mu(s,a) >= 0  ⊥  z(s,a) = sum_s' (Phat - P_eta)^2 >= 0: the fit is exact where visited
             m.fit_error = pyo.Expression(m.SA, rule=lambda m_, s, a: sum(
                 (m_.Phat[s, a, t] - float(p_eta[s, a, t])) ** 2 for t in range(S) if mdp.K[s, a, t]))

@@ -8,7 +8,9 @@ from typing import Any, Mapping
 import numpy as np
 import yaml
 
-from bilevel.mdp.model import DEFAULT_FLOOR, MDPError, SUM_TOL, SUPPORT_KINDS, TabularMDP
+from bilevel.mdp.class_io import read_model_class, write_model_class
+from bilevel.mdp.model import DEFAULT_FLOOR, MDPError, SUM_TOL, SUPPORT_KINDS, TabularMDP, with_model_class
+from bilevel.mdp.model_class import ModelClass
 from bilevel.mdp.graph import support_mask
 
 
@@ -38,7 +40,8 @@ def mdp_from_dict(data: Any, source: str = "<dict>", default_name: str = "mdp") 
     if not isinstance(data, Mapping):
         raise MDPError(source, "", "top level must be a mapping of fields (name, gamma, states, ...)")
     known = {"name", "gamma", "horizon", "states", "actions", "initial", "terminal", "transitions",
-             "rewards", "model_support", "model_floor", "gridworld", "description", "occupancy"}
+             "rewards", "model_support", "model_floor", "gridworld", "description", "occupancy",
+             "model_class"}
     for k in data:
         if k not in known:
             raise MDPError(source, str(k), f"unknown field (known: {', '.join(sorted(known))})")
@@ -84,10 +87,18 @@ def mdp_from_dict(data: Any, source: str = "<dict>", default_name: str = "mdp") 
     P = _transitions(data, v, sidx, aidx, terminal)
     R = _rewards(data, v, sidx, aidx, terminal, P)
     K, support = _model_support(data.get("model_support", "all"), v, sidx, aidx, P, terminal)
-    return TabularMDP(name=name, states=tuple(states), actions=tuple(actions), P=P, R=R,
-                      rho0=rho0, gamma=float(gamma), terminal=terminal, K=K, support=support,
-                      horizon=horizon, floor=float(floor), source=source, grid=grid,
-                      occupancy=occupancy)
+    model_class = read_model_class(data.get("model_class"), source, states, actions, P, terminal, floor)
+    mdp = TabularMDP(name=name, states=tuple(states), actions=tuple(actions), P=P, R=R,
+                     rho0=rho0, gamma=float(gamma), terminal=terminal, K=K, support=support,
+                     horizon=horizon, floor=float(floor), source=source, grid=grid,
+                     occupancy=occupancy)
+    if model_class.tabular:
+        return mdp
+    mdp = with_model_class(mdp, model_class)
+    too_many = mdp.K.sum(axis=-1).max() * floor > 1.0 if model_class.kind == "aggregated" else False
+    if too_many:
+        raise MDPError(source, "model_floor", "times the size of a group's support exceeds 1")
+    return mdp
 
 
 class _Reader:
@@ -278,8 +289,9 @@ def mdp_to_dict(mdp: TabularMDP) -> dict:
     d.update({"states": list(st), "actions": list(ac), "initial": init,
               "terminal": [st[i] for i in np.flatnonzero(mdp.terminal)],
               "transitions": trans, "rewards": rew})
+    K = mdp.K if mdp.model_class.declared_K is None else mdp.model_class.declared_K
     if mdp.support == "explicit":
-        d["model_support"] = {st[i]: {ac[j]: [st[k] for k in np.flatnonzero(mdp.K[i, j])]
+        d["model_support"] = {st[i]: {ac[j]: [st[k] for k in np.flatnonzero(K[i, j])]
                                       for j in range(A)} for i in range(S) if not mdp.terminal[i]}
     else:
         d["model_support"] = mdp.support
@@ -287,6 +299,8 @@ def mdp_to_dict(mdp: TabularMDP) -> dict:
         d["model_floor"] = mdp.floor
     if mdp.averaged:
         d["occupancy"] = mdp.occupancy
+    if mdp.restricted:
+        d["model_class"] = write_model_class(mdp.model_class, st, ac)
     return d
 
 
@@ -305,6 +319,7 @@ def mdp_to_arrays(mdp: TabularMDP) -> dict:
     for f in ARRAY_FIELDS:
         d[f] = np.asarray(d[f]).tolist()
     d["states"], d["actions"] = list(mdp.states), list(mdp.actions)
+    d["model_class"] = mdp.model_class.to_json()
     return d
 
 
@@ -314,4 +329,5 @@ def mdp_from_arrays(d: dict) -> TabularMDP:
     for f in ARRAY_FIELDS:
         kw[f] = np.array(d[f], dtype=bool if f in ("terminal", "K") else float)
     kw["states"], kw["actions"] = tuple(d["states"]), tuple(d["actions"])
+    kw["model_class"] = ModelClass.from_json(d.get("model_class"))
     return TabularMDP(**kw)

@@ -11,10 +11,13 @@ Terminal states are absorbing with zero reward: P[t, a, t] = 1, R[t] = 0, K[t, a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
+from bilevel.mdp.model_class import TABULAR, ClassBlocks, ModelClass, compile_class
 from bilevel.tabular.evaluation import episode_reward, expected_reward, policy_return
+from bilevel.tabular.fits import kl_fit, model_loss
 from bilevel.tabular.occupancy import averaged_occupancy, occupancy
 
 
@@ -52,6 +55,7 @@ class TabularMDP:
     source: str = "<memory>"
     grid: dict | None = field(default=None)  # gridworld layout, for drawing
     occupancy: str = "discounted"        # the data's occupancy: discounted | average (T = horizon)
+    model_class: ModelClass = TABULAR    # the models the model player may choose (K is its support)
 
     def __post_init__(self):
         for a in (self.P, self.R, self.rho0, self.terminal, self.K):
@@ -61,6 +65,36 @@ class TabularMDP:
                            f"got {self.occupancy!r}")
         if self.occupancy == "average" and self.horizon is None:
             raise MDPError(self.source, "occupancy", "average needs a horizon (the episode length T)")
+
+    @cached_property
+    def model_blocks(self) -> ClassBlocks:
+        """The model class compiled on K (bilevel.mdp.model_class)."""
+        return compile_class(self.model_class, self.K, self.terminal, self.floor)
+
+    @property
+    def restricted(self) -> bool:
+        """Whether the model class is narrower than every floored model on K."""
+        return not self.model_class.tabular
+
+    def class_fit(self, weights: np.ndarray) -> np.ndarray:
+        """The model's best fit within its class to data weighted by `weights` (S,A):
+        argmin_{Phat in class} l(Phat, weights); blocks without weight get the fit to equal
+        weights. Tabular: the floored fit P_eta (`kl_fit`), whatever the weights."""
+        if self.model_class.tabular:
+            return kl_fit(self.P, self.K, self.floor)
+        return self.model_blocks.fit(self.P, weights)[0]
+
+    def reference_fit(self) -> np.ndarray:
+        """A fitted model of the class: its fit to the uniform policy's data (tabular: P_eta,
+        the floored fit, which does not depend on the data)."""
+        if self.model_class.tabular:
+            return kl_fit(self.P, self.K, self.floor)
+        S, A = self.n_states, self.n_actions
+        return self.class_fit(self.data_occupancy(np.full((S, A), 1.0 / A)))
+
+    def loss_minimum(self, weights: np.ndarray) -> float:
+        """min over the class of l(Phat, weights) (the loss of `class_fit`)."""
+        return model_loss(self.P, self.class_fit(weights), weights)
 
     @property
     def averaged(self) -> bool:
@@ -117,3 +151,14 @@ class TabularMDP:
         for k in ("P", "R", "rho0", "terminal", "K"):
             kw[k] = np.array(kw[k])
         return TabularMDP(**kw)
+
+
+def with_model_class(mdp: TabularMDP, model_class: ModelClass) -> TabularMDP:
+    """`mdp` with another model class: K becomes that class's support, computed from the
+    declared support (the file's `model_support`, which the class remembers)."""
+    declared = mdp.model_class.declared_K if mdp.model_class.declared_K is not None else mdp.K
+    if model_class.tabular:
+        return mdp.with_(K=declared, model_class=TABULAR)
+    model_class = ModelClass(model_class.kind, model_class.partition, model_class.basis,
+                             model_class.names, np.array(declared, dtype=bool))
+    return mdp.with_(K=model_class.support(declared, mdp.terminal), model_class=model_class)

@@ -40,11 +40,12 @@ def kl_fit(P: np.ndarray, K: np.ndarray, floor: float) -> np.ndarray:
     Q = np.zeros_like(P, dtype=float)
     for s in range(S):
         for a in range(A):
-            Q[s, a] = _floored_fit(P[s, a], K[s, a], floor)
+            Q[s, a] = floored_fit(P[s, a], K[s, a], floor)
     return Q
 
 
-def _floored_fit(p: np.ndarray, k: np.ndarray, eta: float) -> np.ndarray:
+def floored_fit(p: np.ndarray, k: np.ndarray, eta: float) -> np.ndarray:
+    """argmin_q KL(p || q) over q on the support k with q >= eta there (water-filling)."""
     idx = np.flatnonzero(k)
     if np.any((p > 0) & ~k):
         raise ValueError("model support excludes a true transition")

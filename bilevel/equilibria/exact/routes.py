@@ -52,6 +52,8 @@ def has_exact_route(formulation: str, mdp: TabularMDP | None = None) -> bool:
     MDP, whether it applies there (under `occupancy: average`: `averaged.applies`)."""
     if formulation not in EXACT_FORMULATIONS:
         return False
+    if mdp is not None and mdp.restricted:
+        return False          # the routes use every pair's own free row: a tabular class only
     return mdp is None or not mdp.averaged or not averaged.applies(mdp, FORMULATIONS[formulation].exact_route)
 
 
