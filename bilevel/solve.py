@@ -15,7 +15,7 @@ import numpy as np
 from bilevel.cache import TASK_CACHE
 from bilevel.sweep import add_sweep_args, sweep_options
 from bilevel.cli.output import add_verbosity, logger, say, setup_logging
-from bilevel.cli.common import _parse_alpha, add_occupancy_arg, json_dumps
+from bilevel.cli.common import _parse_alpha, add_model_class_arg, add_occupancy_arg, apply_model_class, json_dumps
 from bilevel.equilibria.document import SWEEP_ALPHAS, mdp_head, optimum, solve_to_dict, summary
 from bilevel.game.formulations import DEFAULT_ALPHA, FORMULATIONS
 from bilevel.game.formulations import formulation as game_formulation
@@ -105,6 +105,10 @@ def print_summary(mdp: TabularMDP, opt: dict, out=None) -> None:
     print(f"  start: {start}; terminal: {name_list(term) or 'none'}; model support: "
           f"{mdp.support} ({int(mdp.K.sum())} of {mdp.K.size} entries), floor eta={mdp.floor:g}",
           file=out)
+    if mdp.restricted:
+        print(f"  model class: {mdp.model_class.describe()}: {len(mdp.model_blocks.blocks)} blocks of "
+              f"weights for {int((mdp.model_blocks.block_of >= 0).sum())} state-action pairs "
+              f"(no exact route: SCIP's MPEC, IPOPT past it)", file=out)
     closed = erg["closed_classes"]
     shown = (name_list((f"[{name_list(c)}]" for c in closed)) if len(closed) < 6
              else f"{len(closed)} classes")
@@ -212,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the exact limit interval; PAL in closed form, the MAL family on the "
                         "MPEC route")
     add_occupancy_arg(p)
+    add_model_class_arg(p)
     p.add_argument("--starts", type=int, default=3, help="IPOPT cold starts: the model's initial point and N-1 random follower-optimal (policy, model) pairs, besides the structured ones (the true optimum with the fitted model, the uniform policy, the fitted model's optimum)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--summary-only", action="store_true", help="only the MDP summary and optimum")
@@ -229,6 +234,7 @@ def main(argv=None) -> int:
         mdp = load_mdp(args.file)
         if args.occupancy is not None:
             mdp = mdp.with_(occupancy=args.occupancy)
+        mdp = apply_model_class(mdp, args.model_class)
     except MDPError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bilevel.cache import TASK_CACHE
-from bilevel.cli.common import add_occupancy_arg
+from bilevel.cli.common import add_model_class_arg, add_occupancy_arg, apply_model_class
 from bilevel.cli.output import add_verbosity, setup_logging
 from bilevel.mdp.io import load_mdp, mdp_from_arrays, mdp_to_arrays
 from bilevel.mdp.model import MDPError
@@ -92,6 +92,7 @@ def main(argv=None) -> int:
     ap.add_argument("--alpha", action="append", metavar="A|F=A",
                     help="alpha of MAL_agent_reward / MAL_random_noise (default: bilevel.game)")
     add_occupancy_arg(ap)
+    add_model_class_arg(ap)
     ap.add_argument("--budget", type=int, help="max true-env transitions per run")
     ap.add_argument("--iters", type=int, help="leader iterations (inner-outer)")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -105,6 +106,10 @@ def main(argv=None) -> int:
         mdp = load_mdp(args.file)
         if args.occupancy is not None:
             mdp = mdp.with_(occupancy=args.occupancy)
+        mdp = apply_model_class(mdp, args.model_class)
+        if mdp.restricted:
+            raise MDPError(mdp.source, "model_class", f"the trainers fit tabular models, not a "
+                           f"{mdp.model_class.kind} class (train with --model-class tabular)")
         alphas = parse_alpha(args.alpha)
         if args.seeds < 1:
             raise ValueError("--seeds must be >= 1")

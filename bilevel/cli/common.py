@@ -83,3 +83,27 @@ def add_occupancy_arg(parser) -> None:
                         help="the occupancy that weights the model's loss: discounted, or average "
                              "(T-step episodes, T = the file's horizon; the reported return J is "
                              "then the T-step return); default: the file's `occupancy`")
+
+
+def add_model_class_arg(parser) -> None:
+    """--model-class tabular|aggregated|linear: `tabular` drops the file's model class (every
+    floored model on the file's support); `aggregated` / `linear` name the class the file
+    defines (an error when it defines another)."""
+    from bilevel.mdp.model_class import MODEL_CLASSES
+    parser.add_argument("--model-class", choices=MODEL_CLASSES, default=None,
+                        help="the models the model player may choose: tabular (every floored model "
+                             "on the support), or the file's aggregated / linear `model_class`; "
+                             "default: the file's")
+
+
+def apply_model_class(mdp, choice: str | None):
+    """`mdp` with the class --model-class asks for (None: unchanged); MDPError naming the file
+    and field when the file defines no class of that kind."""
+    from bilevel.mdp.model import MDPError, with_model_class
+    from bilevel.mdp.model_class import TABULAR
+    if choice is None or choice == mdp.model_class.kind:
+        return mdp
+    if choice == "tabular":
+        return with_model_class(mdp, TABULAR)
+    raise MDPError(mdp.source, "model_class", f"--model-class {choice}: the file defines "
+                   f"{'no model class' if mdp.model_class.tabular else 'a ' + mdp.model_class.kind + ' class'}")

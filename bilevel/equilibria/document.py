@@ -31,7 +31,8 @@ def mdp_head(mdp: TabularMDP) -> dict:
     """The `mdp` entry of the JSON document ("occupancy" only when it is average)."""
     return {"name": mdp.name, "states": mdp.n_states, "actions": mdp.n_actions,
             "gamma": mdp.gamma, "horizon": mdp.horizon,
-            **({"occupancy": mdp.occupancy} if mdp.averaged else {})}
+            **({"occupancy": mdp.occupancy} if mdp.averaged else {}),
+            **({"model_class": mdp.model_class.kind} if mdp.restricted else {})}
 
 
 def summary(mdp: TabularMDP) -> dict:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from bilevel.cli.output import progress
 from bilevel.mdp.io import load_mdp
-from bilevel.mdp.model import MDPError
+from bilevel.mdp.model import MDPError, with_model_class
+from bilevel.mdp.model_class import TABULAR
 from bilevel.rl.record import RunRecord
 from bilevel.verify.check import RunCheck, VerifyInputError, check_run, require_alpha
 
@@ -73,6 +74,8 @@ def verify_runs(runs, equilibria: dict | None = None, log=None,
                 mdp = mdp.with_(occupancy=rec.occupancy)
         except MDPError as e:
             raise VerifyInputError(f"{file}: {e}") from None
+        if mdp.restricted:          # the trainers fit tabular models: runs are of the tabular class
+            mdp = with_model_class(mdp, TABULAR)
         mdps[(rec.mdp_path, rec.occupancy)] = mdp
         if mdp.name != rec.mdp:
             raise VerifyInputError(f"{file}: run is of MDP {rec.mdp!r}, {rec.mdp_path} is {mdp.name!r}")
@@ -84,6 +87,10 @@ def verify_runs(runs, equilibria: dict | None = None, log=None,
             if sol_occupancy != rec.occupancy:
                 raise VerifyInputError(f"{file}: equilibria are for occupancy {sol_occupancy}, the run "
                                        f"trained with occupancy {rec.occupancy}")
+            sol_class = sol.get("mdp", {}).get("model_class", "tabular")
+            if sol_class != "tabular":
+                raise VerifyInputError(f"{file}: equilibria are for the {sol_class} model class, the run "
+                                       "trained a tabular model (solve with --model-class tabular)")
         else:
             key = (rec.mdp_path, rec.formulation, rec.alpha, rec.occupancy)
             if key not in solved:
