@@ -140,6 +140,8 @@ def print_table(mdp: TabularMDP, doc: dict, out=None) -> None:
     eps = next((d.get("epsilon") for d in doc["formulations"].values() if d.get("epsilon") is not None), None)
     which = (f"epsilon-leader-optimal equilibria, leader <= L* + {eps:g} at the file's floor"
              if eps is not None else
+             f"leader-optimal equilibria of the {mdp.model_class.kind} model class, at the file's "
+             f"floor eta={mdp.floor:g} and a band of 1e-6 relative" if mdp.restricted else
              "leader-optimal equilibria, in the limit of a vanishing model floor and band")
     print(f"\nExact Stackelberg equilibria (strong/optimistic: the leader picks among the "
           f"follower's best responses;\nintervals = min and max true return over {which})", file=out)
