@@ -127,8 +127,9 @@ def write_model_class(model_class: ModelClass, states, actions):
     if model_class.tabular:
         return "tabular"
     if model_class.kind == "aggregated":
-        return {"kind": "aggregated",
-                "partition": [[states[s] for s in g] for g in model_class.partition if len(g) > 1]}
+        # singletons are implied; all singletons: one is written (the field needs a group)
+        groups = [g for g in model_class.partition if len(g) > 1] or model_class.partition[:1]
+        return {"kind": "aggregated", "partition": [[states[s] for s in g] for g in groups]}
     basis = {}
     for k, name in enumerate(model_class.names):
         kernel = {}

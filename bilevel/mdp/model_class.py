@@ -279,7 +279,10 @@ def compile_class(model_class: ModelClass, K: np.ndarray, terminal: np.ndarray,
     block_of = -np.ones((S, A), dtype=int)
     blocks = []
     if model_class.kind == "aggregated":
-        groups = model_class.partition
+        listed = [s for g in model_class.partition for s in g]
+        if len(listed) != len(set(listed)) or not all(0 <= s < S for s in listed):
+            raise ValueError("an aggregated partition lists a state twice or an unknown state")
+        groups = tuple(model_class.partition) + tuple((s,) for s in range(S) if s not in set(listed))
     else:
         groups = tuple((s,) for s in range(S))
     for group in groups:
