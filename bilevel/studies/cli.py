@@ -3,6 +3,7 @@
     python -m bilevel.studies theorem --mdps 200 --seed 0      # PAL theorem, 0 violations expected
     python -m bilevel.studies counterexample --scales 1 10 100 1000
     python -m bilevel.studies fixes --mdps 50
+    python -m bilevel.studies misspecified --mdps 4   # state aggregations: intervals vs ML
 
 Each subcommand prints a table on stdout (progress messages on stderr; -q/-v as in every
 command, bilevel.cli.output) and writes JSON + a PNG under --out (default studies_out/); the
@@ -14,7 +15,7 @@ workers (0: in this process), or `--scheduler tcp://HOST:8786`, a cluster starte
 `dask scheduler` and `dask worker tcp://HOST:8786 --nthreads 1` on each machine.
 Exit status: 0 done, 1 some task failed (a solve that raised, exceeded its task's time limit or
 found no certified interval; theorem: also a violation), 2 bad input.
-The studies themselves: bilevel.studies.theorem, .counterexample and .fixes.
+The studies themselves: bilevel.studies.theorem, .counterexample, .fixes and .misspecified.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from pathlib import Path
 from bilevel.cli.output import add_verbosity, logger, setup_logging
 from bilevel.studies.counterexample import run_counterexample
 from bilevel.studies.fixes import run_fixes
+from bilevel.studies.misspecified import run_misspecified
 from bilevel.studies.theorem import run_theorem
 from bilevel.sweep import add_sweep_args, sweep_options
 
@@ -60,7 +62,12 @@ def parser() -> argparse.ArgumentParser:
                    choices=("scip", "ipopt", "auto", "enumerate"))
     f.add_argument("--no-pal", action="store_true",
                    help="skip the PAL MPEC (the closed-form PAL column is always computed)")
-    for s in (t, c, f):
+    m = sub.add_parser("misspecified", help="intervals and ML under state aggregations")
+    m.add_argument("--mdps", type=int, default=4, help="random 4-state Garnets (besides the "
+                   "aggregated trap and the hidden goal)")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--time-limit", type=float, default=30.0)
+    for s in (t, c, f, m):
         s.add_argument("--out", default="studies_out",
                        help="output directory (the JSON, the PNG, and each task's record under "
                             "OUT/tasks)")
@@ -97,6 +104,9 @@ def main(argv=None) -> int:
                         a.agent_mdps, a.agent_solver, a.agent_alphas,
                         agent_time_limit=a.agent_time_limit, recheck=a.recheck, **sweep)
         return exit_status(res["failed"])
+    if a.cmd == "misspecified":
+        return exit_status(run_misspecified(a.mdps, a.seed, out, a.solver, a.time_limit,
+                                            **sweep)["failed"])
     return 2
 
 
