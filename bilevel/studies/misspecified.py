@@ -366,27 +366,31 @@ def run_misspecified(n_garnets: int, seed: int, out: Path, solver: str = "auto",
 
 
 def _plot(rows: list[MisspecifiedRow], path: Path) -> None:
-    """Per row, each formulation's interval as a vertical bar, J* as a black tick, the ML and
-    iterated-ML returns as markers."""
+    """One panel per MDP (its own scale); per row each formulation's interval as a vertical bar,
+    J* as a black tick, the ML and iterated-ML returns as markers."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(rows) + 2), 4.5))
+    mdps = list(dict.fromkeys(r.mdp for r in rows))
+    width = [sum(r.mdp == m for r in rows) for m in mdps]
+    fig, axes = plt.subplots(1, len(mdps), figsize=(0.8 * len(rows) + 3, 4.5), squeeze=False,
+                             gridspec_kw={"width_ratios": width})
     offsets = np.linspace(-0.3, 0.3, len(FORMULATIONS))
     colors = dict(zip(FORMULATIONS, ("tab:green", "tab:red", "tab:orange", "tab:purple")))
-    for x, r in enumerate(rows):
-        for dx, f in zip(offsets, FORMULATIONS):
-            i = r.intervals[f]
-            if i["ok"]:
-                ax.plot([x + dx, x + dx], [i["J_min"], i["J_max"]], "-_", color=colors[f], lw=2,
-                        label=f if f not in ax.get_legend_handles_labels()[1] else None)
-        ax.plot([x - 0.4, x + 0.4], [r.J_star] * 2, "k-", lw=1, label="J*" if x == 0 else None)
-        ax.plot(x - 0.4, r.ml_J, "x", color="tab:blue", label="ML" if x == 0 else None)
-        ax.plot(x + 0.4, r.iterated_ml_J, "+", color="tab:blue", ms=9,
-                label="iterated ML" if x == 0 else None)
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([f"{r.mdp}\n{r.aggregation}" for r in rows], rotation=60, ha="right",
-                       fontsize=7)
-    ax.set_ylabel("J(pi, M) (discounted)")
-    ax.set_title("equilibrium intervals under state aggregation")
-    ax.legend(fontsize=7, ncol=3)
-    fig.tight_layout()
+    for ax, m in zip(axes[0], mdps):
+        mine = [r for r in rows if r.mdp == m]
+        for x, r in enumerate(mine):
+            for dx, f in zip(offsets, FORMULATIONS):
+                if r.intervals[f]["ok"]:
+                    ax.plot([x + dx] * 2, [r.intervals[f]["J_min"], r.intervals[f]["J_max"]],
+                            "-_", color=colors[f], lw=2, label=f)
+            ax.plot([x - 0.4, x + 0.4], [r.J_star] * 2, "k-", lw=1, label="J*")
+            ax.plot(x - 0.4, r.ml_J, "x", color="tab:blue", label="ML")
+            ax.plot(x + 0.4, r.iterated_ml_J, "+", color="tab:blue", ms=9, label="iterated ML")
+        ax.set_xticks(range(len(mine)))
+        ax.set_xticklabels([r.aggregation for r in mine], rotation=60, ha="right", fontsize=7)
+        ax.set_xlim(-0.6, len(mine) - 0.4)
+        ax.set_title(m, fontsize=8)
+    axes[0][0].set_ylabel("J(pi, M) (discounted)")
+    handles = {lab: h for ax in axes[0] for h, lab in zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), fontsize=7, ncol=7, loc="upper center")
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     fig.savefig(path, dpi=120)
