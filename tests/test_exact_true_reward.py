@@ -61,3 +61,24 @@ def test_alpha_one_is_plain_mal(hidden_goal):
     b = solve_formulation(hidden_goal, "MAL")
     assert (a.low.J, a.high.J) == pytest.approx((b.low.J, b.high.J))
     assert a.low.J < 1.0          # the hiding equilibrium is back
+
+
+def test_witness_policy_is_the_checked_policy_off_its_reach():
+    """Regression: the witness model is built for the hiding check's actions, which re-choose the
+    policy where pi* does not reach; certifying pi* itself there failed the follower certificate
+    (gap 2.72) on this Garnet. The witness policy must be optimal in the witness model (value
+    iteration in that model, independently of the route) and return J* (value iteration in M)."""
+    import numpy as np
+    from bilevel.equilibria.routing import solve_formulation
+    from bilevel.mdp.garnet import garnet
+    from bilevel.tabular.evaluation import policy_evaluation, value_iteration
+    mdp = garnet(4, 2, 2, seed=1434751103, gamma=0.9, initial="first", support="all")
+    iv = solve_formulation(mdp, "MAL_agent_true_reward")
+    assert iv.status == "solved" and iv.certificate == "global", iv.reason
+    eq = iv.low
+    rhat = mdp.model_reward(eq.model)
+    V_opt, _ = value_iteration(eq.model, rhat, mdp.gamma, tol=1e-12)
+    V_pi = policy_evaluation(eq.model, rhat, mdp.gamma, eq.policy)
+    assert np.max(V_opt - V_pi) <= 1e-8
+    V_star, _ = value_iteration(mdp.P, mdp.r, mdp.gamma, tol=1e-12)
+    assert eq.J == pytest.approx(float(mdp.rho0 @ V_star), abs=1e-9)

@@ -134,7 +134,7 @@ def mal_family(mdp: TabularMDP, formulation: str, alpha, say) -> EquilibriumInte
     def certified(actions):               # at the floor when it holds there, else the limit
         def limit_model():
             chk = fs.check(actions)
-            return fs.witness_model(chk.actions, chk.reached, chk.V)
+            return chk.actions, fs.witness_model(chk.actions, chk.reached, chk.V)
         return witness(mdp, formulation, alpha, actions, fs_eta, limit_model)[0]
 
     how = {k: f"{len(found)} deterministic equilibria of {n_policies(mdp)} policies; mixtures "

@@ -167,7 +167,7 @@ def _true_return(mdp, formulation, alpha, say) -> EquilibriumInterval:
 
     def limit_model():
         chk = fs.check(a_star)
-        return fs.witness_model(chk.actions, chk.reached, chk.V)
+        return chk.actions, fs.witness_model(chk.actions, chk.reached, chk.V)
 
     eq, entry = witness(mdp, formulation, alpha, a_star, fs_eta, limit_model)
     at_floor = {"eta": mdp.floor, **entry}
@@ -235,7 +235,7 @@ def _mal_family(mdp, formulation, alpha, time_limit, say, floor_ends) -> Equilib
     fs_eta = FollowerStructure(mdp, mdp.floor, forced) if mdp.floor > 0 else fs
     for name, end in ends.items():
         eq, at_floor[name] = witness(mdp, formulation, alpha, end.actions, fs_eta,
-                                      lambda end=end: fs.witness_model(end.actions, end.fitted, end.V))
+                                      lambda end=end: (end.actions, fs.witness_model(end.actions, end.fitted, end.V)))
         if floor_ends and not at_floor[name]["witness"]:
             at_floor[name].update(_floor_end(fs_eta, formulation, alpha, name == "max",
                                              time_limit, say))

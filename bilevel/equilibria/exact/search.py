@@ -25,14 +25,17 @@ def witness(mdp, formulation, alpha, actions, fs_eta, limit_model):
     """(eq, entry): the deterministic policy `actions` certified with its witness model at the
     file's floor (fs_eta's hostile check), entry {"witness": it holds}. Where the floor breaks a
     tie (that witness's follower gap > FOLLOWER_GAP_TOL) the end holds in the limit only: the
-    limit witness `limit_model()` is certified instead, and the entry keeps the floored gap."""
-    pi = deterministic_policy(actions, mdp.n_actions)
+    limit witness `limit_model()` = (actions, model) is certified instead, and the entry keeps
+    the floored gap. The certified policy takes the check's actions where `actions` does not
+    reach (the witness model is built for them; J(pi, M) does not depend on them)."""
     chk = fs_eta.check(actions)
+    pi = deterministic_policy(chk.actions, mdp.n_actions)
     eq = certify_point(mdp, formulation, alpha, pi, fs_eta.witness_model(chk.actions, chk.reached, chk.V))
     entry = {"witness": eq.follower_gap <= FOLLOWER_GAP_TOL}
     if not entry["witness"]:
         entry["floored_witness_follower_gap"] = eq.follower_gap
-        eq = certify_point(mdp, formulation, alpha, pi, limit_model())
+        limit_actions, model = limit_model()
+        eq = certify_point(mdp, formulation, alpha, deterministic_policy(limit_actions, mdp.n_actions), model)
     return eq, entry
 
 
