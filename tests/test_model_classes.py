@@ -479,11 +479,11 @@ def test_mal_mpec_vs_enumeration_in_class(hidden_aggregated, mal_routes, name):
         assert mpec.certificate == enum.certificate == "global"
 
 
-@pytest.mark.xfail(strict=True, reason="the enumeration rejects SCIP's point for the policy "
-                   "(A: Y, B: X) (follower gap 3.2e-6 > FOLLOWER_GAP_TOL after recomputation, no "
-                   "polish) and reports pi = (Y, Y), whose leader value 0.0297 is far above the "
-                   "0.00527 the MPEC route certifies")
 def test_mal_random_noise_enumeration_finds_the_leader_optimum(hidden_aggregated, mal_routes):
+    """Regression: SCIP's point for the policy (A: Y, B: X) misses the follower certificate by
+    its feasibility tolerance (gap 3.2e-6); the enumeration dropped it and reported a policy
+    whose leader value 0.0297 is far above the 0.00527 the MPEC route certifies. It now polishes
+    the point (IPOPT with pi fixed) and keeps it."""
     mdp, name = hidden_aggregated, "MAL_random_noise"
     mpec, enum = mal_routes[name, "mpec-scip"], mal_routes[name, "enumerate"]
     found = min(mal_leader(mdp, name, mpec.alpha, e.policy, e.model) for e in (mpec.low, mpec.high))

@@ -63,9 +63,10 @@ import bilevel.game as game
 from bilevel.game.formulations import BilevelModel, build
 from bilevel.mdp.model import TabularMDP
 from bilevel.mpec.driver import solve_mpec
-from bilevel.mpec.modes import ExactProduct
+from bilevel.mpec.modes import ExactProduct, Scholtes
 from bilevel.tabular.evaluation import bellman_residual, policy_evaluation
 from solvers.base import Status
+from solvers.ipopt import Ipopt
 from solvers.scip import Scip
 
 MAX_POLICIES = 4096
@@ -142,6 +143,8 @@ def solve_policy(bm: BilevelModel, acts, pi, live, time_limit: float, g: float,
         for v, x in r.point.items():
             v.set_value(x, skip_validation=True)
         eq = certify(bm, r.complementarity_violation)
+        if eq.follower_gap > FOLLOWER_GAP_TOL:
+            eq = polish_point(bm, eq)
         if eq.follower_gap <= FOLLOWER_GAP_TOL:
             ub = eq.leader_objective
         lb = min(lb, ub)
@@ -149,6 +152,22 @@ def solve_policy(bm: BilevelModel, acts, pi, live, time_limit: float, g: float,
         note = f", leader limit {limit:.9g}" if math.isfinite(limit) else ""
         log(f"{bm.formulation} pi={acts}: L in [{lb:.9g}, {ub:.9g}] ({r.status.value}{note})")
     return PolicyBound(acts, mdp.true_return(pi), lb, ub, eq, limit, aside)
+
+
+def polish_point(bm: BilevelModel, eq: Equilibrium) -> Equilibrium:
+    """SCIP's point for a fixed policy that misses the follower certificate by its feasibility
+    tolerance: with pi fixed the MPEC has no complementarity left (its pairs are fixed sides),
+    so IPOPT (tol 1e-9) re-solves it from that point (an active-set polish). The polished point
+    replaces SCIP's only when it passes the certificate; its leader value is then a certified
+    upper bound ub for the policy (possibly a little above SCIP's)."""
+    m = bm.model
+    res = solve_mpec(m, Scholtes(schedule=()), Ipopt(tol=1e-9, max_iter=3000))
+    if not res.ok or res.point is None:
+        return eq
+    for v, x in res.point.items():
+        v.set_value(x, skip_validation=True)
+    polished = certify(bm, res.complementarity_violation)
+    return polished if polished.follower_gap <= FOLLOWER_GAP_TOL else eq
 
 
 def unsettled(bm: BilevelModel, bounds: list[PolicyBound], g: float) -> list[int]:
