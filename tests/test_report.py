@@ -328,6 +328,17 @@ def studies_dir(tmp_path_factory):
             {"formulation": "MAL", "alpha": None, "solved": 2, "n_global": 1, "failed": 0,
              "max_gap": 3.75, "mean_gap": 2.87, "n_bad": 2}],
         "named": [{"mdp": "hidden_goal_ergodic", "gap": 64.34, "certificate": "global"}]}))
+    iv = lambda lo, hi, cert: {"ok": True, "J_min": lo, "J_max": hi, "certificate": cert}
+    (d / "misspecified.json").write_text(json.dumps({
+        "n_garnets": 0, "seed": 0, "solver": "auto", "time_limit": 30.0, "failed": [],
+        "summary": {"rows": 1, "pal_solved": 1, "pal_beats_iterated_ml": 1, "bound_holds": 1,
+                    "median_tightness": 1.3e-6, "MAL_random_noise_solved": 1, "MAL_random_noise_fails": 1,
+                    "MAL_agent_true_reward_solved": 1, "MAL_agent_true_reward_fails": 0},
+        "rows": [{"mdp": "aggregated_trap", "aggregation": "[[left,right]]", "J_star": 0.9398,
+                  "ml_J": 0.0, "iterated_ml_J": 0.0, "eps_M": 1.1e-6, "bound": 3.24, "partition": [[1, 2]],
+                  "intervals": {"PAL": iv(0.9398, 0.9398, "local"), "MAL": iv(-1.8796, 0.9398, "global"),
+                                "MAL_random_noise": iv(0.0, 0.0, "global"),
+                                "MAL_agent_true_reward": iv(0.9398, 0.9398, "global")}}]}))
     return d
 
 
@@ -340,7 +351,7 @@ def test_report_with_studies_traces_every_number(solved, studies_dir, tmp_path):
     assert data["studies"]["counterexample"]["rows"][0]["gap_per_k"] == pytest.approx(73.906)
     md = (tmp_path / "report.md").read_text()
     for title in ("Study: the PAL theorem", "Study: MAL can be made arbitrarily bad",
-                  "Study: the MAL fixes"):
+                  "Study: the MAL fixes", "Study: misspecified model classes"):
         assert f"## {title}" in md
     assert (tmp_path / "theorem.png").exists() and "![theorem](theorem.png)" in md
     assert_numbers_traced(tmp_path)
@@ -350,3 +361,13 @@ def test_report_rejects_a_studies_dir_without_studies(solved, tmp_path, capsys):
     assert report.main([str(TINY), "--equilibria", str(solved[1]), "--no-sweep", "--studies",
                         str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "no theorem.json" in capsys.readouterr().err
+
+
+def test_report_misspecified_section(solved, studies_dir, tmp_path):
+    """The misspecified study's row reaches the report's table, each interval with its
+    certificate letter."""
+    assert report.main([str(TINY), "--equilibria", str(solved[1]), "--no-sweep", "--studies",
+                        str(studies_dir), "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| aggregated_trap"))
+    assert "[0.0000, 0.0000] g" in row and "[-1.8796, 0.9398] g" in row and "| [0.9398, 0.9398] l |" in row

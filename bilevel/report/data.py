@@ -247,9 +247,16 @@ def studies_data(studies_dir: str) -> dict:
     if (f := load("fixes")) is not None:
         out["fixes"] = {k: f[k] for k in ("n_mdps", "seed", "solver", "time_limit", "table", "named")}
         out["fixes"]["bad_gap"] = BAD_GAP
+    if (ms := load("misspecified")) is not None:
+        out["misspecified"] = {"summary": ms["summary"], "n_garnets": ms["n_garnets"],
+                               "time_limit": ms["time_limit"], "failed": ms["failed"],
+                               "rows": [{k: r[k] for k in ("mdp", "aggregation", "J_star", "ml_J",
+                                                           "iterated_ml_J", "eps_M", "bound", "intervals")}
+                                        for r in ms["rows"]]}
     if len(out) == 1:
-        raise ReportError(f"{studies_dir}: --studies: no theorem.json, counterexample.json or "
-                          "fixes.json (write them with python -m bilevel.studies ... --out DIR)")
+        raise ReportError(f"{studies_dir}: --studies: no theorem.json, counterexample.json, "
+                          "fixes.json or misspecified.json (write them with python -m "
+                          "bilevel.studies ... --out DIR)")
     return out
 
 

@@ -141,6 +141,22 @@ def fixes_cells(f: dict) -> tuple[list[str], list[list[str]]]:
     return head, body
 
 
+def misspecified_cells(ms: dict) -> tuple[list[str], list[list[str]]]:
+    """Per (MDP, aggregation): J*, the intervals of PAL, MAL and the two fixes under the
+    aggregated class (g global, l local), and plain maximum likelihood's returns."""
+    forms = ("PAL", "MAL", "MAL_random_noise", "MAL_agent_true_reward")
+    head = ["MDP", "aggregation", "J*"] + [NAMES.get(f, f) for f in forms] + ["ML J", "iterated ML J"]
+
+    def cell(iv):
+        if not iv.get("ok"):
+            return "failed"
+        return f"[{fmt_j(iv['J_min'])}, {fmt_j(iv['J_max'])}] {iv['certificate'][:1]}"
+
+    body = [[r["mdp"], r["aggregation"], fmt_j(r["J_star"])] + [cell(r["intervals"][f]) for f in forms]
+            + [fmt_j(r["ml_J"]), fmt_j(r["iterated_ml_J"])] for r in ms["rows"]]
+    return head, body
+
+
 def tables(data: dict) -> dict:
     """Every table of the report, by name, as (head, body)."""
     out = {"results": table_cells(data)}
@@ -155,6 +171,8 @@ def tables(data: dict) -> dict:
         out["counterexample"] = counterexample_cells(c)
     if f := st.get("fixes"):
         out["fixes"] = fixes_cells(f)
+    if ms := st.get("misspecified"):
+        out["misspecified"] = misspecified_cells(ms)
     return out
 
 
