@@ -61,8 +61,7 @@ def snap_to_best_response(bm: BilevelModel) -> None:
             if w:
                 for k, v in enumerate(theta):
                     m.theta[b, k].set_value(float(v), skip_validation=True)
-        visited = np.array([[cb.block_of[s, a] >= 0 and weighted[cb.block_of[s, a]]
-                             for a in range(mdp.n_actions)] for s in range(mdp.n_states)])
+        visited = (cb.block_of >= 0) & weighted[np.maximum(cb.block_of, 0)]
         Peta = fit
     else:
         visited = mu > 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyomo.environ as pyo
+from pyomo.mpec import Complementarity, complements
 
 from bilevel.mdp.model import TabularMDP
 from bilevel.mpec.kkt import Follower, kkt_reduce
@@ -35,7 +36,6 @@ def unit_class_kkt(m, mdp: TabularMDP) -> None:
     system multiplied through by q > 0 (polynomial, bounded multipliers, so SCIP can branch on
     it): c_b(t) = q(t) (lam_b - nu_b(t)),  nu_b(t) >= 0 ⊥ q(t) - eta >= 0, with
     0 <= lam_b, nu_b(t) <= 1 / (1 - n_b eta) (sum_t c_b(t) <= 1, as for one pair)."""
-    from pyomo.mpec import Complementarity, complements
     cb, P, eta = mdp.model_blocks, mdp.P, mdp.floor
     n_max = max(b.n_atoms for b in cb.blocks)
     lam_hi = 1.0 / max(1e-12, 1.0 - n_max * eta)

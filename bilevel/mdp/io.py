@@ -95,8 +95,7 @@ def mdp_from_dict(data: Any, source: str = "<dict>", default_name: str = "mdp") 
     if model_class.tabular:
         return mdp
     mdp = with_model_class(mdp, model_class)
-    too_many = mdp.K.sum(axis=-1).max() * floor > 1.0 if model_class.kind == "aggregated" else False
-    if too_many:
+    if model_class.kind == "aggregated" and mdp.K.sum(axis=-1).max() * floor > 1.0:
         raise MDPError(source, "model_floor", "times the size of a group's support exceeds 1")
     return mdp
 

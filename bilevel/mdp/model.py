@@ -10,7 +10,7 @@ Terminal states are absorbing with zero reward: P[t, a, t] = 1, R[t] = 0, K[t, a
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -19,6 +19,7 @@ from bilevel.mdp.model_class import TABULAR, ClassBlocks, ModelClass, compile_cl
 from bilevel.tabular.evaluation import episode_reward, expected_reward, policy_return
 from bilevel.tabular.fits import kl_fit, model_loss
 from bilevel.tabular.occupancy import averaged_occupancy, occupancy
+from bilevel.tabular.policies import uniform_policy
 
 
 SUM_TOL = 1e-9
@@ -89,8 +90,7 @@ class TabularMDP:
         the floored fit, which does not depend on the data)."""
         if self.model_class.tabular:
             return kl_fit(self.P, self.K, self.floor)
-        S, A = self.n_states, self.n_actions
-        return self.class_fit(self.data_occupancy(np.full((S, A), 1.0 / A)))
+        return self.class_fit(self.data_occupancy(uniform_policy(self.n_states, self.n_actions)))
 
     def loss_minimum(self, weights: np.ndarray) -> float:
         """min over the class of l(Phat, weights) (the loss of `class_fit`)."""
@@ -159,6 +159,5 @@ def with_model_class(mdp: TabularMDP, model_class: ModelClass) -> TabularMDP:
     declared = mdp.model_class.declared_K if mdp.model_class.declared_K is not None else mdp.K
     if model_class.tabular:
         return mdp.with_(K=declared, model_class=TABULAR)
-    model_class = ModelClass(model_class.kind, model_class.partition, model_class.basis,
-                             model_class.names, np.array(declared, dtype=bool))
+    model_class = replace(model_class, declared_K=np.array(declared, dtype=bool))
     return mdp.with_(K=model_class.support(declared, mdp.terminal), model_class=model_class)

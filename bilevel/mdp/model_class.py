@@ -99,10 +99,8 @@ class ModelClass:
 
     @staticmethod
     def from_json(d: dict | None) -> "ModelClass":
-        if d is None:
+        if d is None:            # a record written before model classes
             return TABULAR
-        if isinstance(d, ModelClass):
-            return d
         return ModelClass(kind=d["kind"], partition=tuple(tuple(g) for g in d.get("partition", ())),
                           basis=None if d.get("basis") is None else np.array(d["basis"], dtype=float),
                           names=tuple(d.get("names", ())),
@@ -235,11 +233,6 @@ class ClassBlocks:
             else:
                 thetas.append(em_fit(b.rows(self.S), rowsP, w, self.floor))
         return self.lift(thetas), thetas, weighted
-
-    def loss_minimum(self, P: np.ndarray, weights: np.ndarray) -> float:
-        """min over the class of l(Phat, w) (the fit's loss)."""
-        from bilevel.tabular.fits import model_loss
-        return model_loss(P, self.fit(P, weights)[0], weights)
 
 
 def em_fit(Phi: np.ndarray, rowsP: np.ndarray, w: np.ndarray, eta: float) -> np.ndarray:
