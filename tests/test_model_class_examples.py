@@ -72,3 +72,16 @@ def test_model_class_flag(tmp_path):
     assert bad.stderr.strip().count("\n") == 0 and "model_class" in bad.stderr and LINEAR in bad.stderr
     train = run("-m", "bilevel.train", LINEAR, "--formulations", "PAL", "--seeds", "1", "--out", str(tmp_path))
     assert train.returncode == 2 and "Traceback" not in train.stderr and "model_class" in train.stderr
+
+
+def test_aggregated_trap_mal_row():
+    """README: MAL on aggregated_trap keeps its hiding equilibria down to the worst policy of M
+    (stepping into the pit), [min_pi J, J*], certified global; both ends by value iteration
+    (on r and on -r) in the true MDP."""
+    trap = load_mdp("mdps/aggregated_trap.yaml")
+    V_max, _ = value_iteration(trap.P, trap.r, trap.gamma, tol=1e-12)
+    V_min, _ = value_iteration(trap.P, -trap.r, trap.gamma, tol=1e-12)
+    iv = solve_formulation(trap, "MAL")
+    assert iv.status == "solved" and iv.certificate == "global"
+    assert iv.low.J == pytest.approx(-float(trap.rho0 @ V_min), abs=1e-5)
+    assert iv.high.J == pytest.approx(float(trap.rho0 @ V_max), abs=1e-6)
