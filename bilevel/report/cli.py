@@ -1,4 +1,4 @@
-"""`python -m bilevel.report FILE [--runs DIR] [--studies DIR] [--out reports/NAME]`: a self-contained report.
+"""`python -m bilevel.report FILE [--runs DIR] [--studies DIR] [--out reports/NAME] [--model-class C]`: a self-contained report.
 
 Writes OUT/index.html (PNGs embedded as base64, no network, no JS), OUT/report.md, OUT/*.png,
 OUT/data.json holding every number shown, and OUT/equilibria.json (the solve document, to pass back
@@ -20,20 +20,20 @@ import sys
 import time
 from pathlib import Path
 
-from bilevel.cli.common import add_occupancy_arg, json_dumps
+from bilevel.cli.common import add_model_class_arg, add_occupancy_arg, json_dumps
 from bilevel.cli.output import add_verbosity, say, setup_logging
 from bilevel.mdp.io import load_mdp
 from bilevel.mdp.model import MDPError
 from bilevel.cache import TASK_CACHE
 from bilevel.sweep import add_sweep_args, sweep_options
-from bilevel.report.data import SWEEP_ALPHAS, ReportError, build_data, failures
+from bilevel.report.data import SWEEP_ALPHAS, ReportError, build_data, failures, report_mdp
 from bilevel.report.figures import make_figures
 from bilevel.report.render import render_html, render_md
 
 
 def write_report(path: str, out: str | Path, runs_dir=None, equilibria=None, sweep_alphas=SWEEP_ALPHAS,
                  log=None, studies_dir=None, fresh: bool = False, sweep: dict | None = None,
-                 occupancy: str | None = None) -> dict:
+                 occupancy: str | None = None, model_class: str | None = None) -> dict:
     """Build data, figures, index.html and report.md under `out`; return the data. The alpha
     sweep of a previous OUT/data.json is reused when its content key matches, unless `fresh`."""
     out = Path(out)
@@ -45,12 +45,11 @@ def write_report(path: str, out: str | Path, runs_dir=None, equilibria=None, swe
         except ValueError:
             cached = None
     data = build_data(path, runs_dir, equilibria, sweep_alphas, cached, log=log,
-                      studies_dir=studies_dir, sweep=sweep, occupancy=occupancy)
+                      studies_dir=studies_dir, sweep=sweep, occupancy=occupancy, model_class=model_class)
     if log:
         log(f"drawing the figures into {out}")
     t0 = time.perf_counter()
-    mdp = load_mdp(path)
-    pngs = make_figures(data, mdp.with_(occupancy=occupancy) if occupancy else mdp, out, studies_dir)
+    pngs = make_figures(data, report_mdp(path, occupancy, model_class), out, studies_dir)
     data["timings"]["figures_seconds"] = time.perf_counter() - t0
     (out / "data.json").write_text(json_dumps(data, indent=1))
     doc = {k: data[k] for k in ("mdp", "optimal", "formulations")}
@@ -69,6 +68,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--studies", help="directory of saved studies (python -m bilevel.studies "
                                       "theorem|counterexample|fixes --out DIR) to add to the report")
     add_occupancy_arg(ap)
+    add_model_class_arg(ap)
     ap.add_argument("--no-sweep", action="store_true", help="skip the alpha sweeps")
     ap.add_argument("--alphas", help=f"comma-separated sweep alphas (default {','.join(map(str, SWEEP_ALPHAS))}); "
                                      "a sweep in OUT/data.json with the same content key (MDP, "
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
         data = write_report(args.file, out, args.runs, args.equilibria, alphas, log=log,
                             studies_dir=args.studies, fresh=args.fresh,
                             sweep=dict(sweep_options(args), store=TASK_CACHE, fresh=args.fresh),
-                            occupancy=args.occupancy)
+                            occupancy=args.occupancy, model_class=args.model_class)
     except (MDPError, ReportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -33,16 +33,34 @@ def _quiet(msg: str) -> None:
     """The `log` of a caller that wants no progress messages."""
 
 
+def report_mdp(path: str, occupancy: str | None = None, model_class: str | None = None) -> TabularMDP:
+    """The file's MDP, with another occupancy or model class (`--occupancy`, `--model-class`)."""
+    from bilevel.cli.common import apply_model_class
+    try:
+        mdp = load_mdp(path)
+        if occupancy is not None:
+            mdp = mdp.with_(occupancy=occupancy)
+        return apply_model_class(mdp, model_class)
+    except MDPError as e:
+        raise ReportError(str(e)) from None
+
+
 def exact_solution(mdp: TabularMDP, equilibria: str | None, log=None) -> dict:
-    """The `bilevel.solve --json` document: read from `equilibria`, else solved now."""
+    """The `bilevel.solve --json` document: read from `equilibria` (which must be of the same MDP,
+    occupancy and model class), else solved now."""
     if equilibria:
         from bilevel.equilibria.document import read_solution
         try:
             doc = read_solution(equilibria)
         except ValueError as e:
             raise ReportError(str(e)) from None
-        if doc.get("mdp", {}).get("name") not in (None, mdp.name):
-            raise ReportError(f"{equilibria}: equilibria of MDP {doc['mdp']['name']!r}, not {mdp.name!r}")
+        m = doc.get("mdp", {})
+        if m.get("name") not in (None, mdp.name):
+            raise ReportError(f"{equilibria}: equilibria of MDP {m['name']!r}, not {mdp.name!r}")
+        for field, theirs, ours in (("occupancy", m.get("occupancy", "discounted"), mdp.occupancy),
+                                    ("model_class", m.get("model_class", "tabular"), mdp.model_class.kind)):
+            if theirs != ours:
+                raise ReportError(f"{equilibria}: {field}: equilibria for {theirs}, the report is for {ours}")
         return doc
     from bilevel.equilibria.document import solve_to_dict
     return solve_to_dict(mdp, log=log)
@@ -170,19 +188,14 @@ def repo_path(p) -> str:
 def build_data(path: str, runs_dir: str | None = None, equilibria: str | None = None,
                sweep_alphas=SWEEP_ALPHAS, cached: dict | None = None, log=None,
                studies_dir: str | None = None, sweep: dict | None = None,
-               occupancy: str | None = None) -> dict:
+               occupancy: str | None = None, model_class: str | None = None) -> dict:
     """Everything the report shows. `cached`: a previous data.json whose sweeps are reused when
     their `sweep_key` (bilevel.cache: the MDP's content, the alphas, the code version) matches.
     `log(msg)`: progress messages, also passed to the exact solves. `sweep`: where the alpha
-    sweep's tasks run (run_sweep's options; None: in this process). `occupancy`: instead of
-    the file's (TabularMDP.occupancy)."""
+    sweep's tasks run (run_sweep's options; None: in this process). `occupancy`, `model_class`:
+    instead of the file's (`report_mdp`)."""
     say = log or _quiet
-    try:
-        mdp = load_mdp(path)
-        if occupancy is not None:
-            mdp = mdp.with_(occupancy=occupancy)
-    except MDPError as e:
-        raise ReportError(str(e)) from None
+    mdp = report_mdp(path, occupancy, model_class)
     t0 = time.perf_counter()
     if equilibria:
         say(f"{mdp.name}: reading the exact equilibria from {equilibria}")

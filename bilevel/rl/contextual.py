@@ -4,13 +4,15 @@ fine-tune the follower on the final leader and report whether it still best-resp
 
 MAL family (leader = model Phat, description = Phat flattened (S*A*S)):
     follower  stable-baselines3 PPO on observations [onehot(s), Phat], pretrained in model rollouts
-              of random models Phat = softmax_K(sigma z), z ~ N(0, 1) (no true-env samples);
+              of random models of the MDP's model class, logits sigma z, z ~ N(0, 1)
+              (`bilevel.rl.model_param`; no true-env samples);
     leader    the inner-outer model leader (Adam steps on its objective, data of the follower's
               policy table pi(.|s, Phat) collected in the true env);
     fine-tune PPO on the final model alone; eps_pi (suboptimality in the model, by value iteration)
               before and after go to the record's notes.
 PAL (leader = policy pi, description = pi flattened (S*A)):
-    follower  a torch MLP f(pi, s, a) -> logits over K(s,a), pretrained by NLL on true-env data of
+    follower  a torch MLP f(pi, s, a) -> logits over K(s,a) (a restricted class: f(pi, block) ->
+              logits over the block's atoms, lifted to Phat), pretrained by NLL on true-env data of
               random policies pi (rows ~ Dirichlet(1)); the samples count as env samples;
     leader    Adam ascent on J(pi, f(pi)) through the frozen follower (torch autograd: the
               Stackelberg gradient, including the follower's reaction), J by a linear solve;
@@ -32,6 +34,7 @@ from bilevel.tabular.evaluation import return_gap
 from bilevel.rl import learners as L
 from bilevel.rl.env import BatchStepper, episode_horizon
 from bilevel.rl.inner_outer import _record_point, final_figures, leader_data, model_leader_update
+from bilevel.rl.model_param import model_param
 from bilevel.rl.record import RunRecord
 
 
@@ -111,29 +114,29 @@ def ppo_policy_table(model, env: ContextModelEnv, Phat: np.ndarray) -> np.ndarra
 
 def _train_mal(mdp, formulation, seed, cfg, alpha, env, mrng):
     from stable_baselines3 import PPO
-    S, A = mdp.n_states, mdp.n_actions
-    K, eta = mdp.K, mdp.floor
+    param = model_param(mdp)
 
     def sample_model(rng):
-        return L.softmax_model(cfg.model_sigma * rng.standard_normal((S, A, S)), K, eta)
+        return param.model(cfg.model_sigma * rng.standard_normal(param.shape))
 
     cenv = ContextModelEnv(mdp, sample_model)
     ppo = PPO("MlpPolicy", cenv, gamma=mdp.gamma, seed=seed, verbose=0, n_steps=1024, batch_size=128,
               policy_kwargs={"net_arch": [cfg.hidden, cfg.hidden]}, device="cpu")
     ppo.learn(cfg.pretrain_steps)
     T = episode_horizon(mdp)
-    model_theta, opt = np.zeros((S, A, S)), L.Adam(cfg.model_lr)
+    model_theta, opt = param.init(), L.Adam(cfg.model_lr)
     tau = cfg.tau * max(mdp.r_max, 1e-12)
     curve = []
     for _ in range(cfg.leader_iters):
         if cfg.budget is not None and env.steps >= cfg.budget:
             break
-        Phat = L.softmax_model(model_theta, K, eta)
+        Phat = param.model(model_theta)
         pi = ppo_policy_table(ppo, cenv, Phat)                  # frozen follower's response
         ro, W = leader_data(env, mdp, formulation, pi, cfg.episodes, alpha)
         curve.append(_record_point(mdp, pi, T, env, ro))
-        model_theta = model_leader_update(mdp, formulation, model_theta, opt, W, alpha, tau, cfg.model_steps)
-    Phat = L.softmax_model(model_theta, K, eta)
+        model_theta = model_leader_update(mdp, formulation, model_theta, opt, W, alpha, tau,
+                                          cfg.model_steps, param)
+    Phat = param.model(model_theta)
     pi_frozen = ppo_policy_table(ppo, cenv, Phat)
     fenv = ContextModelEnv(mdp, model=Phat)
     ppo.set_env(fenv)
@@ -152,20 +155,16 @@ def _train_pal(mdp, spec, seed, cfg, env, mrng):
     torch.manual_seed(seed)
     S, A = mdp.n_states, mdp.n_actions
     K = torch.as_tensor(np.array(mdp.K))
-    eta, g = mdp.floor, mdp.gamma
-    net = torch.nn.Sequential(torch.nn.Linear(S * A + S + A, cfg.hidden), torch.nn.Tanh(),
+    g = mdp.gamma
+    param = model_param(mdp)
+    feats = torch.as_tensor(param.row_features())          # one row of logits per pair / block
+    net = torch.nn.Sequential(torch.nn.Linear(S * A + feats.shape[1], cfg.hidden), torch.nn.Tanh(),
                               torch.nn.Linear(cfg.hidden, cfg.hidden), torch.nn.Tanh(),
-                              torch.nn.Linear(cfg.hidden, S)).double()
-    eyeS, eyeA = torch.eye(S, dtype=torch.float64), torch.eye(A, dtype=torch.float64)
-    pairs_s = torch.arange(S).repeat_interleave(A)
-    pairs_a = torch.arange(A).repeat(S)
+                              torch.nn.Linear(cfg.hidden, param.shape[-1])).double()
 
-    def model_of(pi):           # pi: (S,A) tensor -> Phat (S,A,S), floored on K
-        x = torch.cat([pi.reshape(1, -1).expand(S * A, -1), eyeS[pairs_s], eyeA[pairs_a]], dim=1)
-        logits = net(x).reshape(S, A, S).masked_fill(~K, -torch.inf)
-        q = torch.softmax(logits, dim=-1)
-        nK = K.sum(-1, keepdim=True)
-        return torch.where(K, eta + (1 - eta * nK) * q, torch.zeros_like(q))
+    def model_of(pi):           # pi: (S,A) tensor -> Phat (S,A,S), a model of the class
+        x = torch.cat([pi.reshape(1, -1).expand(feats.shape[0], -1), feats], dim=1)
+        return param.torch_model(net(x).reshape(param.shape))
 
     def fit(data, epochs):
         opt = torch.optim.Adam(net.parameters(), lr=3e-3)
@@ -233,4 +232,4 @@ def train_contextualized(mdp: TabularMDP, formulation: str, seed: int, cfg: Cont
                      algorithm="contextualized", alpha=alpha, seed=int(seed), config=asdict(cfg),
                      policy=pi, model=Phat, curve=tuple(curve), env_samples=int(env.steps),
                      seconds=time.perf_counter() - t0, final=final, notes=notes,
-                     occupancy=mdp.occupancy)
+                     occupancy=mdp.occupancy, model_class=mdp.model_class.kind)

@@ -18,7 +18,10 @@ MAL family (leader = model Phat, softmax-parametrized; follower = policy):
                         through pi_tau (the return in M depends on the model only through it;
                         the trainer uses M's arrays for this term: an exact-gradient reference
                         trainer, not a sample-based one)
-The model starts at uniform on K (zero logits): the maximum-entropy prior. The last step makes the
+Models are those of the MDP's model class (`bilevel.rl.model_param`: per-pair softmax logits for the
+tabular class, per-block logits over the atoms for an aggregated or linear one; the count model is
+the class's fit of the counts). The model starts at zero logits: uniform on K, the maximum-entropy
+prior (a class: the equal mixture of each block's atoms). The last step makes the
 pair consistent: PAL refits the model to the final policy's data; MAL trains the follower on the
 final model.
 """
@@ -34,6 +37,7 @@ from bilevel.tabular.evaluation import episode_reward
 from bilevel.tabular.policies import uniform_policy
 from bilevel.rl import learners as L
 from bilevel.rl.env import BatchStepper, episode_horizon
+from bilevel.rl.model_param import model_param
 import bilevel.game as game
 from bilevel.rl.record import CurvePoint, RunRecord
 
@@ -96,17 +100,20 @@ def leader_data(env: BatchStepper, mdp: TabularMDP, formulation: str, pi: np.nda
 
 
 def model_leader_update(mdp: TabularMDP, formulation: str, model_theta: np.ndarray, opt: L.Adam,
-                        W: np.ndarray, alpha: float | None, tau: float, steps: int) -> np.ndarray:
-    """`steps` Adam steps of the softmax model leader on its objective with data weights W:
+                        W: np.ndarray, alpha: float | None, tau: float, steps: int,
+                        param=None) -> np.ndarray:
+    """`steps` Adam steps of the model leader's logits (`param`, default `model_param(mdp)`: the
+    MDP's model class) on its objective with data weights W:
     w_l NLL - w_J J(pi_tau, Phat) (`Formulation.objective_weights`: NLL for MAL and
     MAL_random_noise, alpha NLL - (1-alpha) J(pi_tau, Phat) for MAL_agent_reward), or, for a
     return in the true MDP (MAL_agent_true_reward), alpha NLL - (1-alpha) J(pi_tau(Phat), M),
     differentiated through the follower's soft best response (`true_return_gradient`)."""
-    K, eta, g = mdp.K, mdp.floor, mdp.gamma
+    g = mdp.gamma
+    param = param or model_param(mdp)
     spec = game.formulation(formulation)
     w_l, w_J = spec.objective_weights(spec.resolve_alpha(alpha))
     for _ in range(steps):
-        Phat = L.softmax_model(model_theta, K, eta)
+        Phat = param.model(model_theta)
         grad = L.nll_gradient_model(W, Phat)
         if w_J and spec.return_in == "true":      # J(pi_tau(Phat), M): through the follower
             grad = w_l * grad - w_J * L.true_return_gradient(mdp, Phat, tau)
@@ -115,7 +122,7 @@ def model_leader_update(mdp: TabularMDP, formulation: str, model_theta: np.ndarr
             grad = w_l * grad - w_J * L.return_gradient(Phat, mdp.R, mdp.rho0, g, pi_tau)
         elif w_l != 1.0:
             grad = w_l * grad
-        model_theta = opt.step(model_theta, L.logit_gradient(grad, model_theta, K, eta))
+        model_theta = opt.step(model_theta, param.pullback(grad, model_theta))
     return model_theta
 
 
@@ -130,7 +137,8 @@ def train_inner_outer(mdp: TabularMDP, formulation: str, seed: int, cfg: TrainCo
     env = BatchStepper.of(mdp, rng=np.random.default_rng(rng.integers(2**63)))
     mrng = np.random.default_rng(rng.integers(2**63))
     S, A = mdp.n_states, mdp.n_actions
-    K, eta, g = mdp.K, mdp.floor, mdp.gamma
+    g = mdp.gamma
+    param = model_param(mdp)
     curve = []
 
     def budget_left():
@@ -138,19 +146,19 @@ def train_inner_outer(mdp: TabularMDP, formulation: str, seed: int, cfg: TrainCo
 
     if spec.leader == "policy":
         theta = np.zeros((S, A))
-        model_theta = np.zeros((S, A, S))
+        model_theta = param.init()
 
         def fit(ro):
             nonlocal model_theta
             if cfg.pal_model == "count":
-                return L.count_model(L.transition_counts(ro, S, A), K, eta, cfg.prior)
+                return param.count_fit(L.transition_counts(ro, S, A), cfg.prior)
             W = L.transition_weights(ro, S, A, g, mdp.horizon if mdp.averaged else None)
             opt = L.Adam(cfg.model_lr)
             for _ in range(cfg.follower_steps):
-                Phat = L.softmax_model(model_theta, K, eta)
-                model_theta = opt.step(model_theta, L.logit_gradient(
-                    L.nll_gradient_model(W, Phat), model_theta, K, eta))
-            return L.softmax_model(model_theta, K, eta)
+                Phat = param.model(model_theta)
+                model_theta = opt.step(model_theta, param.pullback(L.nll_gradient_model(W, Phat),
+                                                                   model_theta))
+            return param.model(model_theta)
 
         for it in range(cfg.leader_iters):
             if not budget_left():
@@ -168,7 +176,7 @@ def train_inner_outer(mdp: TabularMDP, formulation: str, seed: int, cfg: TrainCo
         Phat = fit(ro)
     else:
         theta = np.zeros((S, A))                   # follower logits
-        model_theta = np.zeros((S, A, S))          # leader logits: uniform on K
+        model_theta = param.init()                 # leader logits: the class's centre
         opt = L.Adam(cfg.model_lr)
         tau = cfg.tau * max(mdp.r_max, 1e-12)
 
@@ -181,16 +189,16 @@ def train_inner_outer(mdp: TabularMDP, formulation: str, seed: int, cfg: TrainCo
         for it in range(cfg.leader_iters):
             if not budget_left():
                 break
-            Phat = L.softmax_model(model_theta, K, eta)
+            Phat = param.model(model_theta)
             theta = follow(Phat, theta)                               # follower
             pi = L.softmax_policy(theta)
             ro, W = leader_data(env, mdp, formulation, pi, cfg.episodes, alpha)
             curve.append(_record_point(mdp, pi, T, env, ro))
             model_theta = model_leader_update(mdp, formulation, model_theta, opt, W, alpha, tau,
-                                              cfg.model_steps)                # leader
+                                              cfg.model_steps, param)         # leader
             if progress:
                 progress(it)
-        Phat = L.softmax_model(model_theta, K, eta)
+        Phat = param.model(model_theta)
         theta = follow(Phat, theta)
         pi = L.softmax_policy(theta)
 
@@ -198,4 +206,5 @@ def train_inner_outer(mdp: TabularMDP, formulation: str, seed: int, cfg: TrainCo
     return RunRecord(mdp=mdp.name, mdp_path=mdp_path or mdp.source, formulation=formulation,
                      algorithm="inner-outer", alpha=alpha, seed=int(seed), config=asdict(cfg),
                      policy=pi, model=Phat, curve=tuple(curve), env_samples=int(env.steps),
-                     seconds=time.perf_counter() - t0, final=final, occupancy=mdp.occupancy)
+                     seconds=time.perf_counter() - t0, final=final, occupancy=mdp.occupancy,
+                     model_class=mdp.model_class.kind)

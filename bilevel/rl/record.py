@@ -49,6 +49,7 @@ class RunRecord:
     final: dict
     notes: dict = field(default_factory=dict)
     occupancy: str = "discounted"  # the data's occupancy the run trained with (TabularMDP.occupancy)
+    model_class: str = "tabular"   # the kind of the model class its models were drawn from
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -63,7 +64,7 @@ class RunRecord:
     @classmethod
     def from_dict(cls, d: dict) -> "RunRecord":
         names = {f.name for f in fields(cls)}
-        missing = names - set(d) - {"notes", "occupancy"}     # older records: discounted
+        missing = names - set(d) - {"notes", "occupancy", "model_class"}   # older records: discounted, tabular
         if missing:
             raise ValueError(f"run record lacks field(s): {', '.join(sorted(missing))}")
         kw = {k: d[k] for k in names if k in d}

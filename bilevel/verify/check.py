@@ -4,7 +4,8 @@ equilibria of their MDP.
 Per run (policy pi (S,A), model Phat (S,A,S), true MDP M, exact equilibria of its formulation):
     mu      = true occupancy of pi in M; the leader's data occupancy nu = mu, or for
               MAL_random_noise nu = alpha mu + (1-alpha) mu_rand
-    eps_M   = l(Phat, nu) - l(P_eta, nu),  P_eta = kl_fit(P, K, eta) the model best response
+    eps_M   = l(Phat, nu) - min_{M' in C} l(M', nu), C the run's model class (tabular: the floored
+              models on K, whose minimizer is P_eta = kl_fit(P, K, eta))
     eps_pi  = max_pi' J(pi', Phat) - J(pi, Phat)   (value iteration in Phat, rewards rhat = Phat R)
     J       = J(pi, M) (discounted) against the exact interval [J_min, J_max] of the formulation
     PAL     : theorem bound  eps_pi' + 4 g sqrt(l(Phat, mu)) R_max / (1-g)^2  >=  J* - J  (the
@@ -21,7 +22,8 @@ so J is "inside" [J_min, J_max], "within tolerance" (outside by at most tol_J) o
 failure); eps_pi <= TOL_PI = 1% of the return scale R_max/(1-g) (the follower best-responds in
 its model, up to the run's own convergence; for PAL the policy is optimal in its model);
 eps_M <= TOL_M nats (PAL, MAL, MAL_random_noise: the model fits the leader's data;
-MAL_agent_reward trades loss for return, so eps_M is reported only); PAL: bound >= gap.
+MAL_agent_reward trades loss for return, so eps_M is reported only); PAL: bound >= gap; a run of a
+restricted class: its model lies in the class (`ClassBlocks.distance` <= TOL_CLASS).
 A run record of MAL_agent_reward or MAL_random_noise must carry its alpha.
 Exit status: 0 all runs verified, 1 some run failed, 2 bad input.
 """
@@ -43,6 +45,7 @@ from bilevel.tabular.fits import model_loss
 TOL_J_REL = 1e-6        # the floor of the J tolerance, relative to max(1, |J_min|, |J_max|)
 TOL_PI_FRACTION = 0.01  # eps_pi tolerance, of R_max / (1 - gamma)
 TOL_M = 0.05            # nats
+TOL_CLASS = 1e-8        # a restricted run's model: distance to its class
 
 
 INSIDE, WITHIN, OUTSIDE = "inside", "within tolerance", "outside"
@@ -173,6 +176,8 @@ def check_run(rec: RunRecord, mdp: TabularMDP, eq: dict, optimal_J: float, file:
         failed.append(f"eps_pi={eps_pi:.3g} > {tol_pi:.3g}: policy not a best response in its model")
     if spec.fits_leader_data and eps_M > TOL_M:
         failed.append(f"eps_M={eps_M:.3g} > {TOL_M}: model not fit to the leader's data")
+    if mdp.restricted and (off := mdp.model_blocks.distance(Phat)) > TOL_CLASS:
+        failed.append(f"the model is {off:.3g} off the {mdp.model_class.kind} class it trained in")
     bound = gap = None
     if spec.leader == "policy" and mdp.averaged:
         notes.append("the PAL theorem's bound is stated for the discounted occupancy and return: "

@@ -69,14 +69,13 @@ def verify_runs(runs, equilibria: dict | None = None, log=None,
             raise VerifyInputError(f"{file}: occupancy: the run trained with {rec.occupancy}, "
                                    f"--occupancy asks for {occupancy}")
         try:
-            mdp = mdps.get((rec.mdp_path, rec.occupancy)) or load_mdp(rec.mdp_path)
+            mdp = mdps.get((rec.mdp_path, rec.occupancy, rec.model_class)) or load_mdp(rec.mdp_path)
             if mdp.occupancy != rec.occupancy:      # the run's, not the file's
                 mdp = mdp.with_(occupancy=rec.occupancy)
         except MDPError as e:
             raise VerifyInputError(f"{file}: {e}") from None
-        if mdp.restricted:          # the trainers fit tabular models: runs are of the tabular class
-            mdp = with_model_class(mdp, TABULAR)
-        mdps[(rec.mdp_path, rec.occupancy)] = mdp
+        mdp = run_class(mdp, rec, file)
+        mdps[(rec.mdp_path, rec.occupancy, rec.model_class)] = mdp
         if mdp.name != rec.mdp:
             raise VerifyInputError(f"{file}: run is of MDP {rec.mdp!r}, {rec.mdp_path} is {mdp.name!r}")
         if equilibria is not None:
@@ -88,11 +87,12 @@ def verify_runs(runs, equilibria: dict | None = None, log=None,
                 raise VerifyInputError(f"{file}: equilibria are for occupancy {sol_occupancy}, the run "
                                        f"trained with occupancy {rec.occupancy}")
             sol_class = sol.get("mdp", {}).get("model_class", "tabular")
-            if sol_class != "tabular":
+            if sol_class != rec.model_class:
                 raise VerifyInputError(f"{file}: equilibria are for the {sol_class} model class, the run "
-                                       "trained a tabular model (solve with --model-class tabular)")
+                                       f"trained models of the {rec.model_class} class (solve with "
+                                       f"--model-class {rec.model_class})")
         else:
-            key = (rec.mdp_path, rec.formulation, rec.alpha, rec.occupancy)
+            key = (rec.mdp_path, rec.formulation, rec.alpha, rec.occupancy, rec.model_class)
             if key not in solved:
                 if log:
                     log(f"solving the exact {rec.formulation} equilibria of {mdp.name}"
@@ -105,6 +105,18 @@ def verify_runs(runs, equilibria: dict | None = None, log=None,
         eq = equilibrium_entry(sol, rec.formulation, rec.alpha, where)
         out.append(check_run(rec, mdp, eq, float(sol["optimal"]["J"]), file))
     return out
+
+
+def run_class(mdp, rec: RunRecord, file: str):
+    """The MDP in the model class the run trained in: the tabular class of any file, or the file's
+    own class (a run of another class than the file's is an input error)."""
+    if rec.model_class == "tabular":
+        return with_model_class(mdp, TABULAR) if mdp.restricted else mdp
+    if rec.model_class != mdp.model_class.kind:
+        raise VerifyInputError(f"{file}: model_class: the run trained models of the {rec.model_class} "
+                               f"class, {rec.mdp_path} defines "
+                               f"{'no model class' if not mdp.restricted else 'a ' + mdp.model_class.kind + ' class'}")
+    return mdp
 
 
 def _solve(mdp, formulation, alpha) -> dict:
