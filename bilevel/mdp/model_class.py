@@ -235,14 +235,17 @@ class ClassBlocks:
         return self.lift(thetas), thetas, weighted
 
 
-def em_fit(Phi: np.ndarray, rowsP: np.ndarray, w: np.ndarray, eta: float) -> np.ndarray:
+def em_fit(Phi: np.ndarray, rowsP: np.ndarray, w: np.ndarray, eta: float, tol: float = EM_TOL,
+           max_iter: int = EM_MAX_ITER) -> np.ndarray:
     """argmax_{theta in Theta} F(theta),  F = sum_j c_j log(a_j . theta),  Theta the floored simplex,
     over the observations j = (pair i, next state t) with c_j = w_i P(t|i) > 0 and
     a_j(k) = Phi_k(t|i). With theta = eta 1 + (1 - n eta) phi, phi on the simplex, F is a
     mixture likelihood in phi with one fixed component, and the EM (minorize-maximize) step
         phi(k) <- phi(k) g(k) / (phi . g),   g = grad_phi F,
     increases F and keeps phi on the simplex. It stops when the Frank-Wolfe gap
-    max_k g(k) - phi . g (a bound on F* - F, F concave) is below EM_TOL times the total weight."""
+    max_k g(k) - phi . g (a bound on F* - F, F concave) is below `tol` times the total weight, or
+    after `max_iter` steps (EM is slow where an atom's weight tends to the floor with a vanishing
+    gradient gap: about 1/k there)."""
     n = Phi.shape[0]
     i, t = np.nonzero(w[:, None] * rowsP > 0)
     c = w[i] * rowsP[i, t]
@@ -255,11 +258,11 @@ def em_fit(Phi: np.ndarray, rowsP: np.ndarray, w: np.ndarray, eta: float) -> np.
         return np.full(n, 1.0 / n)
     phi = np.full(n, 1.0 / n)
     total = c.sum()
-    for _ in range(EM_MAX_ITER):
+    for _ in range(max_iter):
         f = base + scale * (a @ phi)
         g = scale * (a.T @ (c / f))
         inner = float(phi @ g)
-        if float(g.max()) - inner <= EM_TOL * total:
+        if float(g.max()) - inner <= tol * total:
             break
         phi = phi * g / inner
     return eta + scale * phi

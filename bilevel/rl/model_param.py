@@ -16,7 +16,9 @@ G = dF/dPhat comes back to the logits by the chain rule (`pullback`):
 with `prior` pseudo-counts spread uniformly over each pair's support (the Dirichlet prior):
 tabular and unit atoms (an aggregation's blocks) take the floored posterior mean of the block's
 pooled counts, theta_b = eta + (1 - n_b eta) (sum_{(s,a) in b} N(s,a,.) + prior/n_b) / (n + prior);
-general atoms (a linear class) take the class's KL fit (`em_fit`) of the pseudo-counts.
+general atoms (a linear class) take the class's KL fit (`em_fit`) of the pseudo-counts, to a
+Frank-Wolfe gap of COUNT_FIT_TOL or COUNT_FIT_ITER EM steps (a sample estimate needs no more;
+the exact fit would take EM up to 2e5 steps where an atom's weight tends to its floor).
 """
 from __future__ import annotations
 
@@ -27,6 +29,9 @@ from scipy.special import softmax
 from bilevel.mdp.model import TabularMDP
 from bilevel.mdp.model_class import ClassBlocks, em_fit
 from bilevel.rl import learners as L
+
+COUNT_FIT_TOL = 1e-10
+COUNT_FIT_ITER = 2_000
 
 
 class TabularLogits:
@@ -113,7 +118,8 @@ class ClassLogits:
                 K = np.array([self.blocks.K[s, a] for (s, a) in b.pairs])
                 pseudo = np.where(K, counts + prior / K.sum(axis=-1, keepdims=True), 0.0)
                 w = pseudo.sum(axis=-1)
-                thetas.append(em_fit(b.rows(self.S), pseudo / w[:, None], w, self.floor))
+                thetas.append(em_fit(b.rows(self.S), pseudo / w[:, None], w, self.floor,
+                                     tol=COUNT_FIT_TOL, max_iter=COUNT_FIT_ITER))
         return self.blocks.lift(thetas)
 
     def row_features(self) -> np.ndarray:
