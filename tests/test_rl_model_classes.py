@@ -262,3 +262,24 @@ def test_report_checks_class_runs_and_refuses_another_class(trap_runs, tmp_path)
     data = json.loads((tmp_path / "good" / "data.json").read_text())
     run, = data["runs"]["formulations"]["MAL"]["runs"]
     assert run["check"]["J_interval"][0] == pytest.approx(-1.88, abs=0.01)
+
+
+def test_mal_trainer_stops_at_the_decoy_under_the_linear_class(tmp_path):
+    """linear_hidden_goal: MAL's leader-optimal equilibria reach the goal ([73.84, 73.96], README),
+    but the trainer's MAL settles on the decoy (J = 0.985): a fitted model in which the decoy is
+    optimal, whose loss l(Phat, mu_pi) (computed here from the occupancy) is above the exact
+    optimum's. verify fails the run and says why."""
+    from bilevel.tabular.fits import model_loss
+    from bilevel.tabular.occupancy import occupancy
+    path = MDPS / "linear_hidden_goal.yaml"
+    mdp = load_mdp(path)
+    rec = train_inner_outer(mdp, "MAL", seed=0, cfg=TrainConfig(eval_episodes=20), mdp_path=str(path))
+    (tmp_path / rec.filename).write_text(rec.to_json())
+    assert rec.final["J"] == pytest.approx(0.985, abs=1e-3)
+    res = verify(tmp_path, "--json")
+    check, = json.loads(res.stdout)
+    assert res.returncode == 1 and check["position"] == "outside"
+    loss = model_loss(mdp.P, rec.model, occupancy(mdp.P, mdp.rho0, mdp.gamma, rec.policy))
+    assert loss == pytest.approx(check["leader_objective"], rel=1e-9)
+    assert loss > check["exact_leader_objective"] + 1e-4            # the band is 7e-6
+    assert any("leader stopped at an equilibrium" in n for n in check["notes"])

@@ -24,6 +24,10 @@ its model, up to the run's own convergence; for PAL the policy is optimal in its
 eps_M <= TOL_M nats (PAL, MAL, MAL_random_noise: the model fits the leader's data;
 MAL_agent_reward trades loss for return, so eps_M is reported only); PAL: bound >= gap; a run of a
 restricted class: its model lies in the class (`ClassBlocks.distance` <= TOL_CLASS).
+Notes (not failures): a run whose leader objective beats the exact optimum L* (the solve missed
+an equilibrium); a run outside its interval whose follower best-responds but whose leader
+objective is above L* by more than the band: an equilibrium the leader could improve on (the
+exact optimum's witness is one), where a trainer that only follows local steps stops.
 A run record of MAL_agent_reward or MAL_random_noise must carry its alpha.
 Exit status: 0 all runs verified, 1 some run failed, 2 bad input.
 """
@@ -205,9 +209,16 @@ def check_run(rec: RunRecord, mdp: TabularMDP, eq: dict, optimal_J: float, file:
         notes.append(f"the exact solution records no alpha for {f}: the run's alpha "
                      f"{rec.alpha:g} is not checked against it")
     exact_L = eq.get("leader_objective")
-    if exact_L is not None and eps_pi <= tol_pi and leader < float(exact_L) - 1e-3 * max(1.0, abs(float(exact_L))):
+    slack = None if exact_L is None else 1e-3 * max(1.0, abs(float(exact_L)))
+    if exact_L is not None and eps_pi <= tol_pi and leader < float(exact_L) - slack:
         notes.append(f"the run's leader objective {leader:.6g} beats the exact optimum {float(exact_L):.6g}: "
                      "the exact solve missed a better equilibrium, so its interval is suspect")
+    elif (exact_L is not None and position == OUTSIDE and eps_pi <= tol_pi and
+          not (spec.fits_leader_data and eps_M > TOL_M) and leader > float(exact_L) + _band(eq)):
+        # the exact optimum is attained by its witness: the run's equilibrium is not leader-optimal
+        notes.append(f"the follower best-responds, but the run's leader objective {leader:.6g} is "
+                     f"{leader - float(exact_L):.3g} above the exact optimum {float(exact_L):.6g}: "
+                     "the leader stopped at an equilibrium it could improve on")
     return RunCheck(file=file, formulation=f, seed=rec.seed, alpha=rec.alpha, J=J, episode_reward=ep,
                     J_interval=(lo, hi), episode_reward_interval=ep_int, outside_by=outside,
                     tol_J=tol_J, position=position, tol_pi=tol_pi, eps_M=eps_M, eps_pi=eps_pi,
@@ -215,6 +226,13 @@ def check_run(rec: RunRecord, mdp: TabularMDP, eq: dict, optimal_J: float, file:
                     exact_leader_objective=None if exact_L is None else float(exact_L),
                     pal_bound=bound, pal_gap=gap, equilibrium=equilibrium, failed=tuple(failed),
                     notes=tuple(notes))
+
+
+def _band(eq: dict) -> float:
+    """How far above L* a leader objective still counts as leader-optimal: the interval's band
+    `tolerance`, at least 1e-6 max(1, |L*|)."""
+    L = abs(float(eq["leader_objective"]))
+    return max(_finite(eq.get("tolerance")) or 0.0, 1e-6 * max(1.0, L))
 
 
 def _pal_value(eq: dict) -> float | None:
