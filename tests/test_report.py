@@ -371,3 +371,12 @@ def test_report_misspecified_section(solved, studies_dir, tmp_path):
     md = (tmp_path / "report.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith("| aggregated_trap"))
     assert "[0.0000, 0.0000] g" in row and "[-1.8796, 0.9398] g" in row and "| [0.9398, 0.9398] l |" in row
+    # the study's own figure, when its directory holds one
+    assert "![misspecified]" not in md
+    import shutil
+    own = shutil.copytree(studies_dir, tmp_path / "studies")
+    (own / "misspecified.png").write_bytes((tmp_path / "mdp.png").read_bytes())
+    assert report.main([str(TINY), "--equilibria", str(solved[1]), "--no-sweep", "--studies",
+                        str(own), "--out", str(tmp_path / "with_png")]) == 0
+    assert "![misspecified](misspecified.png)" in (tmp_path / "with_png" / "report.md").read_text()
+    assert (tmp_path / "with_png" / "misspecified.png").exists()

@@ -287,7 +287,7 @@ def make_figures(data: dict, mdp: TabularMDP, out: Path, studies_dir=None) -> di
         p = Path(out) / f"{name}.png"
         save(fig, p)
         pngs[name] = p.read_bytes()
-    for name in ("theorem", "counterexample", "fixes"):   # the studies' own figures
+    for name in ("theorem", "counterexample", "fixes", "misspecified"):   # the studies' own figures
         src = Path(studies_dir) / f"{name}.png" if data.get("studies") and studies_dir else None
         if src is not None and name in data["studies"] and src.exists():
             pngs[name] = src.read_bytes()
