@@ -3,6 +3,7 @@
 The reference values are independent of the engine's routes: J* by value iteration, the decoy's
 return by evaluating the deterministic decoy policy in the true MDP.
 """
+import json
 import subprocess
 import sys
 
@@ -62,7 +63,8 @@ def test_linear_class_mal_cannot_hide(linear, references):
 
 def test_model_class_flag(tmp_path):
     """--model-class tabular drops the class (PAL back at J*); naming a class the file does not
-    define, or training under a restricted class, is a one-line input error with status 2."""
+    define is a one-line input error with status 2, on solve and on train; train takes the
+    file's class by default, and its record says so."""
     run = lambda *a: subprocess.run([sys.executable, *a], capture_output=True, text=True, timeout=300)
     ok = run("-m", "bilevel.solve", LINEAR, "--formulations", "PAL", "--model-class", "tabular", "--json", "-q")
     assert ok.returncode == 0, ok.stderr
@@ -70,8 +72,14 @@ def test_model_class_flag(tmp_path):
     bad = run("-m", "bilevel.solve", LINEAR, "--model-class", "aggregated")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().count("\n") == 0 and "model_class" in bad.stderr and LINEAR in bad.stderr
-    train = run("-m", "bilevel.train", LINEAR, "--formulations", "PAL", "--seeds", "1", "--out", str(tmp_path))
+    train = run("-m", "bilevel.train", LINEAR, "--formulations", "MAL", "--seeds", "1", "--iters", "2",
+                "--model-class", "aggregated", "--out", str(tmp_path))
     assert train.returncode == 2 and "Traceback" not in train.stderr and "model_class" in train.stderr
+    train = run("-m", "bilevel.train", LINEAR, "--formulations", "MAL", "--seeds", "1", "--iters", "2",
+                "--workers", "0", "--fresh", "--out", str(tmp_path))
+    assert train.returncode == 0, train.stderr
+    record = json.loads((tmp_path / "MAL_inner-outer_seed0.json").read_text())
+    assert record["model_class"] == "linear"
 
 
 def test_aggregated_trap_mal_row():
