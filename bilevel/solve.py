@@ -150,16 +150,19 @@ def print_table(mdp: TabularMDP, doc: dict, out=None) -> None:
            f"{'leader obj.':>12}  {'certificate':<18} {'seconds':>7}"
     print(head, file=out)
     print("-" * len(head), file=out)
+    opt_J = doc["optimal"]["J"]
     for f, d in doc["formulations"].items():
         a = "" if d.get("alpha") is None else f"{d['alpha']:g}"
         if d["status"] != "solved":
             print(f"{NAMES.get(f, f):<24} {a:>6}  FAILED: {d['reason']}", file=out)
             continue
+        gap = max((g for g in (d.get("proved_gap") or {}).values() if g is not None), default=0.0)
         if d.get("solver") == "enumerate":
             cert = f"{d['certificate']} ({d['starts']} policies)"
         elif d.get("solver") == "exact":
-            gap = max(d.get("proved_gap", {}).values(), default=0.0)
             cert = d["certificate"] + (" (exact)" if gap == 0 else f" (gap {gap:.2g})")
+        elif d["certificate"] == "global":       # SCIP: its proved gap on J, when it left one
+            cert = "global" + (f" (gap {gap:.2g})" if gap > 1e-9 * max(1.0, abs(opt_J)) else "")
         else:
             cert = d["certificate"] + (f" ({d['starts']} starts)" if d["certificate"] == "local" else "")
         print(f"{NAMES.get(f, f):<24} {a:>6}  {_interval(d, 'J'):<22} "
