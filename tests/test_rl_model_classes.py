@@ -257,6 +257,7 @@ def test_report_checks_class_runs_and_refuses_another_class(trap_runs, tmp_path)
 
     bad = report(docs["tabular"], "bad")
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "model_class" in bad.stderr
+    assert not (tmp_path / "bad").exists()              # bad input writes nothing
     good = report(docs["aggregated"], "good")
     assert good.returncode == 0, good.stderr
     data = json.loads((tmp_path / "good" / "data.json").read_text())

@@ -37,7 +37,6 @@ def write_report(path: str, out: str | Path, runs_dir=None, equilibria=None, swe
     """Build data, figures, index.html and report.md under `out`; return the data. The alpha
     sweep of a previous OUT/data.json is reused when its content key matches, unless `fresh`."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     cached = None
     if (out / "data.json").exists() and not fresh:
         try:
@@ -46,6 +45,7 @@ def write_report(path: str, out: str | Path, runs_dir=None, equilibria=None, swe
             cached = None
     data = build_data(path, runs_dir, equilibria, sweep_alphas, cached, log=log,
                       studies_dir=studies_dir, sweep=sweep, occupancy=occupancy, model_class=model_class)
+    out.mkdir(parents=True, exist_ok=True)      # after the input is known to be good
     if log:
         log(f"drawing the figures into {out}")
     t0 = time.perf_counter()
