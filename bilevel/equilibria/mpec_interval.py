@@ -27,6 +27,7 @@ import bilevel.game as game
 from bilevel.equilibria.certificates import (FEASIBILITY_SLACK, FOLLOWER_GAP_TOL, certify,
                                              equilibrium_tolerance)
 from bilevel.equilibria.interval import Equilibrium, EquilibriumInterval
+from bilevel.equilibria.pull_back import pull_back
 from bilevel.equilibria.mpec_route import (HOMOTOPY, POLISH_ONLY_PAIRS, SCIP_ABS_GAP, SCIP_GAP,
                                            WARM_SCHEDULE, _LEADER_RESTARTS, _certified_end,
                                            _descend_leader, _ipopt_best, _load, _other_equilibria,
@@ -223,7 +224,7 @@ def end_step(route: Route, lead: Lead, name: str) -> End:
     if (route.which == "scip" and out.why and out.snapped is not None and out.global_
             and out.eq.follower_gap <= FOLLOWER_GAP_TOL and out.eq.leader_objective > lead.band
             and res.bound is not None and math.isfinite(res.bound)):
-        _pull_back(route, lead, name, float(res.bound), out)
+        pull_back(route, lead, name, float(res.bound), out)
     seen = ([out.eq] if out.eq.follower_gap <= FOLLOWER_GAP_TOL else []) + \
         (_other_equilibria(bm, res) if step_solved else [])
     best = min(seen, key=lambda e: e.leader_objective, default=None)
@@ -231,39 +232,6 @@ def end_step(route: Route, lead: Lead, name: str) -> End:
         out.better = best
     out.seconds = time.perf_counter() - t0
     return out
-
-
-def _pull_back(route: Route, lead: Lead, name: str, bound: float, out: End) -> None:
-    """A SCIP end at the band's edge whose snap to the follower's best response lifts its leader
-    value above the band by s = after - before (the follower's KKT residual at SCIP's feasibility
-    tolerance, amplified by the model's return): solve the end again with the leader capped at
-    band - 2^k s (k = 1, 2), so that the snapped point falls inside the band. The first solve's
-    bound on J over the whole band stays the proof, and the new end's proved gap is its distance
-    |J - bound| to it (for the min end: no equilibrium of the band has J below the bound, and
-    the new end is one with J = its value). `out` is updated when a retry passes."""
-    m = route.bm.model
-    shift = max(out.snapped["leader_objective_after"] - out.snapped["leader_objective_before"], 0.0)
-    floor = max(lead.L, lead.L_check)
-    for k in (1, 2):
-        cap = max(lead.band - 2 ** k * shift, floor)
-        _load(lead.result.point)
-        m.del_component("eq_leader_bound")
-        m.eq_leader_bound = pyo.Constraint(expr=m.leader <= cap)
-        res = solve_mpec(m, route.reduction, route.backend, **route.kw)
-        if not res.ok:
-            return
-        snapped, polished = {}, {}
-        eq, why, local = _certified_end(route.bm, name, res, route.which, lead.band,
-                                        f"{lead.L + lead.tol:.9g}", snapped, polished)
-        if not why:
-            out.snapped = {**snapped.get(name, {}), "pulled_back": {
-                "leader_cap": cap, "first_end_leader_objective": out.eq.leader_objective,
-                "J_bound_over_band": bound}}
-            out.eq, out.why, out.local = eq, "", local
-            out.end_gap = abs(eq.J - bound)
-            return
-        if cap == floor:
-            return
 
 
 @dataclass
