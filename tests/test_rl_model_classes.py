@@ -179,12 +179,25 @@ def test_runs_record_their_class_and_stay_in_it(trap_runs):
         np.testing.assert_allclose(r.model[left], r.model[right], atol=1e-15)
 
 
+@pytest.fixture(scope="module")
+def mal_docs(tmp_path_factory):
+    """`bilevel.solve --json` of aggregated_trap's MAL in its class and in the tabular class."""
+    d, docs = tmp_path_factory.mktemp("mal_docs"), {}
+    for cls in ("aggregated", "tabular"):
+        solve = subprocess.run([sys.executable, "-m", "bilevel.solve", str(TRAP), "--formulations", "MAL",
+                                "--model-class", cls, "--json"], capture_output=True, text=True, cwd=ROOT)
+        assert solve.returncode == 0, solve.stderr
+        docs[cls] = d / f"{cls}.json"
+        docs[cls].write_text(solve.stdout)
+    return docs
+
+
 def verify(*args):
     return subprocess.run([sys.executable, "-m", "bilevel.verify", *map(str, args)],
                           capture_output=True, text=True, cwd=ROOT)
 
 
-def test_verify_checks_class_runs_against_the_class(trap_runs, tmp_path):
+def test_verify_checks_class_runs_against_the_class(trap_runs, mal_docs):
     """The MAL run against the aggregated class's MAL interval [-1.88, J*] (solved by verify
     itself), and against equilibria files: the class's is accepted, the tabular one's refused."""
     mdp, recs, out = trap_runs
@@ -195,12 +208,7 @@ def test_verify_checks_class_runs_against_the_class(trap_runs, tmp_path):
     assert check["J_interval"][0] == pytest.approx(-1.88, abs=0.01)
     assert not any("off the aggregated class" in f for f in check["failed"])
     for cls, code in (("aggregated", (0, 1)), ("tabular", (2,))):
-        doc = tmp_path / f"{cls}.json"
-        solve = subprocess.run([sys.executable, "-m", "bilevel.solve", str(TRAP), "--formulations", "MAL",
-                                "--model-class", cls, "--json"], capture_output=True, text=True, cwd=ROOT)
-        assert solve.returncode == 0, solve.stderr
-        doc.write_text(solve.stdout)
-        res = verify(mal, "--equilibria", doc)
+        res = verify(mal, "--equilibria", mal_docs[cls])
         assert res.returncode in code, res.stderr
         if cls == "tabular":
             assert len(res.stderr.strip().splitlines()) == 1 and "aggregated" in res.stderr
@@ -236,19 +244,14 @@ def test_contextualized_runs_stay_in_the_class(formulation):
     assert mdp.model_blocks.distance(rec.model) < 1e-12
 
 
-def test_report_checks_class_runs_and_refuses_another_class(trap_runs, tmp_path):
+def test_report_checks_class_runs_and_refuses_another_class(trap_runs, mal_docs, tmp_path):
     """The report of aggregated_trap (the file's class) shows the class run verified against the
     class's MAL interval; an equilibria file of the tabular class is refused (exit 2, one line)."""
     _, recs, out = trap_runs
     runs = tmp_path / "runs"
     runs.mkdir()
     (runs / recs[0].filename).write_text(recs[0].to_json())
-    docs = {}
-    for cls in ("aggregated", "tabular"):
-        solve = subprocess.run([sys.executable, "-m", "bilevel.solve", str(TRAP), "--formulations", "MAL",
-                                "--model-class", cls, "--json"], capture_output=True, text=True, cwd=ROOT)
-        docs[cls] = tmp_path / f"{cls}.json"
-        docs[cls].write_text(solve.stdout)
+    docs = mal_docs
 
     def report(doc, name):
         return subprocess.run([sys.executable, "-m", "bilevel.report", str(TRAP), "--equilibria", str(doc),
