@@ -13,11 +13,11 @@ def pull_back(route, lead, name: str, bound: float, out) -> None:
     """A SCIP end at the band's edge whose snap to the follower's best response lifts its leader
     value above the band by s = after - before (taken at least after - band; the follower's KKT
     residual at SCIP's feasibility tolerance, amplified by the model's return): solve the end
-    again with the leader capped at
-    band - 2^k s (k = 1, 2), so that the snapped point falls inside the band. The first solve's
-    bound on J over the whole band stays the proof, and the new end's proved gap is its distance
-    |J - bound| to it (for the min end: no equilibrium of the band has J below the bound, and
-    the new end is one with J = its value). `out` is updated when a retry passes."""
+    again with the leader capped at band - 2^k s (k = 1, 2), so that the snapped point falls
+    inside the band. The first solve's bound on J over the whole band stays the proof, and the
+    new end's proved gap is its distance |J - bound| to it (for the min end: no equilibrium of
+    the band has J below the bound, and the new end is one with J = its value). `out` is
+    updated when a retry passes."""
     m = route.bm.model
     after = out.snapped["leader_objective_after"]
     # the snap's lift, or (when SCIP's own point was already past the band) the excess itself
