@@ -214,6 +214,16 @@ def test_verify_checks_class_runs_against_the_class(trap_runs, mal_docs):
             assert len(res.stderr.strip().splitlines()) == 1 and "aggregated" in res.stderr
 
 
+def test_verify_refuses_a_run_of_a_class_the_file_does_not_define(trap_runs, tmp_path):
+    d = json.loads(trap_runs[1][0].to_json())
+    d["model_class"] = "linear"
+    f = tmp_path / "linear.json"
+    f.write_text(json.dumps(d))
+    res = verify(f)
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0
+    assert "model_class" in res.stderr and "defines an aggregated class" in res.stderr
+
+
 def test_verify_flags_a_model_off_the_class(trap_runs, tmp_path):
     """A record that claims the aggregated class but whose merged cells predict different rows."""
     mdp, recs, _ = trap_runs

@@ -106,4 +106,4 @@ def apply_model_class(mdp, choice: str | None):
     if choice == "tabular":
         return with_model_class(mdp, TABULAR)
     raise MDPError(mdp.source, "model_class", f"--model-class {choice}: the file defines "
-                   f"{'no model class' if mdp.model_class.tabular else 'a ' + mdp.model_class.kind + ' class'}")
+                   f"{mdp.model_class.as_defined()}")

@@ -31,7 +31,7 @@ from bilevel.equilibria.pull_back import pull_back
 from bilevel.equilibria.mpec_route import (HOMOTOPY, POLISH_ONLY_PAIRS, SCIP_ABS_GAP, SCIP_GAP,
                                            WARM_SCHEDULE, _LEADER_RESTARTS, _certified_end,
                                            _descend_leader, _ipopt_best, _load, _other_equilibria,
-                                           set_objective)
+                                           cap_leader, set_objective)
 from bilevel.equilibria.starts import random_starts, starting_point, structured_starts
 from bilevel.game.formulations import BilevelModel, build
 from bilevel.mdp.graph import live_pairs
@@ -191,9 +191,7 @@ def end_step(route: Route, lead: Lead, name: str) -> End:
     bm, m = route.bm, route.bm.model
     sense = dict(ENDS)[name]
     _load(lead.result.point)
-    if m.component("eq_leader_bound") is not None:
-        m.del_component("eq_leader_bound")
-    m.eq_leader_bound = pyo.Constraint(expr=m.leader <= lead.L + lead.tol)
+    cap_leader(m, lead.L + lead.tol)
     set_objective(m, m.true_return, sense)
     if route.which == "ipopt":
         res = _ipopt_best(m, route.backend, route.reduction, route.kw,

@@ -84,6 +84,13 @@ def _snaps(bm: BilevelModel) -> bool:
     return game.formulation(bm.formulation).closed_form_follower
 
 
+def cap_leader(m, cap: float) -> None:
+    """The end steps' constraint leader <= cap on the model (replacing an earlier cap)."""
+    if m.component("eq_leader_bound") is not None:
+        m.del_component("eq_leader_bound")
+    m.eq_leader_bound = pyo.Constraint(expr=m.leader <= cap)
+
+
 def _load(point) -> None:
     """Set the model's variables to `point` ({VarData: value})."""
     for v, x in point.items():

@@ -3,9 +3,7 @@ below the band (docs/DESIGN.md section 4). `route`, `lead`: the `mpec_interval.R
 of the interval."""
 from __future__ import annotations
 
-import pyomo.environ as pyo
-
-from bilevel.equilibria.mpec_route import _certified_end, _load
+from bilevel.equilibria.mpec_route import _certified_end, _load, cap_leader
 from bilevel.mpec.driver import solve_mpec
 
 
@@ -26,8 +24,7 @@ def pull_back(route, lead, name: str, bound: float, out) -> None:
     for k in (1, 2):
         cap = max(lead.band - 2 ** k * shift, floor)
         _load(lead.result.point)
-        m.del_component("eq_leader_bound")
-        m.eq_leader_bound = pyo.Constraint(expr=m.leader <= cap)
+        cap_leader(m, cap)
         res = solve_mpec(m, route.reduction, route.backend, **route.kw)
         if not res.ok:
             return

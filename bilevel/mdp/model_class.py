@@ -58,6 +58,12 @@ class ModelClass:
     def tabular(self) -> bool:
         return self.kind == "tabular"
 
+    def as_defined(self) -> str:
+        """What a file with this class defines, for errors: "no model class" or "a <kind> class"."""
+        if self.tabular:
+            return "no model class"
+        return f"{'an' if self.kind[0] in 'aeiou' else 'a'} {self.kind} class"
+
     def describe(self) -> str:
         """One line: the kind and its size."""
         if self.kind == "aggregated":

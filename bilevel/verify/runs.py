@@ -7,8 +7,7 @@ from pathlib import Path
 
 from bilevel.cli.output import progress
 from bilevel.mdp.io import load_mdp
-from bilevel.mdp.model import MDPError, with_model_class
-from bilevel.mdp.model_class import TABULAR
+from bilevel.mdp.model import MDPError
 from bilevel.rl.record import RunRecord
 from bilevel.verify.check import RunCheck, VerifyInputError, check_run, require_alpha
 
@@ -110,13 +109,12 @@ def verify_runs(runs, equilibria: dict | None = None, log=None,
 def run_class(mdp, rec: RunRecord, file: str):
     """The MDP in the model class the run trained in: the tabular class of any file, or the file's
     own class (a run of another class than the file's is an input error)."""
-    if rec.model_class == "tabular":
-        return with_model_class(mdp, TABULAR) if mdp.restricted else mdp
-    if rec.model_class != mdp.model_class.kind:
+    from bilevel.cli.common import apply_model_class
+    try:
+        return apply_model_class(mdp, rec.model_class)
+    except MDPError:
         raise VerifyInputError(f"{file}: model_class: the run trained models of the {rec.model_class} "
-                               f"class, {rec.mdp_path} defines "
-                               f"{'no model class' if not mdp.restricted else 'a ' + mdp.model_class.kind + ' class'}")
-    return mdp
+                               f"class, {rec.mdp_path} defines {mdp.model_class.as_defined()}") from None
 
 
 def _solve(mdp, formulation, alpha) -> dict:
