@@ -534,3 +534,26 @@ def test_aggregated_class_moves_mal_random_noise(trap):
     assert aggregated.ok, aggregated.reason
     assert aggregated.low.J < J_star - 0.5
     assert trap.model_blocks.distance(aggregated.low.model) < 1e-8
+
+
+def test_solve_table_shows_scip_proved_gap():
+    """solve's certificate column: a SCIP-global row shows the larger of its ends' proved gaps on J
+    (ignoring an end without one), and nothing when both are 0."""
+    import copy
+    import io
+    from bilevel.equilibria.document import solve_to_dict
+    from bilevel.solve import print_table
+    mdp = load_mdp(HIDDEN)
+    doc = solve_to_dict(mdp, formulations=["MAL"], solver="mpec-scip")
+    assert doc["formulations"]["MAL"]["certificate"] == "global"
+
+    def cert_with(gaps):
+        d = copy.deepcopy(doc)
+        d["formulations"]["MAL"]["proved_gap"] = gaps
+        buf = io.StringIO()
+        print_table(mdp, d, out=buf)
+        return next(line for line in buf.getvalue().splitlines() if line.startswith("MAL "))
+
+    assert "global (gap 0.0011)" in cert_with({"min": 1.1e-3, "max": None})
+    row = cert_with({"min": 0.0, "max": 0.0})
+    assert "global" in row and "gap" not in row

@@ -209,16 +209,17 @@ def check_run(rec: RunRecord, mdp: TabularMDP, eq: dict, optimal_J: float, file:
         notes.append(f"the exact solution records no alpha for {f}: the run's alpha "
                      f"{rec.alpha:g} is not checked against it")
     exact_L = eq.get("leader_objective")
-    slack = None if exact_L is None else 1e-3 * max(1.0, abs(float(exact_L)))
-    if exact_L is not None and eps_pi <= tol_pi and leader < float(exact_L) - slack:
-        notes.append(f"the run's leader objective {leader:.6g} beats the exact optimum {float(exact_L):.6g}: "
-                     "the exact solve missed a better equilibrium, so its interval is suspect")
-    elif (exact_L is not None and position == OUTSIDE and eps_pi <= tol_pi and
-          not (spec.fits_leader_data and eps_M > TOL_M) and leader > float(exact_L) + _band(eq)):
-        # the exact optimum is attained by its witness: the run's equilibrium is not leader-optimal
-        notes.append(f"the follower best-responds, but the run's leader objective {leader:.6g} is "
-                     f"{leader - float(exact_L):.3g} above the exact optimum {float(exact_L):.6g}: "
-                     "the leader stopped at an equilibrium it could improve on")
+    if exact_L is not None and eps_pi <= tol_pi:
+        L_star = float(exact_L)
+        if leader < L_star - 1e-3 * max(1.0, abs(L_star)):
+            notes.append(f"the run's leader objective {leader:.6g} beats the exact optimum {L_star:.6g}: "
+                         "the exact solve missed a better equilibrium, so its interval is suspect")
+        elif (position == OUTSIDE and not (spec.fits_leader_data and eps_M > TOL_M)
+              and leader > L_star + _band(eq)):
+            # the exact optimum is attained by its witness: the run's equilibrium is not leader-optimal
+            notes.append(f"the follower best-responds, but the run's leader objective {leader:.6g} is "
+                         f"{leader - L_star:.3g} above the exact optimum {L_star:.6g}: "
+                         "the leader stopped at an equilibrium it could improve on")
     return RunCheck(file=file, formulation=f, seed=rec.seed, alpha=rec.alpha, J=J, episode_reward=ep,
                     J_interval=(lo, hi), episode_reward_interval=ep_int, outside_by=outside,
                     tol_J=tol_J, position=position, tol_pi=tol_pi, eps_M=eps_M, eps_pi=eps_pi,
