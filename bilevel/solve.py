@@ -142,7 +142,8 @@ def print_table(mdp: TabularMDP, doc: dict, out=None) -> None:
              if eps is not None else
              f"leader-optimal equilibria of the {mdp.model_class.kind} model class, at the file's "
              f"floor eta={mdp.floor:g} and a band of 1e-6 relative" if mdp.restricted else
-             "leader-optimal equilibria, in the limit of a vanishing model floor and band")
+             "leader-optimal equilibria, in the limit of a vanishing model floor and band,\n"
+             "except rows noted 'at the file's floor'")
     print(f"\nExact Stackelberg equilibria (strong/optimistic: the leader picks among the "
           f"follower's best responses;\nintervals = min and max true return over {which})", file=out)
     j_head = "J(pi, M) T-step" if mdp.averaged else "J(pi, M) discounted"
@@ -174,6 +175,10 @@ def print_table(mdp: TabularMDP, doc: dict, out=None) -> None:
                 print(f"{'':<24} {'':>6}  note: the {end} end holds in the limit eta -> 0; at "
                       f"eta={d['at_floor']['eta']:g} its policy is not a best response (gap "
                       f"{f_['floored_witness_follower_gap']:.2g}){at}", file=out)
+        if eps is None and not mdp.restricted and not d.get("limit"):
+            print(f"{'':<24} {'':>6}  note: at the file's floor eta={mdp.floor:g} and band leader "
+                  f"<= L* + {d['tolerance']:.2g} (no limit route for this formulation and solver)",
+                  file=out)
         for end, why in d.get("ends_at_leader_optimum", {}).items():
             print(f"{'':<24} {'':>6}  note: the {end} end is the leader optimum (its own search "
                   f"failed: {why})", file=out)

@@ -370,3 +370,28 @@ def test_verify_unproved_end_does_not_widen_the_tolerance(pal_run, hidden_goal):
                          _pal_entry(J + 1e-3, J + 1e-3, proved_gap={"min": None, "max": math.inf}),
                          J)
     assert c.position == "outside" and any("no proved gap" in n for n in c.notes)
+
+
+def test_solve_table_notes_the_rows_that_are_not_limit_intervals(hidden_goal):
+    """The table's header promises limit intervals; a row from a route without a limit (MAL +
+    agent reward's enumeration here) is at the file's floor and band, and says so with its band.
+    A limit row (MAL's exact route) gets no such note, and under --epsilon (header: at the
+    floor) no row does."""
+    import io
+    doc = document.solve_to_dict(hidden_goal, formulations=["MAL", "MAL_agent_reward"])
+    agent = doc["formulations"]["MAL_agent_reward"]
+    assert not agent.get("limit") and doc["formulations"]["MAL"]["limit"]
+
+    def lines_after(d, name):
+        buf = io.StringIO()
+        solve.print_table(hidden_goal, d, out=buf)
+        rows = buf.getvalue().splitlines()
+        i = next(k for k, line in enumerate(rows) if line.startswith(name))
+        return rows[i + 1]
+
+    note = lines_after(doc, "MAL + agent reward")
+    assert "note: at the file's floor eta=1e-06" in note
+    assert f"L* + {agent['tolerance']:.2g}" in note
+    assert "floor" not in lines_after(doc, "MAL   ")
+    eps_doc = {**doc, "formulations": {f: {**d, "epsilon": 0.01} for f, d in doc["formulations"].items()}}
+    assert "note: at the file's floor" not in lines_after(eps_doc, "MAL + agent reward")
