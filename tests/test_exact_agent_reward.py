@@ -109,6 +109,26 @@ def test_bounds_are_ordered_and_finite(hidden_goal):
     assert 0.9 < b.nu_hi[0] < 1.0
 
 
+@pytest.mark.parametrize("branching", [1, 3])
+def test_span_in_is_the_widest_spread_over_the_value_box(branching):
+    """span_in(s,a) = max over V in [V_lo, V_hi] of max - min of R + g V over supp P(.|s,a):
+    the spread is convex in V, so its max is at a vertex of the box of the support's values;
+    enumerated here vertex by vertex. One successor: 0 (no lie on supp P is possible)."""
+    import itertools
+    mdp = garnet(6, 3, branching, seed=4, support="neighbors", initial="first")
+    b = minlp_bounds(mdp)
+    g = mdp.gamma
+    for s in np.flatnonzero(~mdp.terminal):
+        for a in range(mdp.n_actions):
+            sup = np.flatnonzero(mdp.P[s, a] > 0)
+            best = 0.0
+            for corner in itertools.product(*[(b.V_lo[t], b.V_hi[t]) for t in sup]):
+                f = mdp.R[s, a, sup] + g * np.where(mdp.terminal[sup], 0.0, corner)
+                best = max(best, f.max() - f.min())
+            assert b.span_in[s, a] == pytest.approx(best, rel=1e-8, abs=1e-8)
+            assert branching > 1 or best == 0.0
+
+
 def test_simulation_identity_and_the_pieces_of_its_bound(hidden_goal):
     """(1 - g) rho0 . V_Phat = sum mu (r + Delta) for a deterministic policy, and per pair
     Delta <= width_in TV(P, q) + width_out o with the widths of R + g V at the point (within

@@ -22,7 +22,7 @@ Split Phat(.|s,a) into its mass o off supp P and q = Phat / (1 - o) on supp P: t
 KL(P || Phat) = KL(P || q) + l, l = -log(1 - o) >= o, and by Pinsker TV(P, q) <= sqrt(KL(P || q) / 2), so
     Delta <= span_in TV(P, q) + span_out o,
 span_in / span_out the widths of R + g V over supp P / from supp P to K - supp P under the V
-bounds. With h = mu TV(P, q) and y = mu l this is
+bounds (a width over supp P pairs two different targets: 0 where P has one successor). With h = mu TV(P, q) and y = mu l this is
     (1 - g) rho0 . V <= sum mu r + sum span_in h + sum span_out y,
     2 h^2 <= mu (z - y)   (a rotated cone: z - y >= mu KL(P || q)),   y >= l(|K - supp P| eta) mu,
 all valid at every integer point, so the relaxation only gains what a lie can buy, about
@@ -81,7 +81,7 @@ class MINLPBounds:
     p_hi: np.ndarray       # (S, A) largest model probability on K(s,a)
     kl_lo: np.ndarray      # (S, A)
     kl_hi: np.ndarray      # (S, A)
-    span_in: np.ndarray    # (S, A) max - min of R + g V over t in supp P(.|s,a) (V_hi, V_lo)
+    span_in: np.ndarray    # (S, A) max over t != t' in supp P(.|s,a) of (R + g V_hi)(t) - (R + g V_lo)(t'), 0 for one successor
     span_out: np.ndarray   # (S, A) max over K - supp P of R + g V_hi - min over supp P of R + g V_lo
     ell_lo: np.ndarray     # (S, A) -log(1 - o) at the smallest model mass o off supp P (the floor)
     ell_hi: np.ndarray     # (S, A) ... at the largest (0 where K = supp P)
@@ -89,6 +89,16 @@ class MINLPBounds:
 
 def _widen(lo, hi):
     return lo - BOUND_SLACK * np.maximum(1.0, np.abs(lo)), hi + BOUND_SLACK * np.maximum(1.0, np.abs(hi))
+
+
+def _width(f_hi: np.ndarray, f_lo: np.ndarray) -> float:
+    """max_{t != t'} f_hi(t) - f_lo(t') (>= 0; 0 for one point): a bound on max f - min f when
+    f_lo <= f <= f_hi, since the max and the min of f at one point coincide."""
+    if f_hi.size < 2:
+        return 0.0
+    d = f_hi[:, None] - f_lo[None, :]
+    np.fill_diagonal(d, -np.inf)
+    return max(0.0, float(d.max()))
 
 
 def minlp_bounds(mdp: TabularMDP) -> MINLPBounds:
@@ -130,7 +140,7 @@ def minlp_bounds(mdp: TabularMDP) -> MINLPBounds:
             f_hi, f_lo = mdp.R[s, a] + g * V_hi, mdp.R[s, a] + g * V_lo
             sup = P[s, a] > 0
             out = mdp.K[s, a] & ~sup
-            span_in[s, a] = float(np.max(f_hi[sup]) - np.min(f_lo[sup]))
+            span_in[s, a] = _width(f_hi[sup], f_lo[sup])
             if out.any():
                 span_out[s, a] = max(0.0, float(np.max(f_hi[out]) - np.min(f_lo[sup])))
                 ell_lo[s, a] = -np.log1p(-out.sum() * eta) * (1 - 1e-9)
