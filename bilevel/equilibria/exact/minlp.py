@@ -22,7 +22,8 @@ Split Phat(.|s,a) into its mass o off supp P and q = Phat / (1 - o) on supp P: t
 KL(P || Phat) = KL(P || q) + l, l = -log(1 - o) >= o, and by Pinsker TV(P, q) <= sqrt(KL(P || q) / 2), so
     Delta <= span_in TV(P, q) + span_out o,
 span_in / span_out the widths of R + g V over supp P / from supp P to K - supp P under the V
-bounds (a width over supp P pairs two different targets: 0 where P has one successor). With h = mu TV(P, q) and y = mu l this is
+bounds (a width over supp P pairs two different targets: 0 where P has one successor). With
+h = mu TV(P, q) and y = mu l this is
     (1 - g) rho0 . V <= sum mu r + sum span_in h + sum span_out y,
     2 h^2 <= mu (z - y)   (a rotated cone: z - y >= mu KL(P || q)),   y >= l(|K - supp P| eta) mu,
 all valid at every integer point, so the relaxation only gains what a lie can buy, about
@@ -81,7 +82,7 @@ class MINLPBounds:
     p_hi: np.ndarray       # (S, A) largest model probability on K(s,a)
     kl_lo: np.ndarray      # (S, A)
     kl_hi: np.ndarray      # (S, A)
-    span_in: np.ndarray    # (S, A) max over t != t' in supp P(.|s,a) of (R + g V_hi)(t) - (R + g V_lo)(t'), 0 for one successor
+    span_in: np.ndarray    # (S, A) max_{t != t' in supp P(.|s,a)} (R + g V_hi)(t) - (R + g V_lo)(t')
     span_out: np.ndarray   # (S, A) max over K - supp P of R + g V_hi - min over supp P of R + g V_lo
     ell_lo: np.ndarray     # (S, A) -log(1 - o) at the smallest model mass o off supp P (the floor)
     ell_hi: np.ndarray     # (S, A) ... at the largest (0 where K = supp P)
