@@ -6,8 +6,8 @@ The MDPs: stochastic Garnets garnet(S, 3, 2, support="neighbors", initial="first
 deterministic ones garnet(S, 3, 1, ...) for S = 25 and 40, and the 5x5 and 10x10 gridworlds of
 mdps/ with their slip and without it (slip 0: every pair has one successor, so the relaxation's
 lie term on supp P vanishes; module docstring of bilevel.equilibria.exact.agent_reward).
-Each measurement runs in a fresh subprocess (exact_targets.measure's rules: the clock starts
-after the imports; a run past `--kill-after` counts with that time and is not repeated).
+Each measurement runs in a fresh subprocess (exact_targets.measure: the clock starts after the
+imports; a run past `--kill-after` counts with that time and is not repeated).
 
     python benchmarks/agent_reward_reach.py [--repeats 1] [--time-limit 120] [--only SPEC ...]
         [--json FILE] [--blas-threads 1]
@@ -75,26 +75,6 @@ def worker(spec: str, what: str, time_limit: float) -> dict:
             "states": int(mdp.n_states), "imports_s": imports}
 
 
-def measure(spec: str, what: str, time_limit: float, kill_after: float, env) -> dict:
-    import subprocess
-    import threading
-    p = subprocess.Popen([sys.executable, __file__, "--worker", spec, what, str(time_limit)],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
-                         env=env)
-    t0 = time.perf_counter()
-    timer = threading.Timer(kill_after, p.kill)
-    timer.start()
-    out = p.stdout.read()
-    rc = p.wait()
-    timer.cancel()
-    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
-    if rc != 0 or not lines:
-        killed = rc < 0 and time.perf_counter() - t0 >= kill_after
-        return {"s": kill_after if killed else time.perf_counter() - t0, "ok": False,
-                "killed": killed, "status": f"killed at {kill_after:g} s" if killed else f"exit {rc}"}
-    return json.loads(lines[-1])
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=1)
@@ -113,10 +93,11 @@ def main(argv=None) -> int:
     print(f"{'MDP':<34} {'S':>4} {'certificate':<12} {'interval':<22} {'proved gaps (L, min, max)':<28} "
           f"{'s (median)':>10} {'LP s':>8} {'ratio':>8}", flush=True)
     for spec in args.only or SPECS:
-        lp = [measure(spec, "lp", args.time_limit, 120, env) for _ in range(args.repeats)]
+        extra = (str(args.time_limit),)
+        lp = [exact_targets.measure(spec, "lp", 120, __file__, extra, env) for _ in range(args.repeats)]
         runs = []
         for _ in range(args.repeats):
-            runs.append(measure(spec, "minlp", args.time_limit, kill, env))
+            runs.append(exact_targets.measure(spec, "minlp", kill, __file__, extra, env))
             if runs[-1].get("killed"):
                 break
         r = runs[-1]

@@ -127,11 +127,13 @@ def worker(spec: str, what: str) -> dict:
             "how": res.details.get("how"), "imports_s": imports}
 
 
-def measure(spec: str, what: str, kill_after: float) -> dict:
-    """`worker` in a fresh interpreter, killed after `kill_after` seconds."""
-    p = subprocess.Popen([sys.executable, __file__, "--worker", spec, what],
+def measure(spec: str, what: str, kill_after: float, script: str = __file__, extra=(),
+            env: dict | None = None) -> dict:
+    """`script --worker spec what *extra` (this file's `worker` by default) in a fresh
+    interpreter, killed after `kill_after` seconds; its last JSON line is the result."""
+    p = subprocess.Popen([sys.executable, script, "--worker", spec, what, *extra],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
-                         env=WORKER_ENV)
+                         env=env or WORKER_ENV)
     t0 = time.perf_counter()
     timer = threading.Timer(kill_after, p.kill)
     timer.start()
