@@ -166,3 +166,20 @@ def test_simulation_identity_and_the_pieces_of_its_bound(hidden_goal):
                     width_out = max(0.0, f_sa[out].max() - f_sa[sup].min()) if out.any() else 0.0
                     assert delta[s, a] <= width_in * tv + width_out * o + 1e-9
                     assert width_in <= b.span_in[s, a] + 1e-9 and width_out <= b.span_out[s, a] + 1e-9
+
+
+def test_the_minlp_refuses_the_averaged_occupancy(hidden_goal):
+    """The MINLP's flow, loss weights and simulation bound are discounted: under `occupancy:
+    average` `--solver exact` must not run it (it once did, and called the discounted leader
+    optimum global), and takes the route of `auto` instead; its leader objective is the
+    averaged one that the enumeration computes."""
+    from bilevel.equilibria import solve_formulation
+    avg = hidden_goal.with_(occupancy="average")
+    with pytest.raises(ValueError, match="discounted"):
+        build_minlp(avg, ALPHA)
+    res = solve_formulation(avg, "MAL_agent_reward", ALPHA, solver="exact")
+    enum = enumerate_interval(avg, "MAL_agent_reward", ALPHA)
+    assert res.ok and res.solver != "exact-minlp"
+    assert res.leader_objective == pytest.approx(enum.leader_objective, abs=1e-9)
+    discounted = agent_reward_interval(hidden_goal, ALPHA, time_limit=30.0)
+    assert abs(discounted.leader_objective - enum.leader_objective) > 1e-7

@@ -80,7 +80,7 @@ def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = N
         from bilevel.equilibria.exact import exact_interval, has_exact_route
         if has_exact_route(formulation, mdp) and (solver != "enumerate" or not spec.enumerable):
             return exact_interval(mdp, formulation, alpha, log=log)
-        if solver == "exact" and spec.exact_minlp and not mdp.restricted:
+        if solver == "exact" and spec.exact_minlp and not mdp.restricted and not mdp.averaged:
             # no closed-form structure: SCIP on the binary-follower MINLP (global where proved)
             from bilevel.equilibria.exact.agent_reward import agent_reward_interval
             return agent_reward_interval(mdp, alpha, time_limit=time_limit, log=log)

@@ -157,6 +157,9 @@ def build_minlp(mdp: TabularMDP, alpha: float, bounds: MINLPBounds | None = None
     model has `leader` and `true_return` expressions and no objective."""
     if not mdp.floor > 0.0:
         raise ValueError("the MINLP needs a model floor eta > 0 (log Phat on the support of P)")
+    if mdp.averaged or mdp.restricted:
+        raise ValueError("the MINLP is for tabular models and the discounted occupancy (its flow, "
+                         "loss weights and simulation bound are discounted)")
     b = bounds or minlp_bounds(mdp)
     S, A, g, eta = mdp.n_states, mdp.n_actions, mdp.gamma, mdp.floor
     P, R, K = mdp.P, mdp.R, mdp.K
