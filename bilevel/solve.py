@@ -59,7 +59,7 @@ def planned_route(mdp: TabularMDP, formulation: str, solver: str = "auto",
                   epsilon: float | None = None) -> str:
     """The route bilevel.equilibria.solve_formulation takes for `formulation` with `solver`
     (a description; nothing is solved)."""
-    from bilevel.equilibria.routing import SOLVER_ALIASES, choose_solver
+    from bilevel.equilibria.routing import SOLVER_ALIASES, choose_solver, takes_minlp
     from bilevel.equilibria.exact import has_exact_route
     s = SOLVER_ALIASES.get(solver, solver)
     form = game_formulation(formulation)
@@ -71,6 +71,8 @@ def planned_route(mdp: TabularMDP, formulation: str, solver: str = "auto",
     elif s in ("auto", "exact", "enumerate"):
         if has_exact_route(formulation, mdp) and (s != "enumerate" or not form.enumerable):
             return "exact route"
+        if takes_minlp(mdp, s, form):
+            return "binary-follower MINLP with SCIP"
         if s != "enumerate":
             s = "auto"
     s = {"mpec-scip": "scip", "mpec-ipopt": "ipopt"}.get(s, s)
@@ -215,8 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(PAL: closed form; MAL, MAL + random noise: deterministic follower "
                         "policies, MILP; global); MAL + agent reward: with exact, SCIP on a "
                         "binary-follower MINLP (global where proved: ~12 states when stochastic, "
-                        "more when deterministic), with "
-                        "auto the MPEC route "
+                        "more when deterministic), with auto the MPEC route "
                         "(follower-policy enumeration when at most 16 policies, SCIP on tiny "
                         "MDPs, else IPOPT, local); mpec-scip / mpec-ipopt (alias scip / ipopt): "
                         "the single-level MPEC with that solver; enumerate: SCIP per "

@@ -183,3 +183,21 @@ def test_the_minlp_refuses_the_averaged_occupancy(hidden_goal):
     assert res.leader_objective == pytest.approx(enum.leader_objective, abs=1e-9)
     discounted = agent_reward_interval(hidden_goal, ALPHA, time_limit=30.0)
     assert abs(discounted.leader_objective - enum.leader_objective) > 1e-7
+
+
+def test_exact_proves_what_auto_leaves_local_and_ipopt_ends_lie_inside():
+    """A 5-state Garnet (243 policies): `--solver exact` proves MAL + agent reward's interval on the
+    MINLP; `auto` takes the MPEC route, whose local IPOPT ends lie inside it (its low end, 7.626,
+    misses the global 7.556). solve's route description names each route."""
+    from bilevel.equilibria import solve_formulation
+    from bilevel.solve import planned_route
+    mdp = garnet(5, 3, 2, seed=0, support="all", initial="first")
+    res = solve_formulation(mdp, "MAL_agent_reward", ALPHA, solver="exact")
+    assert res.ok and res.solver == "exact-minlp" and res.certificate == "global"
+    _check_ends(mdp, res)
+    local = solve_formulation(mdp, "MAL_agent_reward", ALPHA)
+    assert local.ok and local.solver == "ipopt" and local.certificate == "local"
+    for end in (local.low, local.high):
+        assert res.low.J - 1e-6 <= end.J <= res.high.J + 1e-6
+    assert planned_route(mdp, "MAL_agent_reward", "exact") == "binary-follower MINLP with SCIP"
+    assert planned_route(mdp, "MAL_agent_reward") == "MPEC with IPOPT (local)"

@@ -42,6 +42,15 @@ def choose_solver(mdp: TabularMDP, solver: str, formulation: str = "") -> str:
 
 
 
+def takes_minlp(mdp: TabularMDP, solver: str, spec) -> bool:
+    """Whether MAL + agent reward (`spec.exact_minlp`) runs on the binary-follower MINLP
+    (bilevel.equilibria.exact.agent_reward): with `exact`, on tabular models and the discounted
+    occupancy. (Not with `auto`: the MINLP proves 8 x 3 Garnets where the MPEC route is local,
+    but in about 28 s, past the 10 s that auto has for all formulations of such an MDP;
+    benchmarks/RESULTS.md 10.)"""
+    return solver == "exact" and spec.exact_minlp and not mdp.restricted and not mdp.averaged
+
+
 def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = None,
                       solver: str = "auto", starts: int = 3, seed: int = 0,
                       time_limit: float = SCIP_TIME_LIMIT, pal_reduction: str = "closed_form",
@@ -52,9 +61,10 @@ def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = N
     file's floor) instead of the exact limit one: PAL in closed form, the MAL family on the
     MPEC route with that band.
     solver: "auto" takes the exact route where the formulation has one (bilevel.equilibria.exact:
-    PAL, MAL, MAL + random noise) and the MPEC route below otherwise (MAL + agent reward);
-    "exact" the same, but a formulation with `exact_minlp` (MAL + agent reward) goes to the
-    binary-follower MINLP (bilevel.equilibria.exact.agent_reward, SCIP, `time_limit` per solve); "mpec-scip" / "mpec-ipopt" (aliases
+    PAL, MAL, MAL + random noise) and the MPEC route below otherwise (MAL + agent reward; the
+    enumeration on tiny MDPs); "exact" the same, but MAL + agent reward goes to the
+    binary-follower MINLP (bilevel.equilibria.exact.agent_reward, SCIP, `time_limit` per solve,
+    `takes_minlp`); "mpec-scip" / "mpec-ipopt" (aliases
     "scip" / "ipopt") force the MPEC with that back-end. On the MPEC route with "auto", a SCIP
     solve that cannot prove its gap in `time_limit` hands over to IPOPT (local).
     ipopt_mode: "homotopy" (Scholtes eps schedule, then polish), "polish" (active-set polish
@@ -80,7 +90,7 @@ def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = N
         from bilevel.equilibria.exact import exact_interval, has_exact_route
         if has_exact_route(formulation, mdp) and (solver != "enumerate" or not spec.enumerable):
             return exact_interval(mdp, formulation, alpha, log=log)
-        if solver == "exact" and spec.exact_minlp and not mdp.restricted and not mdp.averaged:
+        if takes_minlp(mdp, solver, spec):
             # no closed-form structure: SCIP on the binary-follower MINLP (global where proved)
             from bilevel.equilibria.exact.agent_reward import agent_reward_interval
             return agent_reward_interval(mdp, alpha, time_limit=time_limit, log=log)
