@@ -14,7 +14,8 @@ Reach (alpha = 0.9999, 120 s per solve, benchmarks/agent_reward_reach.py): globa
 garnet(S, 3, 2, support="neighbors", initial="first") at S = 4, 6, 8, 12 in 2 to 28 s; at S = 16
 and 25 L* is proved at the root but not the min-J end. On deterministic MDPs (one successor per
 pair) TV(P, q) = 0 and the lie term on supp P vanishes: garnet(25, 3, 1) and garnet(40, 3, 1)
-are global in 6 and 14 s (the 100-state gridworld without slip is not: its min end stays open). On stochastic ones the relaxation credits every visited pair with a lie worth
+are global in 6 and 14 s (the 100-state gridworld without slip is not: its min end stays
+open). On stochastic ones the relaxation credits every visited pair with a lie worth
 (1 - alpha)^2 span_in^2 / (8 alpha (1 - g)^2) (about 0.06 in J at g = 0.9; more at g = 0.95 on
 grid_hidden_goal, where even L* stays open), and the band's edge is crowded with policies that
 only spatial branching on V tells apart (docs/DESIGN.md 5.6 has the measurements).
