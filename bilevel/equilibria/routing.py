@@ -48,7 +48,10 @@ def takes_minlp(mdp: TabularMDP, solver: str, spec) -> bool:
     occupancy. (Not with `auto`: the MINLP proves 8 x 3 Garnets where the MPEC route is local,
     but in about 28 s, past the 10 s that auto has for all formulations of such an MDP;
     benchmarks/RESULTS.md 10.)"""
-    return solver == "exact" and spec.exact_minlp and not mdp.restricted and not mdp.averaged
+    if solver != "exact" or not spec.exact_minlp:
+        return False
+    from bilevel.equilibria.exact.minlp import minlp_applies
+    return minlp_applies(mdp)
 
 
 def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = None,

@@ -152,12 +152,17 @@ def minlp_bounds(mdp: TabularMDP) -> MINLPBounds:
                        ell_lo, ell_hi)
 
 
+def minlp_applies(mdp: TabularMDP) -> bool:
+    """The MINLP models tabular models under the discounted occupancy only."""
+    return not mdp.averaged and not mdp.restricted
+
+
 def build_minlp(mdp: TabularMDP, alpha: float, bounds: MINLPBounds | None = None) -> BilevelModel:
     """The MINLP of the module docstring as a BilevelModel (reduction "binary-policy"); the
     model has `leader` and `true_return` expressions and no objective."""
     if not mdp.floor > 0.0:
         raise ValueError("the MINLP needs a model floor eta > 0 (log Phat on the support of P)")
-    if mdp.averaged or mdp.restricted:
+    if not minlp_applies(mdp):
         raise ValueError("the MINLP is for tabular models and the discounted occupancy (its flow, "
                          "loss weights and simulation bound are discounted)")
     b = bounds or minlp_bounds(mdp)
