@@ -58,13 +58,11 @@ def worker(spec: str, what: str, time_limit: float) -> dict:
     solve)."""
     t_imp = time.perf_counter()
     from bilevel.equilibria.exact.agent_reward import agent_reward_interval
-    from bilevel.tabular import occupancy_lp
     mdp = load(spec)
     imports = time.perf_counter() - t_imp
-    t0 = time.perf_counter()
     if what == "lp":
-        occupancy_lp(mdp.P, mdp.r, mdp.rho0, mdp.gamma)
-        return {"s": time.perf_counter() - t0, "ok": True, "status": "optimal", "imports_s": imports}
+        return exact_targets.time_lp(mdp, imports)
+    t0 = time.perf_counter()
     res = agent_reward_interval(mdp, 0.9999, time_limit=time_limit)
     s = time.perf_counter() - t0
     if not res.ok:
