@@ -67,6 +67,12 @@ _STATUS = {
 }
 
 
+# MUMPS fill-reducing ordering (ICNTL(7)): 0 = AMD. IPOPT's default (7, MUMPS chooses) picks an
+# ordering that factorizes the MPEC's KKT systems slower: MAL + agent reward's IPOPT route on
+# grid_10x10 took 1.38x as long with it, with the same interval (benchmarks/RESULTS.md section 11)
+MUMPS_PIVOT_ORDER = 0
+
+
 @dataclass(frozen=True)
 class Ipopt:
     """IPOPT options. `options` are passed verbatim to IPOPT (`add_option(key, value)`)."""
@@ -86,7 +92,8 @@ class Ipopt:
 
     def ipopt_options(self) -> dict:
         opts = {"tol": float(self.tol), "max_iter": int(self.max_iter),
-                "print_level": int(self.print_level), "sb": "yes"}
+                "print_level": int(self.print_level), "sb": "yes",
+                "mumps_pivot_order": MUMPS_PIVOT_ORDER}
         opts.update(self.options or {})
         return opts
 

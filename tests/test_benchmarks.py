@@ -116,3 +116,19 @@ def test_agent_reward_reach_runs_and_reports_the_enumerations_interval(tmp_path)
     import agent_reward_reach
     grid = agent_reward_reach.load("slip0:mdps/grid_hidden_goal.yaml")
     assert grid.n_states == 22 and ((grid.P > 0).sum(-1) == 1).all()
+
+
+def test_the_mumps_ordering_changes_the_time_not_the_interval():
+    """benchmarks/ipopt_ordering.py's claim on a case small enough for the suite: MAL + agent
+    reward through the IPOPT MPEC route on a 3-state Garnet gives the same certificate and
+    interval under the ordering solvers.ipopt sets (AMD) and under IPOPT's own choice."""
+    import ipopt_ordering
+    import solvers.ipopt
+    case = "garnet:3:2:2:1:neighbors|MAL_agent_reward|mpec-ipopt"
+    kept = solvers.ipopt.MUMPS_PIVOT_ORDER
+    try:
+        amd, auto = (ipopt_ordering.worker(case, order) for order in (0, 7))
+    finally:
+        solvers.ipopt.MUMPS_PIVOT_ORDER = kept
+    assert amd["ok"] and auto["ok"] and amd["status"] == auto["status"]
+    assert amd["J"] == pytest.approx(auto["J"], abs=1e-9)
