@@ -83,7 +83,7 @@ def open_route(mdp, formulation, alpha, which, starts, seed, time_limit, pal_red
     if which != "ipopt":
         raise ValueError(f"unknown solver {which!r} (ipopt | scip | auto)")
     schedule, warm_schedule = ((), ()) if polish_only else (HOMOTOPY, WARM_SCHEDULE)
-    structured = structured_starts(bm)
+    structured = structured_starts(bm, follower_optimal=polish_only)
     # cold starts: the model's current values (the build's start; in the end steps the
     # leader-optimal point) and starts - 1 random follower-optimal points
     kw = {"starts": min(starts, 1), "x0s": random_starts(bm, max(0, starts - 1), seed)}
