@@ -20,7 +20,7 @@ from scipy.special import rel_entr
 import bilevel.equilibria.mpec_interval as mpec_interval
 import bilevel.equilibria.mpec_route as mpec_route
 from bilevel.equilibria import follower_gap, snap_to_best_response, solve_formulation, starting_point
-from bilevel.equilibria.starts import random_starts
+from bilevel.equilibria.starts import random_starts, structured_starts
 from bilevel.game import build, extract
 from bilevel.mdp.garnet import garnet
 from bilevel.mdp import load_mdp
@@ -266,6 +266,31 @@ def test_random_starts_are_follower_optimal_points(formulation):
             assert optimality_gap(Phat, mdp.R, mdp.gamma, pi) < 1e-8
         policies.append(pi)
     assert max(np.abs(policies[0] - p).max() for p in policies[1:]) > 1e-3
+
+
+@pytest.mark.parametrize("formulation", ["PAL", "MAL", "MAL_agent_reward"])
+def test_polish_only_structured_starts_are_follower_optima(formulation):
+    """The polish-only mode starts from follower optima only (the polish keeps a start's
+    complementarity branch): every structured start best-responds (the floored fit on visited
+    pairs for PAL, a zero optimality gap in Phat for the MAL family). The full set, used with the
+    homotopy, holds a start that does not on this MDP for the MAL family (the uniform policy), so
+    the check is not empty."""
+    mdp = garnet(5, 3, 2, seed=0, support="all", initial="first")
+    bm = build(mdp, formulation)
+
+    def gaps(starts):
+        out = []
+        for x0 in starts:
+            for v, val in x0.items():
+                v.set_value(val, skip_validation=True)
+            pi, Phat = extract(bm)["policy"], extract(bm)["model"]
+            out.append(fit_error(mdp, pi, Phat) if formulation == "PAL"
+                       else optimality_gap(Phat, mdp.R, mdp.gamma, pi))
+        return out
+
+    assert max(gaps(structured_starts(bm, follower_optimal=True))) < 1e-8
+    if formulation != "PAL":
+        assert max(gaps(structured_starts(bm))) > 1e-3
 
 
 def test_failed_end_search_falls_back_to_the_leader_optimum(monkeypatch):
