@@ -248,6 +248,14 @@ def test_grid_10x10_all_formulations_locally():
         assert r.ok, (f, r.reason)
 
 
+def start_arrays(bm, x0):
+    """(pi, Phat) of an IPOPT start: its values loaded into the model and read back."""
+    for v, val in x0.items():
+        v.set_value(val, skip_validation=True)
+    x = extract(bm)
+    return x["policy"], x["model"]
+
+
 @pytest.mark.parametrize("formulation", ["PAL", "MAL", "MAL_random_noise"])
 def test_random_starts_are_follower_optimal_points(formulation):
     """Random IPOPT starts satisfy every constraint but the leader's: the follower best-responds
@@ -257,9 +265,7 @@ def test_random_starts_are_follower_optimal_points(formulation):
     bm = build(mdp, formulation)
     policies = []
     for x0 in random_starts(bm, 4, seed=0):
-        for v, val in x0.items():
-            v.set_value(val, skip_validation=True)
-        pi, Phat = extract(bm)["policy"], extract(bm)["model"]
+        pi, Phat = start_arrays(bm, x0)
         if formulation == "PAL":
             assert fit_error(mdp, pi, Phat) < 1e-9
         else:
@@ -281,9 +287,7 @@ def test_polish_only_structured_starts_are_follower_optima(formulation):
     def gaps(starts):
         out = []
         for x0 in starts:
-            for v, val in x0.items():
-                v.set_value(val, skip_validation=True)
-            pi, Phat = extract(bm)["policy"], extract(bm)["model"]
+            pi, Phat = start_arrays(bm, x0)
             out.append(fit_error(mdp, pi, Phat) if formulation == "PAL"
                        else optimality_gap(Phat, mdp.R, mdp.gamma, pi))
         return out
