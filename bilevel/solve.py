@@ -59,7 +59,7 @@ def planned_route(mdp: TabularMDP, formulation: str, solver: str = "auto",
                   epsilon: float | None = None) -> str:
     """The route bilevel.equilibria.solve_formulation takes for `formulation` with `solver`
     (a description; nothing is solved)."""
-    from bilevel.equilibria.routing import SOLVER_ALIASES, choose_solver, takes_minlp
+    from bilevel.equilibria.routing import SOLVER_ALIASES, choose_solver, refines_on_auto, takes_minlp
     from bilevel.equilibria.exact import has_exact_route
     s = SOLVER_ALIASES.get(solver, solver)
     form = game_formulation(formulation)
@@ -77,6 +77,8 @@ def planned_route(mdp: TabularMDP, formulation: str, solver: str = "auto",
             s = "auto"
     s = {"mpec-scip": "scip", "mpec-ipopt": "ipopt"}.get(s, s)
     which = choose_solver(mdp, s, formulation)
+    if s == "auto" and which == "ipopt" and epsilon is None and refines_on_auto(mdp, form):
+        return "MPEC with IPOPT, then the binary-follower MINLP with SCIP from its ends"
     return {"scip": "MPEC with SCIP", "ipopt": "MPEC with IPOPT (local)",
             "enumerate": "follower-policy enumeration"}.get(which, which)
 

@@ -185,19 +185,53 @@ def test_the_minlp_refuses_the_averaged_occupancy(hidden_goal):
     assert abs(discounted.leader_objective - enum.leader_objective) > 1e-7
 
 
-def test_exact_proves_what_auto_leaves_local_and_ipopt_ends_lie_inside():
-    """A 5-state Garnet (243 policies): `--solver exact` proves MAL + agent reward's interval on the
-    MINLP; `auto` takes the MPEC route, whose local IPOPT ends lie inside it (its low end, 7.626,
-    misses the global 7.556). solve's route description names each route."""
+def test_auto_hands_ipopts_interval_to_the_minlp_which_proves_it():
+    """A 5-state Garnet (243 policies): `auto` runs IPOPT's MPEC route, whose local low end (7.626)
+    misses the band's 7.556, then the MINLP from IPOPT's ends, within its budget; that proves the
+    same interval as `--solver exact` (no budget), and IPOPT's ends lie inside it. solve's route
+    description names each route."""
     from bilevel.equilibria import solve_formulation
     from bilevel.solve import planned_route
     mdp = garnet(5, 3, 2, seed=0, support="all", initial="first")
-    res = solve_formulation(mdp, "MAL_agent_reward", ALPHA, solver="exact")
-    assert res.ok and res.solver == "exact-minlp" and res.certificate == "global"
-    _check_ends(mdp, res)
-    local = solve_formulation(mdp, "MAL_agent_reward", ALPHA)
-    assert local.ok and local.solver == "ipopt" and local.certificate == "local"
-    for end in (local.low, local.high):
-        assert res.low.J - 1e-6 <= end.J <= res.high.J + 1e-6
+    exact = solve_formulation(mdp, "MAL_agent_reward", ALPHA, solver="exact")
+    assert exact.ok and exact.solver == "exact-minlp" and exact.certificate == "global"
+    assert all(step["time_limit"] == 30.0 for step in exact.details["steps"].values())
+    auto = solve_formulation(mdp, "MAL_agent_reward", ALPHA)
+    assert auto.ok and auto.solver == "exact-minlp" and auto.certificate == "global"
+    _check_ends(mdp, auto)
+    assert auto.details["minlp_budget"] <= 7.0
+    assert (auto.low.J, auto.high.J) == pytest.approx((exact.low.J, exact.high.J), abs=1e-9)
+    ipopt = auto.details["ipopt"]
+    assert ipopt["certificate"] == "local"
+    for J in ipopt["J"]:
+        assert exact.low.J - 1e-6 <= J <= exact.high.J + 1e-6
+    assert ipopt["J"][0] > auto.low.J + 0.05
     assert planned_route(mdp, "MAL_agent_reward", "exact") == "binary-follower MINLP with SCIP"
-    assert planned_route(mdp, "MAL_agent_reward") == "MPEC with IPOPT (local)"
+    assert planned_route(mdp, "MAL_agent_reward") == \
+        "MPEC with IPOPT, then the binary-follower MINLP with SCIP from its ends"
+    assert planned_route(garnet(13, 3, 2, seed=0), "MAL_agent_reward") == "MPEC with IPOPT (local)"
+
+
+def test_a_budget_caps_every_solve_and_a_better_ipopt_leader_keeps_its_interval(monkeypatch):
+    """With a budget of 0 s every SCIP solve gets MIN_SOLVE_SECONDS, and the interval is still
+    one of certified equilibria (local: this Garnet's min end takes SCIP over a minute).
+    refined_by_minlp keeps an IPOPT interval whose leader value lies below such a local MINLP's
+    band, and takes the MINLP's interval when it does not."""
+    from dataclasses import replace
+    import bilevel.equilibria.routing as routing
+    from bilevel.equilibria.exact.agent_reward import MIN_SOLVE_SECONDS
+    mdp = garnet(8, 3, 3, seed=0, support="neighbors", initial="first")
+    res = agent_reward_interval(mdp, ALPHA, time_limit=30.0, budget=0.0)
+    assert res.ok and res.certificate == "local"
+    _check_ends(mdp, res)
+    assert all(step["time_limit"] == MIN_SOLVE_SECONDS for step in res.details["steps"].values())
+    monkeypatch.setattr(routing, "AUTO_AGENT_REWARD_SECONDS", 0.0)
+    monkeypatch.setattr(routing, "AUTO_MINLP_MIN_SECONDS", 0.0)
+    better = replace(res, solver="ipopt", leader_objective=res.leader_objective - 1.0, details={})
+    kept = routing.refined_by_minlp(mdp, ALPHA, better, 30.0)
+    assert kept.solver == "ipopt" and "lies below its band" in kept.details["minlp"]
+    assert (kept.low.J, kept.high.J) == (res.low.J, res.high.J)
+    worse = replace(res, solver="ipopt", leader_objective=res.leader_objective + 1.0, details={})
+    taken = routing.refined_by_minlp(mdp, ALPHA, worse, 30.0)
+    assert taken.solver == "exact-minlp" and taken.details["ipopt"]["J"] == [res.low.J, res.high.J]
+    assert taken.low.J <= res.low.J and taken.high.J >= res.high.J

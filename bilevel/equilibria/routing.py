@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import bilevel.game as game
 from bilevel.equilibria.interval import EquilibriumInterval
@@ -17,6 +18,11 @@ AUTO_SCIP_MAX_PAIRS = 16     # --solver auto: SCIP (global) up to this many stat
 ENUMERATE_AUTO_MAX_POLICIES = 16
 ENUMERATE_TIME_LIMIT = 5.0   # ... with at most this many seconds per policy; else IPOPT
 SCIP_TIME_LIMIT = 30.0       # seconds per SCIP solve; auto falls back to IPOPT past it
+# --solver auto, MAL + agent reward past the enumeration, on MDPs with at most this many live
+# pairs: IPOPT's interval, then the binary-follower MINLP started from its ends (`refined_by_minlp`) ...
+AUTO_MINLP_MAX_PAIRS = 36
+AUTO_AGENT_REWARD_SECONDS = 7.0   # ... within this many seconds for both (8 x 3 MDPs: 10 s for all four formulations)
+AUTO_MINLP_MIN_SECONDS = 2.0      # ... but at least this many for the MINLP
 SOLVERS = ("auto", "exact", "mpec-scip", "mpec-ipopt", "enumerate")
 SOLVER_ALIASES = {"scip": "mpec-scip", "ipopt": "mpec-ipopt"}
 
@@ -52,6 +58,46 @@ def takes_minlp(mdp: TabularMDP, solver: str, spec) -> bool:
         return False
     from bilevel.equilibria.exact.minlp import minlp_applies
     return minlp_applies(mdp)
+
+
+def refines_on_auto(mdp: TabularMDP, spec) -> bool:
+    """Whether `auto` follows IPOPT's interval of MAL + agent reward with the binary-follower
+    MINLP (`refined_by_minlp`): tabular models, discounted occupancy, at most
+    AUTO_MINLP_MAX_PAIRS live pairs. On small Garnets IPOPT's local interval misses the band's
+    low end more often than not, and the MINLP proves the interval in seconds up to about 6
+    states (benchmarks/RESULTS.md 12)."""
+    if not spec.exact_minlp or live_pairs(mdp) > AUTO_MINLP_MAX_PAIRS:
+        return False
+    from bilevel.equilibria.exact.minlp import minlp_applies
+    return minlp_applies(mdp)
+
+
+def refined_by_minlp(mdp: TabularMDP, alpha, ipopt: EquilibriumInterval, time_limit: float,
+                     log=None) -> EquilibriumInterval:
+    """IPOPT's interval handed to the MINLP (bilevel.equilibria.exact.agent_reward): its two
+    ends join SCIP's starting solutions, and the MINLP gets what is left of
+    AUTO_AGENT_REWARD_SECONDS (at least AUTO_MINLP_MIN_SECONDS). The MINLP's interval stands
+    (global where SCIP proves all three solves, else local with SCIP's proved gaps), except when
+    it failed, or when it is local and IPOPT's leader value beats its band, which is then not
+    the band of the best leader value known: IPOPT's interval stands, and says why."""
+    from bilevel.equilibria.exact.agent_reward import agent_reward_interval
+    budget = max(AUTO_MINLP_MIN_SECONDS, AUTO_AGENT_REWARD_SECONDS - ipopt.seconds)
+    starts = ((ipopt.low, "IPOPT's min end"), (ipopt.high, "IPOPT's max end")) if ipopt.ok else ()
+    exact = agent_reward_interval(mdp, alpha, time_limit=time_limit, log=log, budget=budget,
+                                  starts=starts)
+    seconds = ipopt.seconds + exact.seconds
+    summary = {"certificate": ipopt.certificate, "seconds": round(ipopt.seconds, 3),
+               "J": [ipopt.low.J, ipopt.high.J] if ipopt.ok else None, "reason": ipopt.reason}
+    beaten = ipopt.ok and exact.ok and exact.certificate != "global" and \
+        ipopt.leader_objective < exact.leader_objective - exact.tolerance
+    if exact.ok and not beaten:
+        return replace(exact, seconds=seconds, details={**exact.details, "ipopt": summary,
+                                                        "minlp_budget": round(budget, 3)})
+    why = exact.reason if not exact.ok else \
+        f"local, and IPOPT's leader value {ipopt.leader_objective:.9g} lies below its band"
+    if not ipopt.ok:
+        return replace(exact, seconds=seconds, details={**exact.details, "ipopt": summary})
+    return replace(ipopt, seconds=seconds, details={**ipopt.details, "minlp": why})
 
 
 def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = None,
@@ -111,9 +157,14 @@ def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = N
     which = choose_solver(mdp, solver, formulation)
     if which == "enumerate":
         return enumerated()
-    run = mpec or solve_route
+    refine = solver == "auto" and which == "ipopt" and epsilon is None and refines_on_auto(mdp, spec)
+    run = solve_route if refine else (mpec or solve_route)     # the MINLP needs IPOPT's settled ends
     res = run(mdp, formulation, alpha, which, starts, seed, time_limit, pal_reduction, log,
               ipopt_mode, epsilon)
+    if refine:
+        say(f"{formulation}: IPOPT's interval ({res.certificate if res.ok else res.reason}); "
+            "the binary-follower MINLP from its ends")
+        return refined_by_minlp(mdp, alpha, res, time_limit, log)
     if solver in ("auto", "enumerate") and res.solver == "scip" and not res.ok:
         say(f"{formulation}: SCIP did not certify ({res.reason}); IPOPT")
         local = run(mdp, formulation, alpha, "ipopt", starts, seed, time_limit, pal_reduction,

@@ -55,6 +55,10 @@ LEADER_GAP_SHARE = 0.5
 # at the root (garnet(6..12, 3, 2, neighbors): the step on min J went from 42 s to 7 s at S = 6;
 # S = 8 closed in 28 s instead of not in 120 s)
 SCIP_OPTIONS: dict = {"propagating/obbt/freq": 5}
+# under a budget, IPOPT's iterations per fixed-policy NLP (they converge in 15-250 on Garnets of
+# 3-16 states; the odd one takes 600-1,700 and seconds, and its start stays a candidate)
+BUDGET_NLP_ITERATIONS = 300
+MIN_SOLVE_SECONDS = 0.5  # under a budget, the least a solve gets (SCIP then reports at least its root bound)
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,8 +106,8 @@ def incumbents(bm: BilevelModel, nlp: FixedPolicyNLP, say) -> list[Candidate]:
     return sorted(out, key=lambda c: c.eq.leader_objective)
 
 
-def _step_record(res: SolveResult) -> dict:
-    return {"status": res.status.value, "objective": res.objective, "bound": res.bound,
+def _step_record(res: SolveResult, time_limit: float) -> dict:
+    return {"status": res.status.value, "time_limit": time_limit, "objective": res.objective, "bound": res.bound,
             "gap": res.gap, "seconds": round(res.seconds, 3), "nodes": res.iterations,
             "starts_accepted": res.timings.get("starts_accepted"), "message": res.message}
 
@@ -134,14 +138,24 @@ def _scip_point(bm: BilevelModel, nlp: FixedPolicyNLP, how: str) -> tuple[Candid
 
 
 def agent_reward_interval(mdp: TabularMDP, alpha: float | None = None, time_limit: float = 60.0,
-                          log=None) -> EquilibriumInterval:
+                          log=None, budget: float | None = None,
+                          starts: tuple = ()) -> EquilibriumInterval:
     """The equilibrium interval of MAL + agent reward by the MINLP of the module docstring.
     `time_limit` (s) bounds each of the three SCIP solves; "global" only when all three prove
     their gap, "local" otherwise (the ends are then certified equilibria of the band around
-    the best leader value found)."""
+    the best leader value found). `budget` (s, optional) bounds the whole call: each solve gets
+    at most the time left over the solves left. `starts`: (Equilibrium, how) pairs from another
+    route (the MPEC's ends); each one's greedy deterministic policy with its model joins the
+    incumbents if it passes the certificate."""
     t0 = time.perf_counter()
     alpha = resolve_alpha(FORMULATION, alpha)
     say = log or (lambda msg: None)
+
+    def limit(solves_left: int) -> float:
+        if budget is None:
+            return time_limit
+        left = budget - (time.perf_counter() - t0)
+        return max(MIN_SOLVE_SECONDS, min(time_limit, left / solves_left))
 
     def fail(why, details=None):
         return EquilibriumInterval(FORMULATION, "failed", reason=why, alpha=alpha, solver=SOLVER,
@@ -149,19 +163,27 @@ def agent_reward_interval(mdp: TabularMDP, alpha: float | None = None, time_limi
 
     bm = build_minlp(mdp, alpha)
     m = bm.model
-    nlp = FixedPolicyNLP(bm)
+    nlp = FixedPolicyNLP(bm) if budget is None else FixedPolicyNLP(bm, max_iter=BUDGET_NLP_ITERATIONS)
     cands = incumbents(bm, nlp, say)
+    for eq, how in starts:
+        actions = np.where(mdp.terminal, 0, np.argmax(eq.policy, axis=1))
+        c = _candidate(bm, actions, eq.model, how)
+        if c is not None:
+            cands.append(c)
+            say(f"{FORMULATION}: incumbent {how}: leader {c.eq.leader_objective:.9g}, J {c.eq.J:.9g}")
+    cands.sort(key=lambda c: c.eq.leader_objective)
     steps, polished, downgrades = {}, {}, []   # polished: the fixed-policy NLP from each SCIP point
 
     # 1. the leader optimum
     set_objective(m, m.leader)
     L_inc = cands[0].eq.leader_objective if cands else 0.0
-    scip = StartedScip(time_limit=time_limit, gap=1e-9,
+    lead_limit = limit(3)
+    scip = StartedScip(time_limit=lead_limit, gap=1e-9,
                        abs_gap=LEADER_GAP_SHARE * equilibrium_tolerance(bm, L_inc), options=SCIP_OPTIONS,
                        starts=tuple(c.point for c in cands))
     say(f"{FORMULATION}: leader optimum (SCIP, {len(cands)} starts)")
     lead = scip.solve(m)
-    steps["leader"] = _step_record(lead)
+    steps["leader"] = _step_record(lead, lead_limit)
     best = None
     if lead.status in (Status.OPTIMAL, Status.FEASIBLE):
         best, polished["leader"] = _scip_point(bm, nlp, "SCIP leader optimum")
@@ -190,15 +212,16 @@ def agent_reward_interval(mdp: TabularMDP, alpha: float | None = None, time_limi
                         and c.actions.tobytes() != best.actions.tobytes()]
     ends, gaps, certificate = {}, {"leader": proven_gap if lead_proved else _proved_gap(lead)}, \
         "global" if lead_proved else "local"
-    for name, sense in (("min", pyo.minimize), ("max", pyo.maximize)):
+    for left, (name, sense) in zip((2, 1), (("min", pyo.minimize), ("max", pyo.maximize))):
         set_objective(m, m.true_return, sense)
         starts = sorted(in_band, key=lambda c: c.eq.J, reverse=sense == pyo.maximize)
         J0 = starts[0].eq.J
-        scip = StartedScip(time_limit=time_limit, gap=J_GAP, abs_gap=J_GAP * max(1.0, abs(J0)),
+        end_limit = limit(left)
+        scip = StartedScip(time_limit=end_limit, gap=J_GAP, abs_gap=J_GAP * max(1.0, abs(J0)),
                            options=SCIP_OPTIONS, starts=tuple(c.point for c in starts))
         say(f"{FORMULATION}: {name} J(pi, M) over the band (SCIP, {len(starts)} starts)")
         res = scip.solve(m)
-        steps[name] = _step_record(res)
+        steps[name] = _step_record(res, end_limit)
         end = None
         if res.status in (Status.OPTIMAL, Status.FEASIBLE):
             end, polished[name] = _scip_point(bm, nlp, f"SCIP {name} J")
@@ -206,9 +229,17 @@ def agent_reward_interval(mdp: TabularMDP, alpha: float | None = None, time_limi
             downgrades.append(f"{name} end: SCIP's point has leader objective "
                               f"{end.eq.leader_objective:.9g} above the band {band:.9g}")
             end = None
+        sign = 1.0 if sense == pyo.minimize else -1.0
         if end is None:
             end = starts[0]
             downgrades.append(f"{name} step: {res.status.value}; the best start in the band stands")
+            certificate = "local"
+        elif sign * (end.eq.J - starts[0].eq.J) > 0:
+            end = starts[0]          # a start SCIP did not take beats its point; it is in the band
+        if end is starts[0] and res.status == Status.OPTIMAL and res.bound is not None \
+                and sign * (res.bound - end.eq.J) > J_GAP * max(1.0, abs(end.eq.J)):
+            downgrades.append(f"{name} end: the start in the band at J {end.eq.J:.9g} lies beyond "
+                              f"SCIP's proved bound {res.bound:.9g}")
             certificate = "local"
         elif res.status != Status.OPTIMAL:
             certificate = "local"
@@ -217,7 +248,8 @@ def agent_reward_interval(mdp: TabularMDP, alpha: float | None = None, time_limi
             downgrades.append(f"{name} end: leader objective {end.eq.leader_objective:.9g} below "
                               f"the proved bound {bound:.9g}")
             certificate = "local"
-        gaps[name] = _proved_gap(res) if res.status in (Status.OPTIMAL, Status.FEASIBLE) else math.inf
+        gaps[name] = abs(end.eq.J - res.bound) if res.status in (Status.OPTIMAL, Status.FEASIBLE) \
+            and res.bound is not None and math.isfinite(res.bound) else math.inf
         ends[name] = end
         in_band.append(end)
     m.del_component(m.eq_leader_bound)
@@ -232,6 +264,8 @@ def agent_reward_interval(mdp: TabularMDP, alpha: float | None = None, time_limi
                "incumbents": [{"how": c.how, "leader_objective": c.eq.leader_objective, "J": c.eq.J}
                               for c in cands]}
     details["polish"] = polished
+    if budget is not None:
+        details["budget"] = budget
     if downgrades:
         details["certificate_downgraded"] = downgrades
     return EquilibriumInterval(FORMULATION, "solved", alpha=alpha, certificate=certificate,

@@ -355,7 +355,7 @@ class FixedPolicyNLP:
     IPOPT with the leader objective: the chosen pairs' slack w is fixed to 0 and the other pairs'
     occupancy to 0 (so the big-M rows and the policy rows are left out)."""
 
-    def __init__(self, bm: BilevelModel):
+    def __init__(self, bm: BilevelModel, max_iter: int = 3000):
         self.bm = bm
         m = bm.model
         rows = (m.one_action, m.slack_off, m.mu_on, m.v_def, m.h_def, m.h_cuts, m.simulation)
@@ -365,7 +365,7 @@ class FixedPolicyNLP:
             v.domain = pyo.UnitInterval
         set_objective(m, m.leader)
         try:
-            self.nlp = Ipopt(tol=1e-10, max_iter=3000, options=NLP_IPOPT).compile(m)
+            self.nlp = Ipopt(tol=1e-10, max_iter=max_iter, options=NLP_IPOPT).compile(m)
         finally:
             for v in m.x.values():
                 v.domain = pyo.Binary
