@@ -190,6 +190,7 @@ def test_auto_hands_ipopts_interval_to_the_minlp_which_proves_it():
     misses the band's 7.556, then the MINLP from IPOPT's ends, within its budget; that proves the
     same interval as `--solver exact` (no budget), and IPOPT's ends lie inside it. solve's route
     description names each route."""
+    import bilevel.equilibria.routing as routing
     from bilevel.equilibria import solve_formulation
     from bilevel.solve import planned_route
     mdp = garnet(5, 3, 2, seed=0, support="all", initial="first")
@@ -199,7 +200,7 @@ def test_auto_hands_ipopts_interval_to_the_minlp_which_proves_it():
     auto = solve_formulation(mdp, "MAL_agent_reward", ALPHA)
     assert auto.ok and auto.solver == "exact-minlp" and auto.certificate == "global"
     _check_ends(mdp, auto)
-    assert auto.details["minlp_budget"] <= 7.0
+    assert auto.details["minlp_budget"] <= routing.AUTO_AGENT_REWARD_SECONDS
     assert (auto.low.J, auto.high.J) == pytest.approx((exact.low.J, exact.high.J), abs=1e-9)
     ipopt = auto.details["ipopt"]
     assert ipopt["certificate"] == "local"

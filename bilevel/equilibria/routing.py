@@ -21,7 +21,7 @@ SCIP_TIME_LIMIT = 30.0       # seconds per SCIP solve; auto falls back to IPOPT 
 # --solver auto, MAL + agent reward past the enumeration, on MDPs with at most this many live
 # pairs: IPOPT's interval, then the binary-follower MINLP started from its ends (`refined_by_minlp`) ...
 AUTO_MINLP_MAX_PAIRS = 36
-AUTO_AGENT_REWARD_SECONDS = 7.0   # ... within this many seconds for both (8 x 3 MDPs: 10 s for all four formulations)
+AUTO_AGENT_REWARD_SECONDS = 6.5   # ... within this many seconds for both (8 x 3 MDPs: 10 s for all four formulations)
 AUTO_MINLP_MIN_SECONDS = 2.0      # ... but at least this many for the MINLP
 SOLVERS = ("auto", "exact", "mpec-scip", "mpec-ipopt", "enumerate")
 SOLVER_ALIASES = {"scip": "mpec-scip", "ipopt": "mpec-ipopt"}
@@ -34,7 +34,8 @@ def choose_solver(mdp: TabularMDP, solver: str, formulation: str = "") -> str:
     has no closed form there): enumeration of the follower's policies when there are at most
     ENUMERATE_AUTO_MAX_POLICIES, else IPOPT. (solve_formulation: a SCIP solve that
     does not certify hands over to the enumeration when it applies and proves both ends, else to
-    IPOPT.) `enumerate` covers the `enumerable` formulations (a policy follower: the MAL
+    IPOPT; MAL + agent reward's IPOPT interval then goes to the MINLP where `refines_on_auto`.)
+    `enumerate` covers the `enumerable` formulations (a policy follower: the MAL
     family); the others (PAL) then take the `auto` route."""
     spec = game.formulation(formulation) if formulation else None
     if solver == "enumerate":
@@ -50,10 +51,11 @@ def choose_solver(mdp: TabularMDP, solver: str, formulation: str = "") -> str:
 
 def takes_minlp(mdp: TabularMDP, solver: str, spec) -> bool:
     """Whether MAL + agent reward (`spec.exact_minlp`) runs on the binary-follower MINLP
-    (bilevel.equilibria.exact.agent_reward): with `exact`, on tabular models and the discounted
-    occupancy. (Not with `auto`: the MINLP proves 8 x 3 Garnets where the MPEC route is local,
-    but in about 28 s, past the 10 s that auto has for all formulations of such an MDP;
-    benchmarks/RESULTS.md 10.)"""
+    (bilevel.equilibria.exact.agent_reward) alone, without a budget: with `exact`, on tabular
+    models and the discounted occupancy. (`auto` runs it after IPOPT within a budget on small
+    MDPs, `refines_on_auto`: it proves 8 x 3 Garnets where the MPEC route is local, but in up
+    to minutes, past the 10 s that auto has for all formulations of such an MDP;
+    benchmarks/RESULTS.md 10 and 12.)"""
     if solver != "exact" or not spec.exact_minlp:
         return False
     from bilevel.equilibria.exact.minlp import minlp_applies
@@ -111,7 +113,8 @@ def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = N
     MPEC route with that band.
     solver: "auto" takes the exact route where the formulation has one (bilevel.equilibria.exact:
     PAL, MAL, MAL + random noise) and the MPEC route below otherwise (MAL + agent reward; the
-    enumeration on tiny MDPs); "exact" the same, but MAL + agent reward goes to the
+    enumeration on tiny MDPs; on small ones IPOPT's interval is then handed to the MINLP,
+    `refined_by_minlp`); "exact" the same, but MAL + agent reward goes to the
     binary-follower MINLP (bilevel.equilibria.exact.agent_reward, SCIP, `time_limit` per solve,
     `takes_minlp`); "mpec-scip" / "mpec-ipopt" (aliases
     "scip" / "ipopt") force the MPEC with that back-end. On the MPEC route with "auto", a SCIP
