@@ -132,3 +132,25 @@ def test_the_mumps_ordering_changes_the_time_not_the_interval():
         solvers.ipopt.MUMPS_PIVOT_ORDER = kept
     assert amd["ok"] and auto["ok"] and amd["status"] == auto["status"]
     assert amd["J"] == pytest.approx(auto["J"], abs=1e-9)
+
+
+def test_agent_reward_auto_flags_what_contradicts_the_reference():
+    """benchmarks/agent_reward_auto.py's verdicts: auto's proved bounds must enclose a global
+    reference, a global auto interval must equal it, a local reference proves nothing; the
+    summary counts the low ends that miss a global reference."""
+    import agent_reward_auto as bench
+    ref = {"ok": True, "status": "global", "J": [7.0, 8.0]}
+    inside = {"ok": True, "status": "local", "J": [7.2, 8.0], "proved_gap": {"min": 0.25, "max": 0.0},
+              "ipopt_J": [7.3, 8.0]}
+    assert bench.compare(inside, ref) == []
+    short = {**inside, "proved_gap": {"min": 0.1, "max": 0.0}}
+    assert "miss the reference" in bench.compare(short, ref)[0]
+    wrong_global = {**inside, "status": "global", "proved_gap": {"min": 0.0, "max": 0.0}}
+    assert any("differs" in p for p in bench.compare(wrong_global, ref))
+    assert bench.compare(short, {**ref, "status": "local"}) == []
+    rows = [{"S": 5, "auto": {**inside, "s": 4.0}, "reference": ref},
+            {"S": 5, "auto": {**ref, "s": 2.0, "ipopt_J": [7.0, 8.0]}, "reference": ref}]
+    (s,) = bench.summary(rows)
+    assert (s["n"], s["auto_global"], s["reference_global"]) == (2, 1, 2)
+    assert (s["ipopt_missed_low"], s["auto_missed_low"], s["auto_s_max"]) == (1, 1, 4.0)
+    assert len(bench.specs([3, 4])) == 24
