@@ -81,8 +81,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="*", default=None, help="MDP specs (default: the module's list)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--blas-threads", type=int, default=1)
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        print(json.dumps(worker(sys.argv[2], sys.argv[3], float(sys.argv[4]))))
+    if argv is None and exact_targets.worker_main(worker):
         return 0
     args = ap.parse_args(argv)
     env = blas_env(args.blas_threads)

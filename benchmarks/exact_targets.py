@@ -134,6 +134,17 @@ def worker(spec: str, what: str) -> dict:
             "how": res.details.get("how"), "imports_s": imports}
 
 
+def worker_main(worker, argv=None) -> bool:
+    """The worker side of `measure` for a script whose `worker(spec, what, x)` takes one number
+    `x` as its extra argument: under `script --worker SPEC WHAT X` (argv None: sys.argv) print its
+    result as one JSON line and return True; else False."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] != "--worker":
+        return False
+    print(json.dumps(worker(args[1], args[2], float(args[3]))))
+    return True
+
+
 def measure(spec: str, what: str, kill_after: float, script: str = __file__, extra=(),
             env: dict | None = None) -> dict:
     """`script --worker spec what *extra` (this file's `worker` by default) in a fresh
