@@ -168,8 +168,8 @@ def print_table(mdp: TabularMDP, doc: dict, out=None) -> None:
         elif d.get("solver") == "exact":
             cert = d["certificate"] + (" (exact)" if gap == 0 else f" (gap {gap:.2g})")
         elif d.get("solver") == "exact-minlp":   # SCIP's proved gaps on J at the two ends
-            gap = max((d["proved_gap"].get(k) for k in ("min", "max")
-                       if d["proved_gap"].get(k) is not None), default=math.inf)
+            gaps = [d["proved_gap"].get(k) for k in ("min", "max")]     # None: no bound (JSON)
+            gap = max(math.inf if g is None else g for g in gaps)
             cert = d["certificate"] + (f" (gap {gap:.2g})" if gap > 1e-9 * max(1.0, abs(opt_J)) else "")
         elif d["certificate"] == "global":       # SCIP: its proved gap on J, when it left one
             cert = "global" + (f" (gap {gap:.2g})" if gap > 1e-9 * max(1.0, abs(opt_J)) else "")

@@ -236,3 +236,25 @@ def test_a_budget_caps_every_solve_and_a_better_ipopt_leader_keeps_its_interval(
     taken = routing.refined_by_minlp(mdp, ALPHA, worse, 30.0)
     assert taken.solver == "exact-minlp" and taken.details["ipopt"]["J"] == [res.low.J, res.high.J]
     assert taken.low.J <= res.low.J and taken.high.J >= res.high.J
+
+
+def test_solve_table_shows_the_minlps_proved_gaps_on_J(hidden_goal):
+    """solve's certificate column for a MINLP row: the larger of the two ends' proved gaps on J,
+    never the leader's gap (in leader units), and `inf` for an end without a bound."""
+    import copy
+    import io
+    from bilevel.equilibria.document import solve_to_dict
+    from bilevel.solve import print_table
+    doc = solve_to_dict(hidden_goal, formulations=["MAL"])
+
+    def cert_with(certificate, gaps):
+        d = copy.deepcopy(doc)
+        d["formulations"]["MAL"].update(solver="exact-minlp", certificate=certificate, proved_gap=gaps)
+        buf = io.StringIO()
+        print_table(hidden_goal, d, out=buf)
+        return next(line for line in buf.getvalue().splitlines() if line.startswith("MAL "))
+
+    row = cert_with("global", {"leader": 5e-6, "min": 0.0, "max": 0.0})
+    assert "global" in row and "gap" not in row
+    assert "local (gap 0.26)" in cert_with("local", {"leader": 5e-6, "min": 0.26, "max": 1e-15})
+    assert "local (gap inf)" in cert_with("local", {"leader": 5e-6, "min": None, "max": 0.0})

@@ -19,10 +19,12 @@ ENUMERATE_AUTO_MAX_POLICIES = 16
 ENUMERATE_TIME_LIMIT = 5.0   # ... with at most this many seconds per policy; else IPOPT
 SCIP_TIME_LIMIT = 30.0       # seconds per SCIP solve; auto falls back to IPOPT past it
 # --solver auto, MAL + agent reward past the enumeration, on MDPs with at most this many live
-# pairs: IPOPT's interval, then the binary-follower MINLP started from its ends (`refined_by_minlp`) ...
+# pairs: IPOPT's interval, then the binary-follower MINLP started from its ends
+# (`refined_by_minlp`), both within AUTO_AGENT_REWARD_SECONDS (an 8 x 3 MDP has 10 s for all four
+# formulations), and at least AUTO_MINLP_MIN_SECONDS for the MINLP
 AUTO_MINLP_MAX_PAIRS = 36
-AUTO_AGENT_REWARD_SECONDS = 6.5   # ... within this many seconds for both (8 x 3 MDPs: 10 s for all four formulations)
-AUTO_MINLP_MIN_SECONDS = 2.0      # ... but at least this many for the MINLP
+AUTO_AGENT_REWARD_SECONDS = 6.5
+AUTO_MINLP_MIN_SECONDS = 2.0
 SOLVERS = ("auto", "exact", "mpec-scip", "mpec-ipopt", "enumerate")
 SOLVER_ALIASES = {"scip": "mpec-scip", "ipopt": "mpec-ipopt"}
 
@@ -160,8 +162,9 @@ def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = N
     which = choose_solver(mdp, solver, formulation)
     if which == "enumerate":
         return enumerated()
-    refine = solver == "auto" and which == "ipopt" and epsilon is None and refines_on_auto(mdp, spec)
-    run = solve_route if refine else (mpec or solve_route)     # the MINLP needs IPOPT's settled ends
+    refine = solver == "auto" and which == "ipopt" and epsilon is None \
+        and refines_on_auto(mdp, spec)
+    run = solve_route if refine else (mpec or solve_route)    # the MINLP needs IPOPT's settled ends
     res = run(mdp, formulation, alpha, which, starts, seed, time_limit, pal_reduction, log,
               ipopt_mode, epsilon)
     if refine:

@@ -5,11 +5,12 @@ plus SCIP's proven gap on L*; max and min of J(pi, M) subject to leader <= L* + 
 solve starts from certified equilibria (`incumbents`: the floored fit with its greedy policy,
 the optimal policy of M with the hostile witness model, each improved by IPOPT with the policy
 fixed; and any `starts` of another route, as `auto` passes IPOPT's ends). Under a `budget` each
-solve gets the time left over the solves left. Every SCIP point is re-certified from arrays (`certify_point`) together with its polish
-by the same fixed-policy NLP (exact follower optimality where SCIP's feasibility tolerance left
-a gap; J(pi, M) depends on the policy only, so the polish never moves it), and the one with the
-smaller leader objective stands. The certificate is "global" only when SCIP proved all three
-solves; SCIP's proofs hold up to its feasibility tolerance, like every SCIP route here.
+solve gets the time left over the solves left. Every SCIP point is re-certified from arrays
+(`certify_point`) together with its polish by the same fixed-policy NLP (exact follower
+optimality where SCIP's feasibility tolerance left a gap; J(pi, M) depends on the policy only,
+so the polish never moves it), and the one with the smaller leader objective stands. The
+certificate is "global" only when SCIP proved all three solves; SCIP's proofs hold up to its
+feasibility tolerance, like every SCIP route here.
 
 Reach (alpha = 0.9999, 120 s per solve, benchmarks/agent_reward_reach.py): global on
 garnet(S, 3, 2, support="neighbors", initial="first") at S = 4, 6, 8, 12 in 2 to 28 s; at S = 16
@@ -59,7 +60,7 @@ SCIP_OPTIONS: dict = {"propagating/obbt/freq": 5}
 # under a budget, IPOPT's iterations per fixed-policy NLP (they converge in 15-250 on Garnets of
 # 3-16 states; the odd one takes 600-1,700 and seconds, and its start stays a candidate)
 BUDGET_NLP_ITERATIONS = 300
-MIN_SOLVE_SECONDS = 0.5  # under a budget, the least a solve gets (SCIP then reports at least its root bound)
+MIN_SOLVE_SECONDS = 0.5  # under a budget, the least time a SCIP solve gets
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,8 +109,8 @@ def incumbents(bm: BilevelModel, nlp: FixedPolicyNLP, say) -> list[Candidate]:
 
 
 def _step_record(res: SolveResult, time_limit: float) -> dict:
-    return {"status": res.status.value, "time_limit": time_limit, "objective": res.objective, "bound": res.bound,
-            "gap": res.gap, "seconds": round(res.seconds, 3), "nodes": res.iterations,
+    return {"status": res.status.value, "time_limit": time_limit, "objective": res.objective,
+            "bound": res.bound, "gap": res.gap, "seconds": round(res.seconds, 3), "nodes": res.iterations,
             "starts_accepted": res.timings.get("starts_accepted"), "message": res.message}
 
 
