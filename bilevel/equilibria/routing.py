@@ -68,8 +68,8 @@ def refines_on_auto(mdp: TabularMDP, spec) -> bool:
     """Whether `auto` follows IPOPT's interval of MAL + agent reward with the binary-follower
     MINLP (`refined_by_minlp`): tabular models, discounted occupancy, at most
     AUTO_MINLP_MAX_PAIRS live pairs. On small Garnets IPOPT's local interval misses the band's
-    low end more often than not, and the MINLP proves the interval in seconds up to about 6
-    states (benchmarks/RESULTS.md 12)."""
+    low end more often than not (34 of 54 Garnets of 3-8 states), and within the budget the
+    MINLP proves every 3- and 4-state one measured (benchmarks/RESULTS.md 12)."""
     if not spec.exact_minlp or live_pairs(mdp) > AUTO_MINLP_MAX_PAIRS:
         return False
     from bilevel.equilibria.exact.minlp import minlp_applies
