@@ -1,11 +1,11 @@
 """The interval of MAL + agent reward from the binary-follower MINLP of `bilevel.equilibria.exact.minlp`.
 
 Steps, as in `bilevel.equilibria`: L* = min leader; the band tol = equilibrium_tolerance(L*)
-plus SCIP's proven gap on L*; min and max of J(pi, M) subject to leader <= L* + tol. Each SCIP
+plus SCIP's proven gap on L*; max and min of J(pi, M) subject to leader <= L* + tol. Each SCIP
 solve starts from certified equilibria (`incumbents`: the floored fit with its greedy policy,
 the optimal policy of M with the hostile witness model, each improved by IPOPT with the policy
 fixed; and any `starts` of another route, as `auto` passes IPOPT's ends). Under a `budget` each
-solve gets the time left over the solves left, and the max end runs first. Every SCIP point is
+solve gets the time left over the solves left (the max end runs first). Every SCIP point is
 re-certified from arrays (`certify_point`) together with its polish by the same fixed-policy
 NLP (exact follower optimality where SCIP's feasibility tolerance left a gap; J(pi, M) depends
 on the policy only, so the polish never moves it), and the one with the smaller leader
@@ -209,18 +209,16 @@ def agent_reward_interval(mdp: TabularMDP, alpha: float | None = None, time_limi
     band = max(L, L_check) + tol + allowance
     say(f"{FORMULATION}: L* = {L:.9g} (bound {bound:.9g}, recomputed {L_check:.9g}), tol {tol:.3g}")
 
-    # 2. min / max J(pi, M) over the band
+    # 2. max / min J(pi, M) over the band
     m.eq_leader_bound = pyo.Constraint(expr=m.leader <= L + tol)
     in_band = [best] + [c for c in cands if c.eq.leader_objective <= L + tol
                         and c.actions.tobytes() != best.actions.tobytes()]
     ends, gaps, certificate = {}, {"leader": proven_gap if lead_proved else _proved_gap(lead)}, \
         "global" if lead_proved else "local"
-    # under a budget the max end first: it is J* or near it and usually proved at the root, so
-    # the min end, the hard one, gets what is left. Without one each solve gets `time_limit`, and
-    # the min end first (what section 10 of benchmarks/RESULTS.md measured: with the max end
-    # first, garnet(16, 3, 2)'s min end stopped at 7.3808, gap 0.27, against 7.1815, gap 0.075)
-    order = (("min", pyo.minimize), ("max", pyo.maximize))
-    for left, (name, sense) in zip((2, 1), order[::-1] if budget is not None else order):
+    # the max end first: it is J* or near it and usually proved at the root, so under a budget
+    # the min end, the hard one, gets what is left (without one the order made no difference on
+    # garnet(8, 3, 2) and garnet(16, 3, 2), benchmarks/RESULTS.md 12)
+    for left, (name, sense) in zip((2, 1), (("max", pyo.maximize), ("min", pyo.minimize))):
         set_objective(m, m.true_return, sense)
         starts = sorted(in_band, key=lambda c: c.eq.J, reverse=sense == pyo.maximize)
         J0 = starts[0].eq.J
