@@ -32,7 +32,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import exact_targets  # noqa: E402
-from equilibria_scaling import blas_env  # noqa: E402
 
 TOL = 1e-6      # slack on J when comparing intervals of two runs
 
@@ -105,12 +104,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="*", default=[3, 4, 5, 6, 8])
     ap.add_argument("--time-limit", type=float, default=60.0, help="reference: per SCIP solve")
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--blas-threads", type=int, default=1)
-    if argv is None and exact_targets.worker_main(worker):
+    parsed = exact_targets.benchmark_args(ap, worker, argv)
+    if parsed is None:
         return 0
-    args = ap.parse_args(argv)
-    env = blas_env(args.blas_threads)
+    args, env = parsed
     extra = (str(args.time_limit),)
     rows, bad = [], 0
 

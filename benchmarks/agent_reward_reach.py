@@ -27,7 +27,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import exact_targets  # noqa: E402
-from equilibria_scaling import blas_env  # noqa: E402
 
 SPECS = tuple(f"garnet:{S}:3:2:0:neighbors" for S in (4, 6, 8, 12, 16, 25)) + (
     "garnet:25:3:1:0:neighbors", "garnet:40:3:1:0:neighbors",
@@ -79,12 +78,10 @@ def main(argv=None) -> int:
     ap.add_argument("--time-limit", type=float, default=120.0, help="per SCIP solve (3 per MDP)")
     ap.add_argument("--kill-after", type=float, default=None, help="default 4 x time limit + 60")
     ap.add_argument("--only", nargs="*", default=None, help="MDP specs (default: the module's list)")
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--blas-threads", type=int, default=1)
-    if argv is None and exact_targets.worker_main(worker):
+    parsed = exact_targets.benchmark_args(ap, worker, argv)
+    if parsed is None:
         return 0
-    args = ap.parse_args(argv)
-    env = blas_env(args.blas_threads)
+    args, env = parsed
     kill = args.kill_after or 4 * args.time_limit + 60
     rows = []
     print(f"{'MDP':<34} {'S':>4} {'certificate':<12} {'interval':<22} {'proved gaps (L, min, max)':<28} "

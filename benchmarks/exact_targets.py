@@ -145,6 +145,18 @@ def worker_main(worker, argv=None) -> bool:
     return True
 
 
+def benchmark_args(ap: argparse.ArgumentParser, worker, argv=None):
+    """`--json FILE` and `--blas-threads N` (default 1) on `ap`; under `--worker` run `worker`
+    (`worker_main`) and return None; else (the parsed arguments, the workers' environment)."""
+    from equilibria_scaling import blas_env
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--blas-threads", type=int, default=1)
+    if argv is None and worker_main(worker):
+        return None
+    args = ap.parse_args(argv)
+    return args, blas_env(args.blas_threads)
+
+
 def measure(spec: str, what: str, kill_after: float, script: str = __file__, extra=(),
             env: dict | None = None) -> dict:
     """`script --worker spec what *extra` (this file's `worker` by default) in a fresh
