@@ -204,6 +204,7 @@ def test_auto_hands_ipopts_interval_to_the_minlp_which_proves_it():
     assert (auto.low.J, auto.high.J) == pytest.approx((exact.low.J, exact.high.J), abs=1e-9)
     ipopt = auto.details["ipopt"]
     assert ipopt["certificate"] == "local"
+    assert {c["how"] for c in auto.details["incumbents"]} >= {"IPOPT's min end", "IPOPT's max end"}
     for J in ipopt["J"]:
         assert exact.low.J - 1e-6 <= J <= exact.high.J + 1e-6
     assert ipopt["J"][0] > auto.low.J + 0.05
@@ -258,3 +259,22 @@ def test_solve_table_shows_the_minlps_proved_gaps_on_J(hidden_goal):
     assert "global" in row and "gap" not in row
     assert "local (gap 0.26)" in cert_with("local", {"leader": 5e-6, "min": 0.26, "max": 1e-15})
     assert "local (gap inf)" in cert_with("local", {"leader": 5e-6, "min": None, "max": 0.0})
+
+
+def test_a_failed_ipopt_interval_leaves_the_minlps(monkeypatch):
+    """refined_by_minlp after IPOPT failed: no starts from it, the MINLP's interval stands (its
+    ends certified), and IPOPT's reason is kept in the details."""
+    import bilevel.equilibria.routing as routing
+    from bilevel.equilibria.interval import EquilibriumInterval
+    monkeypatch.setattr(routing, "AUTO_AGENT_REWARD_SECONDS", 0.0)
+    monkeypatch.setattr(routing, "AUTO_MINLP_MIN_SECONDS", 0.0)
+    mdp = garnet(3, 3, 2, seed=1, support="all", initial="first")
+    failed = EquilibriumInterval("MAL_agent_reward", "failed", reason="IPOPT: no start converged",
+                                 alpha=ALPHA, solver="ipopt", seconds=1.0)
+    res = routing.refined_by_minlp(mdp, ALPHA, failed, 30.0)
+    assert res.ok and res.solver == "exact-minlp"
+    _check_ends(mdp, res)
+    assert res.details["ipopt"] == {"certificate": "none", "seconds": 1.0, "J": None,
+                                    "reason": "IPOPT: no start converged"}
+    assert not any(c["how"].startswith("IPOPT's") for c in res.details["incumbents"])
+    assert res.seconds >= 1.0
