@@ -134,14 +134,15 @@ def worker(spec: str, what: str) -> dict:
             "how": res.details.get("how"), "imports_s": imports}
 
 
-def worker_main(worker, argv=None) -> bool:
-    """The worker side of `measure` for a script whose `worker(spec, what, x)` takes one number
-    `x` as its extra argument: under `script --worker SPEC WHAT X` (argv None: sys.argv) print its
-    result as one JSON line and return True; else False."""
+def worker_main(worker, argv=None, types=(float,)) -> bool:
+    """The worker side of `measure`: under `script --worker SPEC WHAT X...` (argv None:
+    sys.argv) print `worker(SPEC, WHAT, *X)` as one JSON line, each X converted by its entry of
+    `types`, and return True; else False."""
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] != "--worker":
         return False
-    print(json.dumps(worker(args[1], args[2], float(args[3]))))
+    extra = [convert(x) for convert, x in zip(types, args[3:])]
+    print(json.dumps(worker(args[1], args[2], *extra)))
     return True
 
 

@@ -57,9 +57,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="*", default=None, help="specs of CASES to run")
     ap.add_argument("--kill-after", type=float, default=600.0)
     ap.add_argument("--blas-threads", type=int, default=1)
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        import json
-        print(json.dumps(worker(sys.argv[2], int(sys.argv[3]))))
+    if argv is None and exact_targets.worker_main(worker, types=()):
         return 0
     args = ap.parse_args(argv)
     env = blas_env(args.blas_threads)

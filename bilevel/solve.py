@@ -78,7 +78,7 @@ def planned_route(mdp: TabularMDP, formulation: str, solver: str = "auto",
             s = "auto"
     s = {"mpec-scip": "scip", "mpec-ipopt": "ipopt"}.get(s, s)
     which = choose_solver(mdp, s, formulation)
-    if s == "auto" and which == "ipopt" and epsilon is None and refines_on_auto(mdp, form):
+    if refines_on_auto(mdp, form, s, which, epsilon):
         return "MPEC with IPOPT, then the binary-follower MINLP with SCIP from its ends"
     return {"scip": "MPEC with SCIP", "ipopt": "MPEC with IPOPT (local)",
             "enumerate": "follower-policy enumeration"}.get(which, which)

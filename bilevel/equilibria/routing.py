@@ -64,13 +64,15 @@ def takes_minlp(mdp: TabularMDP, solver: str, spec) -> bool:
     return minlp_applies(mdp)
 
 
-def refines_on_auto(mdp: TabularMDP, spec) -> bool:
-    """Whether `auto` follows IPOPT's interval of MAL + agent reward with the binary-follower
-    MINLP (`refined_by_minlp`): tabular models, discounted occupancy, at most
-    AUTO_MINLP_MAX_PAIRS live pairs. On small Garnets IPOPT's local interval misses the band's
+def refines_on_auto(mdp: TabularMDP, spec, solver: str, which: str, epsilon=None) -> bool:
+    """Whether `solver` (after solve_formulation's aliases and hand-overs), routed to `which`,
+    follows IPOPT's interval of MAL + agent reward with the binary-follower MINLP
+    (`refined_by_minlp`): `auto` on IPOPT, no epsilon band, tabular models, discounted
+    occupancy, at most AUTO_MINLP_MAX_PAIRS live pairs. On small Garnets IPOPT's local interval misses the band's
     low end more often than not (34 of 54 Garnets of 3-8 states), and within the budget the
     MINLP proves every 3- and 4-state one measured (benchmarks/RESULTS.md 12)."""
-    if not spec.exact_minlp or live_pairs(mdp) > AUTO_MINLP_MAX_PAIRS:
+    if solver != "auto" or which != "ipopt" or epsilon is not None or not spec.exact_minlp \
+            or live_pairs(mdp) > AUTO_MINLP_MAX_PAIRS:
         return False
     from bilevel.equilibria.exact.minlp import minlp_applies
     return minlp_applies(mdp)
@@ -94,13 +96,11 @@ def refined_by_minlp(mdp: TabularMDP, alpha, ipopt: EquilibriumInterval, time_li
                "J": [ipopt.low.J, ipopt.high.J] if ipopt.ok else None, "reason": ipopt.reason}
     beaten = ipopt.ok and exact.ok and exact.certificate != "global" and \
         ipopt.leader_objective < exact.leader_objective - exact.tolerance
-    if exact.ok and not beaten:
+    if not ipopt.ok or (exact.ok and not beaten):
         return replace(exact, seconds=seconds, details={**exact.details, "ipopt": summary,
                                                         "minlp_budget": round(budget, 3)})
     why = exact.reason if not exact.ok else \
         f"local, and IPOPT's leader value {ipopt.leader_objective:.9g} lies below its band"
-    if not ipopt.ok:
-        return replace(exact, seconds=seconds, details={**exact.details, "ipopt": summary})
     return replace(ipopt, seconds=seconds, details={**ipopt.details, "minlp": why})
 
 
@@ -162,8 +162,7 @@ def solve_formulation(mdp: TabularMDP, formulation: str, alpha: float | None = N
     which = choose_solver(mdp, solver, formulation)
     if which == "enumerate":
         return enumerated()
-    refine = solver == "auto" and which == "ipopt" and epsilon is None \
-        and refines_on_auto(mdp, spec)
+    refine = refines_on_auto(mdp, spec, solver, which, epsilon)
     run = solve_route if refine else (mpec or solve_route)    # the MINLP needs IPOPT's settled ends
     res = run(mdp, formulation, alpha, which, starts, seed, time_limit, pal_reduction, log,
               ipopt_mode, epsilon)

@@ -9,9 +9,8 @@ solve gets the time left over the solves left (the max end runs first). Every SC
 re-certified from arrays (`certify_point`) together with its polish by the same fixed-policy
 NLP (exact follower optimality where SCIP's feasibility tolerance left a gap; J(pi, M) depends
 on the policy only, so the polish never moves it), and the one with the smaller leader
-objective stands. The
-certificate is "global" only when SCIP proved all three solves; SCIP's proofs hold up to its
-feasibility tolerance, like every SCIP route here.
+objective stands. The certificate is "global" only when SCIP proved all three solves; SCIP's
+proofs hold up to its feasibility tolerance, like every SCIP route here.
 
 Reach (alpha = 0.9999, 120 s per solve, benchmarks/agent_reward_reach.py): global on
 garnet(S, 3, 2, support="neighbors", initial="first") at S = 4, 6, 8, 12 in 2 to 28 s; at S = 16
@@ -111,14 +110,18 @@ def incumbents(bm: BilevelModel, nlp: FixedPolicyNLP, say) -> list[Candidate]:
 
 def _step_record(res: SolveResult, time_limit: float) -> dict:
     return {"status": res.status.value, "time_limit": time_limit, "objective": res.objective,
-            "bound": res.bound, "gap": res.gap, "seconds": round(res.seconds, 3), "nodes": res.iterations,
+            "bound": res.bound, "gap": res.gap, "seconds": round(res.seconds, 3),
+            "nodes": res.iterations,
             "starts_accepted": res.timings.get("starts_accepted"), "message": res.message}
 
 
-def _proved_gap(res: SolveResult) -> float:
-    if res.objective is None or res.bound is None or not math.isfinite(res.bound):
+def _proved_gap(res: SolveResult, at: float | None = None) -> float:
+    """|at - SCIP's bound| (`at`: the value reported, by default SCIP's own objective); inf
+    without a finite bound."""
+    value = res.objective if at is None else at
+    if value is None or res.bound is None or not math.isfinite(res.bound):
         return math.inf
-    return abs(res.objective - res.bound)
+    return abs(value - res.bound)
 
 
 def _scip_point(bm: BilevelModel, nlp: FixedPolicyNLP, how: str) -> tuple[Candidate | None, dict]:
@@ -166,7 +169,8 @@ def agent_reward_interval(mdp: TabularMDP, alpha: float | None = None, time_limi
 
     bm = build_minlp(mdp, alpha)
     m = bm.model
-    nlp = FixedPolicyNLP(bm) if budget is None else FixedPolicyNLP(bm, max_iter=BUDGET_NLP_ITERATIONS)
+    nlp = FixedPolicyNLP(bm) if budget is None else \
+        FixedPolicyNLP(bm, max_iter=BUDGET_NLP_ITERATIONS)
     cands = incumbents(bm, nlp, say)
     for eq, how in starts:
         actions = np.where(mdp.terminal, 0, np.argmax(eq.policy, axis=1))
@@ -254,8 +258,8 @@ def agent_reward_interval(mdp: TabularMDP, alpha: float | None = None, time_limi
             downgrades.append(f"{name} end: leader objective {end.eq.leader_objective:.9g} below "
                               f"the proved bound {bound:.9g}")
             certificate = "local"
-        gaps[name] = abs(end.eq.J - res.bound) if res.status in (Status.OPTIMAL, Status.FEASIBLE) \
-            and res.bound is not None and math.isfinite(res.bound) else math.inf
+        solved = res.status in (Status.OPTIMAL, Status.FEASIBLE)
+        gaps[name] = _proved_gap(res, at=end.eq.J) if solved else math.inf
         ends[name] = end
         in_band.append(end)
     m.del_component(m.eq_leader_bound)
