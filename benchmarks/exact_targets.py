@@ -300,7 +300,7 @@ def main(argv=None) -> int:
     missed = [r for r in judged if not r["met"]]
     imports = [r["imports_s"] for r in rows if r.get("imports_s")]
     print(f"\ntargets met: {len(judged) - len(missed)} of {len(judged)}"
-          + (f"; not met: " + "; ".join(f"{r['mdp']} {r['formulation']} ({r['target']}: "
+          + ("; not met: " + "; ".join(f"{r['mdp']} {r['formulation']} ({r['target']}: "
                                         f"{r['s']:.2f} s, {r['certificate']})" for r in missed)
              if missed else ""))
     if imports:

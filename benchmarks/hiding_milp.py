@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
-
 from bilevel.equilibria.exact.milp import HidingMILP
 from bilevel.equilibria.exact.search import brute_force, low_return_equilibria, true_return
 from bilevel.equilibria.exact.structure import FollowerStructure, forced_pairs

@@ -1,6 +1,5 @@
 """Caches are keyed on content (bilevel.cache): a stored result is reused only for the same MDP
 content, settings and code, and recomputed otherwise."""
-import json
 
 import numpy as np
 import pytest

@@ -27,7 +27,6 @@ def tiny_lp(sense):
     m.y = pyo.Var([1, 2], bounds=(0, None), initialize=0.0)
     m.eq = pyo.Constraint(expr=m.y[1] + m.y[2] == m.b)
     m.cap = pyo.Constraint(expr=m.y[2] <= 0.7)
-    s = 1 if sense == pyo.minimize else -1
     m.fobj = pyo.Expression(expr=m.y[1] + 2 * m.y[2])
     m.obj = pyo.Objective(expr=0.0)
     return m, Follower([m.y], m.fobj, [m.eq, m.cap], sense=sense)

@@ -1,7 +1,6 @@
 """MDP file format: the reference file loads as specified; bad input gives one clean line."""
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -373,7 +373,6 @@ def test_report_misspecified_section(solved, studies_dir, tmp_path):
     assert "[0.0000, 0.0000] g" in row and "[-1.8796, 0.9398] g" in row and "| [0.9398, 0.9398] l |" in row
     # the study's own figure, when its directory holds one
     assert "![misspecified]" not in md
-    import shutil
     own = shutil.copytree(studies_dir, tmp_path / "studies")
     (own / "misspecified.png").write_bytes((tmp_path / "mdp.png").read_bytes())
     assert report.main([str(TINY), "--equilibria", str(solved[1]), "--no-sweep", "--studies",

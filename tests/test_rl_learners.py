@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from bilevel.tabular import kl_fit, policy_return, uniform_policy
+from bilevel.tabular import kl_fit, uniform_policy
 from bilevel.rl import learners as L
 from bilevel.rl.env import BatchStepper
 from bilevel.rl.inner_outer import TrainConfig, train_inner_outer

@@ -1,6 +1,5 @@
 """IPOPT back-end: values and multipliers map back onto the Pyomo model; re-solves see new
 bounds / fixed values without recompiling; failures come back as a status."""
-import time
 
 import numpy as np
 import pyomo.environ as pyo

@@ -18,7 +18,7 @@ import numpy as np
 from bilevel.game.build import BilevelModel, base_model, random_data
 from bilevel.mdp.model import TabularMDP
 from bilevel.tabular.evaluation import policy_return
-from bilevel.tabular.fits import kl_fit, model_loss
+from bilevel.tabular.fits import model_loss
 
 CLASS_KKT = "class_kkt"      # the model follower's reduction under a restricted model class
 

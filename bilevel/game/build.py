@@ -23,7 +23,6 @@ import pyomo.environ as pyo
 from pyomo.mpec import Complementarity, complements
 
 from bilevel.mdp.model import TabularMDP
-from bilevel.tabular.fits import kl_fit
 from bilevel.tabular.policies import uniform_policy
 
 
@@ -50,7 +49,7 @@ class BilevelModel:
 def base_model(mdp: TabularMDP) -> pyo.ConcreteModel:
     """Sets, the model Phat on K, the policy pi and its true occupancy mu (flow in M)."""
     S, A = mdp.n_states, mdp.n_actions
-    g, P, eta = mdp.gamma, mdp.P, mdp.floor
+    g, P = mdp.gamma, mdp.P
     m = pyo.ConcreteModel(name=mdp.name)
     m.S = pyo.RangeSet(0, S - 1)
     m.A = pyo.RangeSet(0, A - 1)

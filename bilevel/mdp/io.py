@@ -72,7 +72,7 @@ def mdp_from_dict(data: Any, source: str = "<dict>", default_name: str = "mdp") 
 
     states = v.names(data, "states")
     actions = v.names(data, "actions")
-    S, A = len(states), len(actions)
+    S = len(states)
     sidx = {s: i for i, s in enumerate(states)}
     aidx = {a: i for i, a in enumerate(actions)}
 
