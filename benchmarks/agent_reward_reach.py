@@ -9,8 +9,8 @@ lie term on supp P vanishes; module docstring of bilevel.equilibria.exact.agent_
 Each measurement runs in a fresh subprocess (exact_targets.measure: the clock starts after the
 imports; a run past `--kill-after` counts with that time and is not repeated).
 
-    python benchmarks/agent_reward_reach.py [--repeats 1] [--time-limit 120] [--only SPEC ...]
-        [--json FILE] [--blas-threads 1]
+    python benchmarks/agent_reward_reach.py [--repeats 1] [--time-limit 120] [--alpha 0.9999]
+        [--only SPEC ...] [--json FILE] [--blas-threads 1]
 """
 from __future__ import annotations
 
@@ -52,9 +52,9 @@ def label(spec: str) -> str:
     return f"{Path(rest).stem} (slip 0)" if kind == "slip0" else exact_targets.label(spec)
 
 
-def worker(spec: str, what: str, time_limit: float) -> dict:
-    """One measurement: `what` = "lp" or "minlp" (agent_reward_interval, `time_limit` per SCIP
-    solve)."""
+def worker(spec: str, what: str, time_limit: float, alpha: float = 0.9999) -> dict:
+    """One measurement: `what` = "lp" or "minlp" (agent_reward_interval at `alpha`, `time_limit`
+    per SCIP solve)."""
     t_imp = time.perf_counter()
     from bilevel.equilibria.exact.agent_reward import agent_reward_interval
     mdp = load(spec)
@@ -62,32 +62,34 @@ def worker(spec: str, what: str, time_limit: float) -> dict:
     if what == "lp":
         return exact_targets.time_lp(mdp, imports)
     t0 = time.perf_counter()
-    res = agent_reward_interval(mdp, 0.9999, time_limit=time_limit)
+    res = agent_reward_interval(mdp, alpha, time_limit=time_limit)
     s = time.perf_counter() - t0
     if not res.ok:
         return {"s": s, "ok": False, "status": "failed", "reason": res.reason, "imports_s": imports}
     steps = {k: v["status"] for k, v in res.details["steps"].items()}
     return {"s": s, "ok": True, "status": res.certificate, "J": [res.low.J, res.high.J],
             "proved_gap": res.details.get("proved_gap"), "steps": steps,
-            "states": int(mdp.n_states), "imports_s": imports}
+            "states": int(mdp.n_states), "alpha": alpha, "imports_s": imports}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--time-limit", type=float, default=120.0, help="per SCIP solve (3 per MDP)")
+    ap.add_argument("--alpha", type=float, default=0.9999, help="MAL + agent reward's alpha")
     ap.add_argument("--kill-after", type=float, default=None, help="default 4 x time limit + 60")
     ap.add_argument("--only", nargs="*", default=None, help="MDP specs (default: the module's list)")
-    parsed = exact_targets.benchmark_args(ap, worker, argv)
+    parsed = exact_targets.benchmark_args(ap, worker, argv, types=(float, float))
     if parsed is None:
         return 0
     args, env = parsed
     kill = args.kill_after or 4 * args.time_limit + 60
     rows = []
+    print(f"MAL + agent reward, alpha {args.alpha:g}, {args.time_limit:g} s per SCIP solve")
     print(f"{'MDP':<34} {'S':>4} {'certificate':<12} {'interval':<22} {'proved gaps (L, min, max)':<28} "
           f"{'s (median)':>10} {'LP s':>8} {'ratio':>8}", flush=True)
     for spec in args.only or SPECS:
-        extra = (str(args.time_limit),)
+        extra = (str(args.time_limit), str(args.alpha))
         lp = [exact_targets.measure(spec, "lp", 120, __file__, extra, env) for _ in range(args.repeats)]
         runs = []
         for _ in range(args.repeats):

@@ -146,13 +146,14 @@ def worker_main(worker, argv=None, types=(float,)) -> bool:
     return True
 
 
-def benchmark_args(ap: argparse.ArgumentParser, worker, argv=None):
+def benchmark_args(ap: argparse.ArgumentParser, worker, argv=None, types=(float,)):
     """`--json FILE` and `--blas-threads N` (default 1) on `ap`; under `--worker` run `worker`
-    (`worker_main`) and return None; else (the parsed arguments, the workers' environment)."""
+    (`worker_main`, its extra arguments converted by `types`) and return None; else (the parsed
+    arguments, the workers' environment)."""
     from equilibria_scaling import blas_env
     ap.add_argument("--json", default=None)
     ap.add_argument("--blas-threads", type=int, default=1)
-    if argv is None and worker_main(worker):
+    if argv is None and worker_main(worker, types=types):
         return None
     args = ap.parse_args(argv)
     return args, blas_env(args.blas_threads)

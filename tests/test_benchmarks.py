@@ -98,19 +98,21 @@ def test_scaling_benchmark_exact_only(tmp_path):
 
 
 def test_agent_reward_reach_runs_and_reports_the_enumerations_interval(tmp_path):
-    """benchmarks/agent_reward_reach.py end to end on a 3-state Garnet and a slip-0 gridworld
-    spec (timings never asserted): its JSON interval is the one the enumeration of the
-    follower's deterministic policies proves (an independent route)."""
+    """benchmarks/agent_reward_reach.py end to end on a 3-state Garnet at alpha 0.99 and a
+    slip-0 gridworld spec (timings never asserted): its JSON interval is the one the
+    enumeration of the follower's deterministic policies proves (an independent route), at the
+    alpha it was given."""
     from bilevel.equilibria.enumeration import enumerate_interval
     from bilevel.mdp.garnet import garnet
     out = tmp_path / "reach.json"
     spec = "garnet:3:2:2:0:neighbors"
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "agent_reward_reach.py"), "--only", spec,
-                    "--time-limit", "20", "--json", str(out)], check=True, cwd=ROOT,
+                    "--time-limit", "20", "--alpha", "0.99", "--json", str(out)], check=True, cwd=ROOT,
                    capture_output=True, timeout=300)
     row = json.loads(out.read_text())[0]["runs"][-1]
     enum = enumerate_interval(garnet(3, 2, 2, seed=0, support="neighbors", initial="first"),
-                              "MAL_agent_reward", 0.9999)
+                              "MAL_agent_reward", 0.99)
+    assert row["alpha"] == 0.99
     assert row["status"] == "global" and enum.certificate == "global"
     assert row["J"] == pytest.approx([enum.low.J, enum.high.J], abs=1e-6)
     import agent_reward_reach
