@@ -29,12 +29,12 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import pyomo.environ as pyo
 from pyomo.common.collections import ComponentMap
 
 from bilevel.equilibria.certificates import (FEASIBILITY_SLACK, FOLLOWER_GAP_TOL,
                                              equilibrium_tolerance, model_reward)
 from bilevel.equilibria.exact.minlp import FORMULATION, FixedPolicyNLP, StartedScip, actions_of, build_minlp, model_of, point_from_arrays, policy_array
+from bilevel.equilibria.exact.listing import listed_end
 from bilevel.equilibria.exact.routes import certify_point
 from bilevel.equilibria.exact.search import hiding_descent
 from bilevel.equilibria.exact.structure import FollowerStructure
@@ -61,6 +61,8 @@ SCIP_OPTIONS: dict = {"propagating/obbt/freq": 5}
 # 3-16 states; the odd one takes 600-1,700 and seconds, and its start stays a candidate)
 BUDGET_NLP_ITERATIONS = 300
 MIN_SOLVE_SECONDS = 0.5  # under a budget, the least time a SCIP solve gets
+# SCIP's time on one policy the listing's bound leaves open (the MINLP with the policy fixed)
+POLICY_SECONDS = 5.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,6 +145,57 @@ def _scip_point(bm: BilevelModel, nlp: FixedPolicyNLP, how: str) -> tuple[Candid
     return min(found, key=lambda e: e.eq.leader_objective, default=None), note
 
 
+def _certifier(bm: BilevelModel, nlp: FixedPolicyNLP):
+    """certify(actions) for the listing: the policy's hostile witness model (the floored fit
+    where it goes, the worst target elsewhere; FollowerStructure) and the floored fit, each
+    alone and polished by IPOPT with the policy fixed; the certified equilibrium with the
+    smaller leader objective, or None."""
+    mdp = bm.mdp
+    fs = FollowerStructure(mdp, mdp.floor, np.zeros((mdp.n_states, mdp.n_actions), dtype=bool))
+    Peta = kl_fit(mdp.P, mdp.K, mdp.floor)
+
+    def certify(actions) -> Equilibrium | None:
+        chk = fs.check(actions)
+        found = []
+        for acts, Phat in ((chk.actions, fs.witness_model(chk.actions, chk.reached, chk.V)),
+                           (actions, Peta)):
+            for model in (Phat, nlp.solve(acts, Phat)):
+                c = None if model is None else _candidate(bm, acts, model, "listing")
+                if c is not None:
+                    found.append(c)
+        return min(found, key=lambda c: c.eq.leader_objective).eq if found else None
+
+    return certify
+
+
+def _policy_solver(bm: BilevelModel, nlp: FixedPolicyNLP, band: float, seconds: float):
+    """decide(actions) for the listing: SCIP on the MINLP with the policy fixed, stopped once its
+    bound passes the band ("out": no equilibrium with this policy in the band, or none at all),
+    "in" with a certified point in the band, else "undecided"."""
+    m = bm.model
+
+    def decide(actions) -> tuple[str, Equilibrium | None]:
+        for (s, a) in m.SA:
+            m.x[s, a].fix(1.0 if a == actions[s] else 0.0)
+        set_objective(m, m.leader)
+        scip = StartedScip(time_limit=seconds, gap=1e-9, abs_gap=0.0,
+                           options={**SCIP_OPTIONS, "limits/dual": band})
+        try:
+            res = scip.solve(m)
+            point = _scip_point(bm, nlp, "SCIP with the policy fixed")[0] \
+                if res.status in (Status.OPTIMAL, Status.FEASIBLE) else None
+        finally:
+            for v in m.x.values():
+                v.unfix()
+        if res.status == Status.INFEASIBLE or (res.bound is not None and res.bound > band):
+            return "out", None
+        if point is not None and point.eq.leader_objective <= band:
+            return "in", point.eq
+        return "undecided", None
+
+    return decide
+
+
 def agent_reward_interval(mdp: TabularMDP, alpha: float | None = None, time_limit: float = 60.0,
                           log=None, budget: float | None = None,
                           starts: tuple = ()) -> EquilibriumInterval:
@@ -210,59 +263,46 @@ def agent_reward_interval(mdp: TabularMDP, alpha: float | None = None, time_limi
         downgrades.append("leader optimum not proved: the band is around the best value found")
     tol = equilibrium_tolerance(bm, L) + proven_gap
     allowance = FEASIBILITY_SLACK * max(1.0, abs(L))
-    band = max(L, L_check) + tol + allowance
     say(f"{FORMULATION}: L* = {L:.9g} (bound {bound:.9g}, recomputed {L_check:.9g}), tol {tol:.3g}")
 
-    # 2. max / min J(pi, M) over the band
-    m.eq_leader_bound = pyo.Constraint(expr=m.leader <= L + tol)
-    in_band = [best] + [c for c in cands if c.eq.leader_objective <= L + tol
-                        and c.actions.tobytes() != best.actions.tobytes()]
-    ends, gaps, certificate = {}, {"leader": proven_gap if lead_proved else _proved_gap(lead)}, \
-        "global" if lead_proved else "local"
-    # the max end first: it is J* or near it and usually proved at the root, so under a budget
-    # the min end, the hard one, gets what is left (without one the order made no difference on
-    # garnet(8, 3, 2) and garnet(16, 3, 2), benchmarks/RESULTS.md 12)
-    for left, (name, sense) in zip((2, 1), (("max", pyo.maximize), ("min", pyo.minimize))):
-        set_objective(m, m.true_return, sense)
-        starts = sorted(in_band, key=lambda c: c.eq.J, reverse=sense == pyo.maximize)
-        J0 = starts[0].eq.J
+    # 2. max / min J(pi, M) over the band, by listing policies (bilevel.equilibria.exact.listing)
+    strict = max(L, L_check) + tol
+    in_band = {c.actions.tobytes(): c for c in [best] + cands if c.eq.leader_objective <= strict}
+    certify = _certifier(bm, nlp)
+    ends, gaps = {}, {"leader": proven_gap if lead_proved else _proved_gap(lead)}
+    certificate = "global" if lead_proved else "local"
+    # the max end first: it is J* or near it and settled at once, so under a budget the min end,
+    # the hard one, gets what is left
+    for left, name in zip((2, 1), ("max", "min")):
         end_limit = limit(left)
-        scip = StartedScip(time_limit=end_limit, gap=J_GAP, abs_gap=J_GAP * max(1.0, abs(J0)),
-                           options=SCIP_OPTIONS, starts=tuple(c.point for c in starts))
-        say(f"{FORMULATION}: {name} J(pi, M) over the band (SCIP, {len(starts)} starts)")
-        res = scip.solve(m)
-        steps[name] = _step_record(res, end_limit)
-        end = None
-        if res.status in (Status.OPTIMAL, Status.FEASIBLE):
-            end, polished[name] = _scip_point(bm, nlp, f"SCIP {name} J")
-        if end is not None and end.eq.leader_objective > band:
-            downgrades.append(f"{name} end: SCIP's point has leader objective "
-                              f"{end.eq.leader_objective:.9g} above the band {band:.9g}")
-            end = None
-        sign = 1.0 if sense == pyo.minimize else -1.0
-        if end is None:
+        say(f"{FORMULATION}: {name} J(pi, M) over the band (listing policies, {len(in_band)} starts)")
+        res = listed_end(mdp, alpha, strict, name, certify, end_limit,
+                         starts=tuple(c.eq for c in in_band.values()),
+                         decide=_policy_solver(bm, nlp, strict, POLICY_SECONDS))
+        steps[name] = {"status": res.status, "time_limit": end_limit, "bound": res.bound,
+                       "gap": res.gap, "seconds": round(res.seconds, 3), "nodes": res.nodes,
+                       "out": res.out, "undecided": len(res.undecided), "accepted": res.accepted}
+        if res.end is None:
+            starts = sorted(in_band.values(), key=lambda c: c.eq.J, reverse=name == "max")
             end = starts[0]
-            downgrades.append(f"{name} step: {res.status.value}; the best start in the band stands")
+            downgrades.append(f"{name} step: {res.status}, no policy certified; the best start in "
+                              "the band stands")
+            gaps[name] = math.inf
             certificate = "local"
-        elif sign * (end.eq.J - starts[0].eq.J) > 0:
-            end = starts[0]          # a start SCIP did not take beats its point; it is in the band
-        if end is starts[0] and res.status == Status.OPTIMAL and res.bound is not None \
-                and sign * (res.bound - end.eq.J) > J_GAP * max(1.0, abs(end.eq.J)):
-            downgrades.append(f"{name} end: the start in the band at J {end.eq.J:.9g} lies beyond "
-                              f"SCIP's proved bound {res.bound:.9g}")
-            certificate = "local"
-        elif res.status != Status.OPTIMAL:
-            certificate = "local"
-            downgrades.append(f"{name} J not proved: {res.status.value} (bound {res.bound})")
+        else:
+            end = Candidate(np.where(mdp.terminal, 0, np.argmax(res.end.policy, axis=1)), res.end,
+                            None, "listing")
+            gaps[name] = res.gap
+            if res.gap > J_GAP * max(1.0, abs(res.end.J)):
+                certificate = "local"
+                downgrades.append(f"{name} J not proved: {res.status}, {len(res.undecided)} "
+                                  f"undecided policies, bound {res.bound:.9g}")
         if end.eq.leader_objective < bound - equilibrium_tolerance(bm, L) - allowance:
             downgrades.append(f"{name} end: leader objective {end.eq.leader_objective:.9g} below "
                               f"the proved bound {bound:.9g}")
             certificate = "local"
-        solved = res.status in (Status.OPTIMAL, Status.FEASIBLE)
-        gaps[name] = _proved_gap(res, at=end.eq.J) if solved else math.inf
         ends[name] = end
-        in_band.append(end)
-    m.del_component(m.eq_leader_bound)
+        in_band[end.actions.tobytes()] = end
     low, high = ends["min"].eq, ends["max"].eq
     if low.J > high.J:
         low, high = high, low

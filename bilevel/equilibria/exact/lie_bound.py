@@ -1,0 +1,126 @@
+"""Proved bounds on what a lie can buy in MAL + agent reward, from arrays (docs/DESIGN.md 5.6).
+
+For a deterministic follower policy pi with true occupancy d (normalized) and values V = V^pi_M,
+every equilibrium (pi, Phat) satisfies, with c1 = (1 - alpha)/(1 - g),
+
+    leader = alpha sum_s d(s) KL(P_s || Phat_s) - (1 - alpha) V^pi_Phat(rho0),
+    V^pi_Phat(rho0) - V(rho0) = sum_s d(s) e_s / (1 - g),   e_s = (Phat_s - P_s) . (R_s + g V^pi_Phat)
+
+(the simulation lemma weighted by the true occupancy: the loss and the gain share d). Split
+Phat_s into its mass o_s off supp P_s (at least the floor's o_lo = |K - supp P| eta) and the
+conditional q_s on supp P_s. Then KL(P_s || Phat_s) = KL(P_s || q_s) - log(1 - o_s), and with
+k_s = KL(P_s || q_s), X_s = (q_s - P_s) . f_s (f_s = R_s + g V^pi_Phat):
+
+  * KL(p || q) >= sum_t (p_t - q_t)^2 / (2 max(p_t, q_t)) (Taylor of x log x - x + 1), so by
+    Cauchy-Schwarz and Pinsker  X_s^2 <= 2 k_s (Var_{P_s}(f_s) + min(1, sqrt(k_s / 2)) M_s^2);
+  * Var_{P_s}(f_s) is the variance at the model's values; its d-weighted sum is at most
+    (sqrt(Sigma) + rho ||e||_d)^2, Sigma = sum_s d(s) Var_{P_s}(R_s + g V) at the policy's own
+    values, rho = sqrt(g) / (1 - sqrt(g)), because V^pi_Phat - V = (I - g P_pi)^{-1} e and
+    sum_s d(s) P_s(t) <= d(t) / g makes g P_pi a sqrt(g)-contraction in the d-weighted norm.
+
+`lie_bound` turns these into a lower bound on the leader of every equilibrium with policy pi;
+it exceeds the true one (IPOPT's best lie with the policy fixed) by 1.2-3 times the lie, about
+1e-8 at alpha = 0.9999. `linear_coefficients` is the linear relaxation that the MINLP's
+simulation bound gives (valid for every equilibrium, weaker: static widths of R + g V).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from bilevel.equilibria.exact.minlp import minlp_bounds
+from bilevel.mdp.model import TabularMDP
+from bilevel.tabular.evaluation import policy_evaluation
+from bilevel.tabular.occupancy import occupancy
+from bilevel.tabular.policies import deterministic_policy
+
+
+def linear_coefficients(mdp: TabularMDP, alpha: float) -> np.ndarray:
+    """a(s,a) with leader >= sum_{s,a} mu(s,a) a(s,a) at every equilibrium whose deterministic
+    policy has true occupancy mu: the MINLP's simulation bound (bilevel.equilibria.exact.minlp)
+    minimized per pair, alpha z - c1 (span_in h + span_out y) under 2 h^2 <= mu (z - y) and
+    y >= ell_lo mu, gives
+        a = (alpha - c1 span_out) ell_lo - c1 r - c1^2 span_in^2 / (8 alpha)."""
+    b = minlp_bounds(mdp)
+    c1 = (1 - alpha) / (1 - mdp.gamma)
+    return (alpha - c1 * b.span_out) * b.ell_lo - c1 * mdp.r - c1 ** 2 * b.span_in ** 2 / (8 * alpha)
+
+
+def concave_max(h, x0: float, rel: float = 1e-9) -> float:
+    """An upper bound on max_{x >= 0} h(x) for a concave h: golden section on a bracket
+    a < b < c with h(b) >= h(a), h(c); concavity puts every h(x) under the chords extended, so
+    max h <= h(b) + max(slope(a, b)^+ (c - b), (-slope(b, c))^+ (b - a))."""
+    a, b, c = 0.0, x0, 2 * x0
+    while h(b) < h(a):                      # the bracket: h(b) >= h(a) (h(0) = 0 < h near 0)
+        b, c = b / 2, b
+    while h(c) >= h(b):                     # and h(b) >= h(c) (h falls off for large x)
+        a, b, c = b, c, 2 * c
+    r = (np.sqrt(5) - 1) / 2
+    for _ in range(200):
+        lo, hi = (a, b) if b - a > c - b else (b, c)
+        x = hi - r * (hi - lo) if (lo, hi) == (a, b) else lo + r * (hi - lo)
+        if (lo, hi) == (a, b):
+            a, b, c = (x, b, c) if h(x) < h(b) else (a, x, b)
+        else:
+            a, b, c = (a, b, x) if h(x) < h(b) else (b, x, c)
+        hb = h(b)
+        excess = max(max(0.0, (hb - h(a)) / (b - a)) * (c - b) if b > a else 0.0,
+                     max(0.0, (hb - h(c)) / (c - b)) * (b - a))
+        if excess <= rel * max(abs(hb), 1e-300):
+            break
+    return hb + excess
+
+
+def lie_bound(mdp: TabularMDP, alpha: float, actions, bounds=None) -> dict | None:
+    """A proved lower bound on the leader of every equilibrium (pi, Phat) with the deterministic
+    policy `actions` (docs/DESIGN.md 5.6, "A proof for one policy"):
+
+        leader >= -(1 - alpha) J(pi, M) + sum_s d(s) (alpha ell_lo(s) - c1 o_lo(s) so(s)) - max G,
+        G(K, L) = c1 sqrt(2K) (sqrt(Sigma) + rho E) + c1 min(K M^2 / (2 sqrt(Sigma)), 2^(1/4) M K^(3/4))
+                  - alpha K - (alpha - c1 so_max) L,
+        E = M sqrt(2K (1/4 + min(1, sqrt(kl_max / 2)))) + F0 + W sqrt(L),   rho = sqrt(g) / (1 - sqrt(g)),
+
+    over K >= 0 (the model's in-support KL, weighted by the true occupancy d) and L >= 0 (its
+    off-support mass beyond the floor's o_lo = |K - supp P| eta). Sigma = sum_s d(s)
+    Var_{P(.|s,pi(s))}(R + g V^pi_M) is the variance at the policy's own values; M, so and W
+    are the static widths of R + g V over supp P, from supp P out of it, and over K
+    (bilevel.equilibria.exact.minlp's value box), kl_max the largest KL on a floored simplex and
+    F0 = ||o_lo W_s||_d. G is concave; `concave_max` bounds its max from above. Returns the
+    bound ("leader_lo") and max G ("lie"), or None when G is unbounded (its coefficient of K for
+    large K is not negative)."""
+    g, P, R, K = mdp.gamma, mdp.P, mdp.R, mdp.K
+    b = bounds or minlp_bounds(mdp)
+    pi = deterministic_policy(actions, mdp.n_actions)
+    d = occupancy(P, mdp.rho0, g, pi).sum(axis=1)
+    V = policy_evaluation(P, mdp.r, g, pi)
+    seen = np.flatnonzero((d > 0) & ~mdp.terminal)        # terminal rows are fixed: no lie
+    a = np.asarray(actions)[seen]
+    p, f = P[seen, a], R[seen, a] + g * V[None, :]
+    mean = np.sum(p * f, axis=1)
+    sigma = float(d[seen] @ np.sum(p * (f - mean[:, None]) ** 2, axis=1))
+    c1 = (1 - alpha) / (1 - g)
+    M, so = float(b.span_in[seen, a].max()), b.span_out[seen, a]
+    so_max, kl_max = float(so.max()), float(b.kl_hi[seen, a].max())
+    f_hi, f_lo = R[seen, a] + g * b.V_hi[None, :], R[seen, a] + g * b.V_lo[None, :]
+    k = K[seen, a]
+    w = np.where(k.sum(axis=1) > 1, np.max(np.where(k, f_hi, -np.inf), axis=1)
+                 - np.min(np.where(k, f_lo, np.inf), axis=1), 0.0)
+    o_lo = ((k & (p == 0)).sum(axis=1)) * mdp.floor
+    F0, W = float(np.sqrt(d[seen] @ (o_lo * w) ** 2)), float(w.max())
+    rho = np.sqrt(g) / (1 - np.sqrt(g))
+    ck = 0.25 + min(1.0, np.sqrt(kl_max / 2))     # TV <= min(1, sqrt(KL / 2))
+    beta = alpha - c1 * so_max
+    quad = c1 * M ** 2 / (2 * np.sqrt(sigma)) if sigma > 0 else np.inf
+    slope = -alpha + 2 * c1 * rho * M * np.sqrt(ck) + (c1 * rho * W) ** 2 / (2 * beta)
+    if beta <= 0 or slope >= 0:      # (the min's K^(3/4) branch grows slower than K)
+        return None
+
+    def h(Kin):
+        """max over L >= 0 of G(Kin, L): A sqrt(L) - beta L peaks at A^2 / (4 beta)."""
+        A = c1 * np.sqrt(2 * Kin) * rho * W
+        return (c1 * np.sqrt(2 * Kin) * (np.sqrt(sigma) + rho * (M * np.sqrt(2 * Kin * ck) + F0))
+                + min(quad * Kin, c1 * 2 ** 0.25 * M * Kin ** 0.75) - alpha * Kin + A ** 2 / (4 * beta))
+
+    lie = concave_max(h, (c1 * np.sqrt(sigma) / alpha) ** 2 / 2 + 1e-24)
+    floor_part = float(d[seen] @ (alpha * b.ell_lo[seen, a] - c1 * o_lo * so))
+    J = float(mdp.rho0 @ V)
+    return {"leader_lo": -(1 - alpha) * J + floor_part - lie, "lie": lie, "sigma": sigma}

@@ -1,0 +1,218 @@
+"""An end of MAL + agent reward's band by listing deterministic follower policies in the order
+of J, each one settled from arrays (docs/DESIGN.md 5.6, "The ends by listing policies").
+
+SCIP solves the MILP over deterministic policies
+
+    min / max  J(pi, M) = sum_{s,a} r(s,a) mu(s,a) / (1 - g)
+    s.t.  mu the true occupancy flow of pi,  mu(s,a) <= x(s,a),  x binary, one action per live state,
+          sum mu a <= band                (a = lie_bound.linear_coefficients: valid at every equilibrium)
+
+with a constraint handler that settles every integer candidate pi before SCIP may keep it:
+
+  * out:       lie_bound(pi) > band, a proof that no equilibrium with pi lies in the band. It is
+               cut off together with every policy that agrees with it on the states it reaches
+               (they have the same occupancy, so the same bound): sum_{s in Z(pi)} x(s, pi(s))
+               <= |Z(pi)| - 1;
+  * in:        `certify(pi)` returns a certified equilibrium with leader <= band (IPOPT with the
+               policy fixed, every number recomputed): SCIP keeps pi as a solution;
+  * else `decide(pi)`, a solve with the policy fixed (SCIP on the MINLP), may still put it out
+    or in;
+  * undecided: none of these; cut off like an excluded one, its J recorded;
+  * worse:     not better than an accepted policy (it cannot move the end): cut off unsettled.
+
+When SCIP proves its optimum, every policy with a better J was cut off as out or undecided, so
+the end lies between SCIP's optimum (an equilibrium in the band) and the best undecided J; the
+proved gap is their distance (0 without undecided policies). Stopped at the time limit, SCIP's
+dual bound takes the place of its optimum in that bound. The band is the one of the MINLP's
+constraint `leader <= L + tol`, from arrays: no solver tolerance widens it.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from pyscipopt import SCIP_RESULT, Conshdlr, Model, quicksum
+
+from bilevel.equilibria.exact.lie_bound import lie_bound, linear_coefficients
+from bilevel.equilibria.exact.minlp import minlp_bounds
+from bilevel.equilibria.interval import Equilibrium
+from bilevel.mdp.model import TabularMDP
+from bilevel.tabular.evaluation import policy_evaluation
+from bilevel.tabular.occupancy import occupancy
+from bilevel.tabular.policies import deterministic_policy
+
+J_REL_GAP = 1e-9       # SCIP's relative gap on J (the MILP's values are exact sums of the flow)
+
+
+@dataclass
+class ListedEnd:
+    """The result of `listed_end`: the end (None when no candidate was certified), SCIP's status,
+    the proved bound on the end and the counts of settled policies."""
+
+    end: Equilibrium | None
+    status: str
+    bound: float                    # the end is proved to lie within [bound, end.J] (min) / [end.J, bound] (max)
+    out: int = 0
+    undecided: list = field(default_factory=list)       # J of each undecided policy
+    accepted: int = 0
+    nodes: int = 0
+    seconds: float = 0.0
+
+    @property
+    def gap(self) -> float:
+        return math.inf if self.end is None else abs(self.end.J - self.bound)
+
+
+class _Settle(Conshdlr):
+    """The constraint handler of the module docstring."""
+
+    def __init__(self, owner: "_Listing"):
+        self.owner = owner
+
+    def _candidate(self, sol=None):
+        o = self.owner
+        x = np.array([[self.model.getSolVal(sol, o.x[s, a]) for a in range(o.A)] for s in range(o.S)])
+        return np.where(o.mdp.terminal, 0, x.argmax(axis=1))
+
+    def conscheck(self, constraints, solution, checkintegrality, checklprows, printreason,
+                  completely, **kw):
+        verdict, _ = self.owner.settle(self._candidate(solution))
+        return {"result": SCIP_RESULT.FEASIBLE if verdict == "in" else SCIP_RESULT.INFEASIBLE}
+
+    def _enforce(self):
+        actions = self._candidate()
+        verdict, reached = self.owner.settle(actions)
+        if verdict == "in":
+            return {"result": SCIP_RESULT.FEASIBLE}
+        o = self.owner
+        self.model.addCons(quicksum(o.x[s, actions[s]] for s in reached) <= len(reached) - 1)
+        return {"result": SCIP_RESULT.CONSADDED}
+
+    def consenfolp(self, constraints, nusefulconss, solinfeasible):
+        return self._enforce()
+
+    def consenfops(self, constraints, nusefulconss, solinfeasible, objinfeasible):
+        return self._enforce()
+
+    def conslock(self, constraint, locktype, nlockspos, nlocksneg):
+        pass                                   # no dual reductions (turned off below)
+
+
+class _Listing:
+    def __init__(self, mdp: TabularMDP, alpha: float, band: float, sense: str, certify, decide):
+        self.mdp, self.alpha, self.band, self.certify, self.decide = mdp, alpha, band, certify, decide
+        self.sign = 1.0 if sense == "min" else -1.0
+        self.S, self.A = mdp.n_states, mdp.n_actions
+        self.bounds = minlp_bounds(mdp)
+        self.verdicts: dict = {}
+        self.accepted: dict = {}
+        self.undecided: list = []
+        self.out = 0
+        self.best = math.inf            # sign * J of the best accepted policy
+
+    def accept(self, actions, eq: Equilibrium) -> None:
+        self.verdicts[np.asarray(actions).tobytes()] = ("in", [])
+        self.accepted[np.asarray(actions).tobytes()] = eq
+        self.best = min(self.best, self.sign * eq.J)
+
+    def settle(self, actions) -> tuple[str, list]:
+        """("out" | "in" | "undecided" | "worse", the live states pi reaches), cached per policy;
+        "worse": not better than an accepted policy, so it cannot move the end (cut off
+        without a verdict)."""
+        key = np.asarray(actions).tobytes()
+        if key in self.verdicts:
+            return self.verdicts[key]
+        mdp = self.mdp
+        pi = deterministic_policy(actions, self.A)
+        d = occupancy(mdp.P, mdp.rho0, mdp.gamma, pi).sum(axis=1)
+        reached = [int(s) for s in np.flatnonzero((d > 0) & ~mdp.terminal)]
+        J = float(mdp.rho0 @ policy_evaluation(mdp.P, mdp.r, mdp.gamma, pi))
+        lb = lie_bound(mdp, self.alpha, actions, self.bounds)
+        if lb is not None and lb["leader_lo"] > self.band:
+            verdict = "out"
+            self.out += 1
+        elif self.sign * J >= self.best:
+            verdict = "worse"
+        else:
+            eq = self.certify(np.asarray(actions))
+            verdict = "in" if eq is not None and eq.leader_objective <= self.band else "undecided"
+            if verdict == "undecided" and self.decide is not None:
+                verdict, eq = self.decide(np.asarray(actions))
+            if verdict == "in" and abs(eq.J - J) <= 1e-9 * max(1.0, abs(J)):
+                self.accept(actions, eq)
+                return "in", reached
+            if verdict == "out":
+                self.out += 1
+            else:
+                verdict = "undecided"
+                self.undecided.append(J)
+        self.verdicts[key] = (verdict, reached)
+        return self.verdicts[key]
+
+
+def listed_end(mdp: TabularMDP, alpha: float, band: float, sense: str, certify,
+               time_limit: float, starts=(), decide=None) -> ListedEnd:
+    """The min (`sense` "min") or max ("max") of J(pi, M) over the band's equilibria by the
+    listing of the module docstring. `certify(actions)` returns a certified equilibrium with
+    that deterministic policy or None; `decide(actions)`, for a policy neither the bound nor
+    `certify` settles, returns ("out" | "in" | "undecided", equilibrium or None) from a solve
+    with the policy fixed; `starts`: certified equilibria in the band, SCIP's first solutions."""
+    t0 = time.perf_counter()
+    S, A, g = mdp.n_states, mdp.n_actions, mdp.gamma
+    live = ~mdp.terminal
+    listing = _Listing(mdp, alpha, band, sense, certify, decide)
+    m = Model()
+    m.hideOutput()
+    mu = {(s, a): m.addVar(lb=0.0, ub=1.0 if live[s] else 0.0) for s in range(S) for a in range(A)}
+    x = {(s, a): m.addVar(vtype="B") for s in range(S) for a in range(A)}
+    listing.x = x
+    for t in np.flatnonzero(live):
+        m.addCons(quicksum(mu[t, a] for a in range(A))
+                  - g * quicksum(float(mdp.P[s, a, t]) * mu[s, a] for s in range(S) for a in range(A)
+                                 if mdp.P[s, a, t] > 0) == (1 - g) * float(mdp.rho0[t]))
+        m.addCons(quicksum(x[t, a] for a in range(A)) == 1)
+    for k in mu:
+        m.addCons(mu[k] <= x[k])
+    coef = linear_coefficients(mdp, alpha) / (1 - alpha)     # in units of J: SCIP's tolerances are absolute
+    m.addCons(quicksum(float(coef[k]) * mu[k] for k in mu if live[k[0]])
+              <= band / (1 - alpha) + 1e-9 * max(1.0, abs(band) / (1 - alpha)))
+    m.setObjective(quicksum(float(mdp.r[k]) / (1 - g) * mu[k] for k in mu if live[k[0]]),
+                   "minimize" if sense == "min" else "maximize")
+    m.includeConshdlr(_Settle(listing), "settle", "settles deterministic policies from arrays",
+                      chckpriority=-10, enfopriority=-10, needscons=False)
+    m.setParam("misc/allowstrongdualreds", False)
+    m.setParam("misc/allowweakdualreds", False)
+    m.setParam("limits/time", max(0.1, float(time_limit)))
+    m.setParam("limits/gap", J_REL_GAP)
+    for eq in starts:
+        actions = np.where(mdp.terminal, 0, np.argmax(eq.policy, axis=1))
+        if eq.leader_objective > band:
+            continue
+        listing.accept(actions, eq)
+        sol = m.createSol()
+        occ = occupancy(mdp.P, mdp.rho0, g, deterministic_policy(actions, A))
+        for (s, a), v in mu.items():
+            m.setSolVal(sol, v, float(occ[s, a]) if live[s] else 0.0)
+            m.setSolVal(sol, x[s, a], 1.0 if a == actions[s] else 0.0)
+        m.addSol(sol)
+    m.optimize()
+    status, nsols = m.getStatus(), m.getNSols()
+    end = None
+    if nsols:
+        best = m.getBestSol()
+        actions = np.where(mdp.terminal, 0, np.array(
+            [max(range(A), key=lambda a: m.getSolVal(best, x[s, a])) for s in range(S)]))
+        end = listing.accepted.get(actions.tobytes())
+    sign = 1.0 if sense == "min" else -1.0
+    if status == "optimal" and end is not None:
+        bound = end.J
+    else:
+        dual = m.getDualbound()
+        bound = dual if abs(dual) < m.infinity() else -sign * math.inf
+    for J in listing.undecided:
+        if sign * (J - bound) < 0:
+            bound = J
+    return ListedEnd(end, status, bound, listing.out, listing.undecided, len(listing.accepted),
+                     int(m.getNNodes()), time.perf_counter() - t0)
