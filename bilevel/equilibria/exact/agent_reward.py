@@ -1,26 +1,24 @@
-"""The interval of MAL + agent reward from the binary-follower MINLP of `bilevel.equilibria.exact.minlp`.
+"""The interval of MAL + agent reward from the binary-follower MINLP of `bilevel.equilibria.exact.minlp`
+and the listing of `bilevel.equilibria.exact.listing`.
 
-Steps, as in `bilevel.equilibria`: L* = min leader; the band tol = equilibrium_tolerance(L*)
-plus SCIP's proven gap on L*; max and min of J(pi, M) subject to leader <= L* + tol. Each SCIP
-solve starts from certified equilibria (`incumbents`: the floored fit with its greedy policy,
-the optimal policy of M with the hostile witness model, each improved by IPOPT with the policy
-fixed; and any `starts` of another route, as `auto` passes IPOPT's ends). Under a `budget` each
-solve gets the time left over the solves left (the max end runs first). Every SCIP point is
-re-certified from arrays (`certify_point`) together with its polish by the same fixed-policy
-NLP (exact follower optimality where SCIP's feasibility tolerance left a gap; J(pi, M) depends
-on the policy only, so the polish never moves it), and the one with the smaller leader
-objective stands. The certificate is "global" only when SCIP proved all three solves; SCIP's
-proofs hold up to its feasibility tolerance, like every SCIP route here.
+Steps: L* = min leader by SCIP on the MINLP, started from certified equilibria (`incumbents`:
+the floored fit with its greedy policy, the optimal policy of M with the hostile witness model,
+each improved by IPOPT with the policy fixed; and any `starts` of another route, as `auto`
+passes IPOPT's ends); SCIP's point is re-certified from arrays (`certify_point`) together with
+its polish by the same fixed-policy NLP, and the one with the smaller leader objective stands.
+The band is leader <= L + tol (L the larger of SCIP's value and the recomputed one, tol =
+equilibrium_tolerance(L) plus SCIP's proven gap on L*), from arrays. Then max and min of J(pi, M)
+over the band by listing deterministic policies (`listed_end`): each candidate is put out by the
+proved bound of `lie_bound`, in by a certified equilibrium (`_certifier`), or settled by SCIP on
+the MINLP with the policy fixed (`_policy_solver`); the ones left undecided bound the end. Under
+a `budget` each step gets the time left over the steps left (the max end runs first). The
+certificate is "global" only when SCIP proved L* and both listings settled every policy beyond
+their end; SCIP's proofs hold up to its feasibility tolerance, like every SCIP route here.
 
-Reach (alpha = 0.9999, 120 s per solve, benchmarks/agent_reward_reach.py): global on
-garnet(S, 3, 2, support="neighbors", initial="first") at S = 4, 6, 8, 12 in 2 to 28 s; at S = 16
-and 25 L* is proved at the root but not the min-J end. On deterministic MDPs (one successor per
-pair) TV(P, q) = 0 and the lie term on supp P vanishes: garnet(25, 3, 1) and garnet(40, 3, 1)
-are global in 6 and 14 s (the 100-state gridworld without slip is not: its min end stays
-open). On stochastic ones the relaxation credits every visited pair with a lie worth
-(1 - alpha)^2 span_in^2 / (8 alpha (1 - g)^2) (about 0.06 in J at g = 0.9; more at g = 0.95 on
-grid_hidden_goal, where even L* stays open), and the band's edge is crowded with policies that
-only spatial branching on V tells apart (docs/DESIGN.md 5.6 has the measurements).
+Reach (alpha = 0.9999, benchmarks/agent_reward_reach.py and RESULTS.md 10): see docs/DESIGN.md
+5.6. On deterministic MDPs (one successor per pair) the lie on supp P vanishes; on stochastic
+ones the listing's bound separates the policies at the band's edge that the static relaxation
+(about 0.06 in J at g = 0.9) cannot, and what stays open are the few it leaves undecided.
 """
 from __future__ import annotations
 
@@ -62,7 +60,7 @@ SCIP_OPTIONS: dict = {"propagating/obbt/freq": 5}
 BUDGET_NLP_ITERATIONS = 300
 MIN_SOLVE_SECONDS = 0.5  # under a budget, the least time a SCIP solve gets
 # SCIP's time on one policy the listing's bound leaves open (the MINLP with the policy fixed)
-POLICY_SECONDS = 5.0
+POLICY_SECONDS = 1.0
 
 
 @dataclass(frozen=True, eq=False)
