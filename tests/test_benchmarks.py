@@ -157,36 +157,3 @@ def test_agent_reward_auto_flags_what_contradicts_the_reference():
     assert (s["ipopt_missed_low"], s["auto_missed_low"], s["auto_s_max"]) == (1, 1, 4.0)
     assert len(bench.specs([3, 4])) == 24
 
-
-def test_agent_reward_edge_lists_below_a_proved_min_end_only_policies_outside_the_band():
-    """benchmarks/agent_reward_edge.py on a 4-state Garnet whose MAL + agent reward interval
-    the MINLP proves: the linear relaxation's min J is a lower bound on the proved min end, and
-    every policy it lists below that end lies outside the band (leader at the floored fit less
-    the second-order lie). Its arrays agree with the engine: the leader at the floored fit with
-    the fit's greedy policy is certificates.leader_value, and the second-order lie is within 10 %
-    of what IPOPT's best lie with the policy fixed gains (DESIGN 5.6: 0.1-3 %)."""
-    import agent_reward_edge as edge
-    from bilevel.equilibria.certificates import leader_value, model_reward
-    from bilevel.equilibria.exact.agent_reward import agent_reward_interval
-    from bilevel.equilibria.exact.minlp import FORMULATION, FixedPolicyNLP, build_minlp
-    from bilevel.mdp.garnet import garnet
-    from bilevel.tabular.fits import kl_fit
-    from bilevel.tabular.policies import deterministic_policy
-    alpha = 0.9999
-    mdp = garnet(4, 3, 2, seed=1, support="neighbors", initial="first")
-    res = agent_reward_interval(mdp, alpha, time_limit=30)
-    assert res.ok and res.certificate == "global"
-    band = res.leader_objective + res.tolerance
-    out = edge.edge(mdp, alpha, band, res.low.J, policies=30, seconds=60, say=lambda msg: None)
-    assert out["bounds"][0] <= res.low.J + 1e-9
-    assert out["listed"] and all(p["J"] < res.low.J and p["outside"] > 0 for p in out["listed"])
-
-    Peta = kl_fit(mdp.P, mdp.K, mdp.floor)
-    _, pi_eta = value_iteration(Peta, model_reward(mdp, Peta), mdp.gamma, tol=1e-13)
-    actions = np.argmax(pi_eta, axis=1)
-    terms = edge.policy_terms(mdp, alpha, actions)
-    pi = deterministic_policy(actions, mdp.n_actions)
-    assert terms["leader_fit"] == pytest.approx(leader_value(FORMULATION, mdp, pi, Peta, alpha), abs=1e-12)
-    Phat = FixedPolicyNLP(build_minlp(mdp, alpha)).solve(actions, Peta)
-    gain = terms["leader_fit"] - leader_value(FORMULATION, mdp, pi, Phat, alpha)
-    assert terms["lie"] == pytest.approx(gain, rel=0.1)
