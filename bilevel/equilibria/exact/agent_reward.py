@@ -259,12 +259,16 @@ def agent_reward_interval(mdp: TabularMDP, alpha: float | None = None, time_limi
     proven_gap = _proved_gap(lead) if lead_proved else 0.0
     if not lead_proved:
         downgrades.append("leader optimum not proved: the band is around the best value found")
-    tol = equilibrium_tolerance(bm, L) + proven_gap
+    # the band: the nominal tolerance around the best certified leader value found, L_best. It
+    # contains the band around L* (L_best >= L*) and lies within SCIP's proved gap on L* of it;
+    # unlike a band widened by that gap, two runs that certify the same optimum share it
+    L_best = min([L_check] + [c.eq.leader_objective for c in cands])
+    tol = equilibrium_tolerance(bm, L_best)
     allowance = FEASIBILITY_SLACK * max(1.0, abs(L))
     say(f"{FORMULATION}: L* = {L:.9g} (bound {bound:.9g}, recomputed {L_check:.9g}), tol {tol:.3g}")
 
     # 2. max / min J(pi, M) over the band, by listing policies (bilevel.equilibria.exact.listing)
-    strict = max(L, L_check) + tol
+    strict = L_best + tol
     in_band = {c.actions.tobytes(): c for c in [best] + cands if c.eq.leader_objective <= strict}
     certify = _certifier(bm, nlp)
     ends, gaps = {}, {"leader": proven_gap if lead_proved else _proved_gap(lead)}
@@ -317,5 +321,5 @@ def agent_reward_interval(mdp: TabularMDP, alpha: float | None = None, time_limi
     if downgrades:
         details["certificate_downgraded"] = downgrades
     return EquilibriumInterval(FORMULATION, "solved", alpha=alpha, certificate=certificate,
-                               solver=SOLVER, starts=len(cands), leader_objective=L, tolerance=tol,
+                               solver=SOLVER, starts=len(cands), leader_objective=L_best, tolerance=tol,
                                low=low, high=high, seconds=time.perf_counter() - t0, details=details)
