@@ -12,7 +12,7 @@ with a constraint handler that settles every integer candidate pi before SCIP ma
   * out:       lie_bound(pi) > band, a proof that no equilibrium with pi lies in the band. It is
                cut off together with every policy that agrees with it on the states it reaches
                (they have the same occupancy, so the same bound): sum_{s in Z(pi)} x(s, pi(s))
-               <= |Z(pi)| - 1;
+               <= |Z(pi)| - 1 (a policy SCIP puts out, below, is cut off alone);
   * in:        `certify(pi)` returns a certified equilibrium with leader <= band (IPOPT with the
                policy fixed, every number recomputed): SCIP keeps pi as a solution;
   * else `decide(pi)`, a solve with the policy fixed (SCIP on the MINLP), may still put it out
@@ -118,9 +118,11 @@ class _Listing:
         self.best = min(self.best, self.sign * eq.J)
 
     def settle(self, actions) -> tuple[str, list]:
-        """("out" | "in" | "undecided" | "worse", the live states pi reaches), cached per policy;
-        "worse": not better than an accepted policy, so it cannot move the end (cut off
-        without a verdict)."""
+        """("out" | "in" | "undecided" | "worse", the states of the cut), cached per policy: the
+        live states pi reaches (J, the bound and the certifier, which re-chooses the actions
+        elsewhere, are the same for every policy that agrees there), or every live state for a
+        policy SCIP put out; "worse": not better than an accepted policy, so it cannot move the
+        end (cut off without a verdict)."""
         key = np.asarray(actions).tobytes()
         if key in self.verdicts:
             return self.verdicts[key]
@@ -144,7 +146,10 @@ class _Listing:
                 self.accept(actions, eq)
                 return "in", reached
             if verdict == "out":
+                # SCIP's verdict is on this policy: its actions where it does not go still enter
+                # the model's follower condition, so the cut covers every live state
                 self.out += 1
+                reached = [int(s) for s in np.flatnonzero(~mdp.terminal)]
             else:
                 verdict = "undecided"
                 self.undecided.append(J)
