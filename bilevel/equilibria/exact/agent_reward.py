@@ -6,8 +6,9 @@ the floored fit with its greedy policy, the optimal policy of M with the hostile
 each improved by IPOPT with the policy fixed; and any `starts` of another route, as `auto`
 passes IPOPT's ends); SCIP's point is re-certified from arrays (`certify_point`) together with
 its polish by the same fixed-policy NLP, and the one with the smaller leader objective stands.
-The band is leader <= L + tol (L the larger of SCIP's value and the recomputed one, tol =
-equilibrium_tolerance(L) plus SCIP's proven gap on L*), from arrays. Then max and min of J(pi, M)
+The band is leader <= L_best + tol (L_best the best certified leader value found, tol =
+equilibrium_tolerance(L_best)), from arrays: it contains the band around L* and lies within
+SCIP's proven gap on L* of it. Then max and min of J(pi, M)
 over the band by listing deterministic policies (`listed_end`): each candidate is put out by the
 proved bound of `lie_bound`, in by a certified equilibrium (`_certifier`), or settled by SCIP on
 the MINLP with the policy fixed (`_policy_solver`); the ones left undecided bound the end. Under
@@ -15,7 +16,7 @@ a `budget` each step gets the time left over the steps left (the max end runs fi
 certificate is "global" only when SCIP proved L* and both listings settled every policy beyond
 their end; SCIP's proofs hold up to its feasibility tolerance, like every SCIP route here.
 
-Reach (alpha = 0.9999, benchmarks/agent_reward_reach.py and RESULTS.md 10): see docs/DESIGN.md
+Reach (alpha = 0.9999, benchmarks/agent_reward_reach.py and RESULTS.md 13): see docs/DESIGN.md
 5.6. On deterministic MDPs (one successor per pair) the lie on supp P vanishes; on stochastic
 ones the listing's bound separates the policies at the band's edge that the static relaxation
 (about 0.06 in J at g = 0.9) cannot, and what stays open are the few it leaves undecided.
@@ -311,19 +312,20 @@ def agent_reward_interval(mdp: TabularMDP, alpha: float | None = None, time_limi
         else:
             end = Candidate(np.where(mdp.terminal, 0, np.argmax(res.end.policy, axis=1)), res.end,
                             None, "listing")
-            gaps[name] = res.gap
+            end_bound = res.bound
             if res.gap > J_GAP * max(1.0, abs(res.end.J)) and budget is None:
                 # the listing stopped short: SCIP on the whole MINLP may bound the end closer
                 b = _minlp_end_bound(bm, name, strict, end_limit,
                                      [c.point for c in in_band.values() if c.point is not None])
-                sign = 1.0 if name == "min" else -1.0
-                if b is not None and sign * (b - res.bound) > 0:
-                    gaps[name] = abs(end.eq.J - (min(b, end.eq.J) if name == "min" else max(b, end.eq.J)))
                 steps[name]["minlp_bound"] = b
+                if b is not None:       # the closer of the two bounds, never beyond the end
+                    end_bound = max(end_bound, min(b, end.eq.J)) if name == "min" \
+                        else min(end_bound, max(b, end.eq.J))
+            gaps[name] = abs(end.eq.J - end_bound)
             if gaps[name] > J_GAP * max(1.0, abs(res.end.J)):
                 certificate = "local"
                 downgrades.append(f"{name} J not proved: {res.status}, {len(res.undecided)} "
-                                  f"undecided policies, bound {res.bound:.9g}")
+                                  f"undecided policies, bound {end_bound:.9g}")
         if end.eq.leader_objective < bound - equilibrium_tolerance(bm, L) - allowance:
             downgrades.append(f"{name} end: leader objective {end.eq.leader_objective:.9g} below "
                               f"the proved bound {bound:.9g}")

@@ -45,6 +45,13 @@ def linear_coefficients(mdp: TabularMDP, alpha: float) -> np.ndarray:
     return (alpha - c1 * b.span_out) * b.ell_lo - c1 * mdp.r - c1 ** 2 * b.span_in ** 2 / (8 * alpha)
 
 
+def policy_occupancy_values(mdp: TabularMDP, actions) -> tuple[np.ndarray, np.ndarray]:
+    """(d, V) of a deterministic policy in M: its normalized state occupancy and its values."""
+    pi = deterministic_policy(actions, mdp.n_actions)
+    return (occupancy(mdp.P, mdp.rho0, mdp.gamma, pi).sum(axis=1),
+            policy_evaluation(mdp.P, mdp.r, mdp.gamma, pi))
+
+
 def concave_max(h, x0: float, rel: float = 1e-9) -> float:
     """An upper bound on max_{x >= 0} h(x) for a concave h: golden section on a bracket
     a < b < c with h(b) >= h(a), h(c); concavity puts every h(x) under the chords extended, so
@@ -70,7 +77,7 @@ def concave_max(h, x0: float, rel: float = 1e-9) -> float:
     return hb + excess
 
 
-def lie_bound(mdp: TabularMDP, alpha: float, actions, bounds=None) -> dict | None:
+def lie_bound(mdp: TabularMDP, alpha: float, actions, bounds=None, d=None, V=None) -> dict | None:
     """A proved lower bound on the leader of every equilibrium (pi, Phat) with the deterministic
     policy `actions` (docs/DESIGN.md 5.6, "A proof for one policy"):
 
@@ -86,12 +93,12 @@ def lie_bound(mdp: TabularMDP, alpha: float, actions, bounds=None) -> dict | Non
     (bilevel.equilibria.exact.minlp's value box), kl_max the largest KL on a floored simplex and
     F0 = ||o_lo W_s||_d. G is concave; `concave_max` bounds its max from above. Returns the
     bound ("leader_lo") and max G ("lie"), or None when G is unbounded (its coefficient of K for
-    large K is not negative)."""
+    large K is not negative). `d` (the state occupancy) and `V` (the values in M) of the policy
+    may be passed in when the caller has them."""
     g, P, R, K = mdp.gamma, mdp.P, mdp.R, mdp.K
     b = bounds or minlp_bounds(mdp)
-    pi = deterministic_policy(actions, mdp.n_actions)
-    d = occupancy(P, mdp.rho0, g, pi).sum(axis=1)
-    V = policy_evaluation(P, mdp.r, g, pi)
+    if d is None or V is None:
+        d, V = policy_occupancy_values(mdp, actions)
     seen = np.flatnonzero((d > 0) & ~mdp.terminal)        # terminal rows are fixed: no lie
     a = np.asarray(actions)[seen]
     p, f = P[seen, a], R[seen, a] + g * V[None, :]

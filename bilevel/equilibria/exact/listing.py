@@ -35,11 +35,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from pyscipopt import SCIP_RESULT, Conshdlr, Model, quicksum
 
-from bilevel.equilibria.exact.lie_bound import lie_bound, linear_coefficients
+from bilevel.equilibria.exact.lie_bound import lie_bound, linear_coefficients, policy_occupancy_values
 from bilevel.equilibria.exact.minlp import minlp_bounds
 from bilevel.equilibria.interval import Equilibrium
 from bilevel.mdp.model import TabularMDP
-from bilevel.tabular.evaluation import policy_evaluation
 from bilevel.tabular.occupancy import occupancy
 from bilevel.tabular.policies import deterministic_policy
 
@@ -65,29 +64,31 @@ class ListedEnd:
         return math.inf if self.end is None else abs(self.end.J - self.bound)
 
 
+def _actions(model: Model, x: dict, mdp: TabularMDP, sol=None) -> np.ndarray:
+    """The deterministic policy of the binary x in `sol` (None: the LP solution); 0 on terminal
+    states."""
+    vals = np.array([[model.getSolVal(sol, x[s, a]) for a in range(mdp.n_actions)]
+                     for s in range(mdp.n_states)])
+    return np.where(mdp.terminal, 0, vals.argmax(axis=1))
+
+
 class _Settle(Conshdlr):
     """The constraint handler of the module docstring."""
 
-    def __init__(self, owner: "_Listing"):
-        self.owner = owner
-
-    def _candidate(self, sol=None):
-        o = self.owner
-        x = np.array([[self.model.getSolVal(sol, o.x[s, a]) for a in range(o.A)] for s in range(o.S)])
-        return np.where(o.mdp.terminal, 0, x.argmax(axis=1))
+    def __init__(self, owner: "_Listing", x: dict):
+        self.owner, self.x = owner, x
 
     def conscheck(self, constraints, solution, checkintegrality, checklprows, printreason,
                   completely, **kw):
-        verdict, _ = self.owner.settle(self._candidate(solution))
+        verdict, _ = self.owner.settle(_actions(self.model, self.x, self.owner.mdp, solution))
         return {"result": SCIP_RESULT.FEASIBLE if verdict == "in" else SCIP_RESULT.INFEASIBLE}
 
     def _enforce(self):
-        actions = self._candidate()
+        actions = _actions(self.model, self.x, self.owner.mdp)
         verdict, reached = self.owner.settle(actions)
         if verdict == "in":
             return {"result": SCIP_RESULT.FEASIBLE}
-        o = self.owner
-        self.model.addCons(quicksum(o.x[s, actions[s]] for s in reached) <= len(reached) - 1)
+        self.model.addCons(quicksum(self.x[s, actions[s]] for s in reached) <= len(reached) - 1)
         return {"result": SCIP_RESULT.CONSADDED}
 
     def consenfolp(self, constraints, nusefulconss, solinfeasible):
@@ -104,7 +105,6 @@ class _Listing:
     def __init__(self, mdp: TabularMDP, alpha: float, band: float, sense: str, certify, decide):
         self.mdp, self.alpha, self.band, self.certify, self.decide = mdp, alpha, band, certify, decide
         self.sign = 1.0 if sense == "min" else -1.0
-        self.S, self.A = mdp.n_states, mdp.n_actions
         self.bounds = minlp_bounds(mdp)
         self.verdicts: dict = {}
         self.accepted: dict = {}
@@ -127,11 +127,10 @@ class _Listing:
         if key in self.verdicts:
             return self.verdicts[key]
         mdp = self.mdp
-        pi = deterministic_policy(actions, self.A)
-        d = occupancy(mdp.P, mdp.rho0, mdp.gamma, pi).sum(axis=1)
+        d, V = policy_occupancy_values(mdp, actions)
         reached = [int(s) for s in np.flatnonzero((d > 0) & ~mdp.terminal)]
-        J = float(mdp.rho0 @ policy_evaluation(mdp.P, mdp.r, mdp.gamma, pi))
-        lb = lie_bound(mdp, self.alpha, actions, self.bounds)
+        J = float(mdp.rho0 @ V)
+        lb = lie_bound(mdp, self.alpha, actions, self.bounds, d=d, V=V)
         if lb is not None and lb["leader_lo"] > self.band:
             verdict = "out"
             self.out += 1
@@ -172,7 +171,6 @@ def listed_end(mdp: TabularMDP, alpha: float, band: float, sense: str, certify,
     m.hideOutput()
     mu = {(s, a): m.addVar(lb=0.0, ub=1.0 if live[s] else 0.0) for s in range(S) for a in range(A)}
     x = {(s, a): m.addVar(vtype="B") for s in range(S) for a in range(A)}
-    listing.x = x
     for t in np.flatnonzero(live):
         m.addCons(quicksum(mu[t, a] for a in range(A))
                   - g * quicksum(float(mdp.P[s, a, t]) * mu[s, a] for s in range(S) for a in range(A)
@@ -185,7 +183,7 @@ def listed_end(mdp: TabularMDP, alpha: float, band: float, sense: str, certify,
               <= band / (1 - alpha) + 1e-9 * max(1.0, abs(band) / (1 - alpha)))
     m.setObjective(quicksum(float(mdp.r[k]) / (1 - g) * mu[k] for k in mu if live[k[0]]),
                    "minimize" if sense == "min" else "maximize")
-    m.includeConshdlr(_Settle(listing), "settle", "settles deterministic policies from arrays",
+    m.includeConshdlr(_Settle(listing, x), "settle", "settles deterministic policies from arrays",
                       chckpriority=-10, enfopriority=-10, needscons=False)
     m.setParam("misc/allowstrongdualreds", False)
     m.setParam("misc/allowweakdualreds", False)
@@ -206,11 +204,8 @@ def listed_end(mdp: TabularMDP, alpha: float, band: float, sense: str, certify,
     status, nsols = m.getStatus(), m.getNSols()
     end = None
     if nsols:
-        best = m.getBestSol()
-        actions = np.where(mdp.terminal, 0, np.array(
-            [max(range(A), key=lambda a: m.getSolVal(best, x[s, a])) for s in range(S)]))
-        end = listing.accepted.get(actions.tobytes())
-    sign = 1.0 if sense == "min" else -1.0
+        end = listing.accepted.get(_actions(m, x, mdp, m.getBestSol()).tobytes())
+    sign = listing.sign
     if status == "optimal" and end is not None:
         bound = end.J
     else:
