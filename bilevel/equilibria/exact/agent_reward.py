@@ -35,6 +35,7 @@ from bilevel.equilibria.certificates import (FEASIBILITY_SLACK, FOLLOWER_GAP_TOL
                                              equilibrium_tolerance, model_reward)
 from bilevel.equilibria.exact.minlp import FORMULATION, FixedPolicyNLP, StartedScip, actions_of, build_minlp, model_of, point_from_arrays, policy_array
 from bilevel.equilibria.exact.listing import listed_end
+from bilevel.equilibria.exact.policy_tree import tree_available, tree_end
 from bilevel.equilibria.exact.routes import certify_point
 from bilevel.equilibria.exact.search import hiding_descent
 from bilevel.equilibria.exact.structure import FollowerStructure
@@ -293,13 +294,15 @@ def agent_reward_interval(mdp: TabularMDP, alpha: float | None = None, time_limi
     certificate = "global" if lead_proved else "local"
     # the max end first: it is J* or near it and settled at once, so under a budget the min end,
     # the hard one, gets what is left
+    # the tree of partial policies where its node rows exist, else the listing
+    search, how = (tree_end, "policy tree") if tree_available(mdp, alpha) else (listed_end, "listing")
     for left, name in zip((2, 1), ("max", "min")):
         end_limit = limit(left)
-        say(f"{FORMULATION}: {name} J(pi, M) over the band (listing policies, {len(in_band)} starts)")
-        res = listed_end(mdp, alpha, strict, name, certify, end_limit,
-                         starts=tuple(c.eq for c in in_band.values()),
-                         decide=_policy_solver(bm, nlp, strict, POLICY_SECONDS))
-        steps[name] = {"status": res.status, "time_limit": end_limit, "bound": res.bound,
+        say(f"{FORMULATION}: {name} J(pi, M) over the band ({how}, {len(in_band)} starts)")
+        res = search(mdp, alpha, strict, name, certify, end_limit,
+                     starts=tuple(c.eq for c in in_band.values()),
+                     decide=_policy_solver(bm, nlp, strict, POLICY_SECONDS))
+        steps[name] = {"search": how, "status": res.status, "time_limit": end_limit, "bound": res.bound,
                        "gap": res.gap, "seconds": round(res.seconds, 3), "nodes": res.nodes,
                        "out": res.out, "undecided": len(res.undecided), "accepted": res.accepted}
         if res.end is None:
@@ -311,7 +314,7 @@ def agent_reward_interval(mdp: TabularMDP, alpha: float | None = None, time_limi
             certificate = "local"
         else:
             end = Candidate(np.where(mdp.terminal, 0, np.argmax(res.end.policy, axis=1)), res.end,
-                            None, "listing")
+                            None, how)
             end_bound = res.bound
             if res.gap > J_GAP * max(1.0, abs(res.end.J)) and budget is None:
                 # the listing stopped short: SCIP on the whole MINLP may bound the end closer

@@ -25,6 +25,8 @@ simulation bound gives (valid for every equilibrium, weaker: static widths of R 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from bilevel.equilibria.exact.minlp import minlp_bounds
@@ -77,6 +79,55 @@ def concave_max(h, x0: float, rel: float = 1e-9) -> float:
     return hb + excess
 
 
+@dataclass(frozen=True)
+class LieConstants:
+    """The constants of `lie_bound`'s G over a set of live pairs (module docstring): the static
+    width M of R + g V over supp P, the largest width so out of it and W over K, the largest KL
+    on a floored simplex, F0 (or an upper bound on it), and the derived beta = alpha - c1 so_max
+    and alpha1, minus the coefficient of K in G for large K."""
+
+    c1: float
+    M: float
+    so_max: float
+    kl_max: float
+    W: float
+    F0: float
+    rho: float
+    ck: float
+    beta: float
+    alpha1: float
+
+
+def _widths(mdp: TabularMDP, b, pairs: np.ndarray):
+    """For the live pairs (s, a) of `pairs` (an (n, 2) array): W_s, the width of R + g V over
+    K(s, a) in the value box, and o_lo, the floor's mass off supp P."""
+    g, P, R, K = mdp.gamma, mdp.P, mdp.R, mdp.K
+    s, a = pairs[:, 0], pairs[:, 1]
+    f_hi, f_lo = R[s, a] + g * b.V_hi[None, :], R[s, a] + g * b.V_lo[None, :]
+    k = K[s, a]
+    w = np.where(k.sum(axis=1) > 1, np.max(np.where(k, f_hi, -np.inf), axis=1)
+                 - np.min(np.where(k, f_lo, np.inf), axis=1), 0.0)
+    return w, (k & (P[s, a] == 0)).sum(axis=1) * mdp.floor
+
+
+def lie_constants(mdp: TabularMDP, alpha: float, b, pairs: np.ndarray, d=None) -> LieConstants:
+    """The constants over `pairs` ((n, 2) live pairs); F0 = ||o_lo W_s||_d with the state
+    occupancy `d` of a policy whose pairs these are, or max_s o_lo W_s (an upper bound for every
+    d) when `d` is None."""
+    g = mdp.gamma
+    s, a = pairs[:, 0], pairs[:, 1]
+    c1 = (1 - alpha) / (1 - g)
+    w, o_lo = _widths(mdp, b, pairs)
+    F0 = float(np.sqrt(d[s] @ (o_lo * w) ** 2)) if d is not None else float((o_lo * w).max())
+    M, so_max, kl_max = float(b.span_in[s, a].max()), float(b.span_out[s, a].max()), float(b.kl_hi[s, a].max())
+    W = float(w.max())
+    rho = np.sqrt(g) / (1 - np.sqrt(g))
+    ck = 0.25 + min(1.0, np.sqrt(kl_max / 2))     # TV <= min(1, sqrt(KL / 2))
+    beta = alpha - c1 * so_max
+    alpha1 = alpha - 2 * c1 * rho * M * np.sqrt(ck) - ((c1 * rho * W) ** 2 / (2 * beta) if beta > 0 else np.inf)
+    return LieConstants(c1, M, so_max, kl_max, W, F0, rho, ck, beta, alpha1)
+
+
 def lie_bound(mdp: TabularMDP, alpha: float, actions, bounds=None, d=None, V=None) -> dict | None:
     """A proved lower bound on the leader of every equilibrium (pi, Phat) with the deterministic
     policy `actions` (docs/DESIGN.md 5.6, "A proof for one policy"):
@@ -95,7 +146,7 @@ def lie_bound(mdp: TabularMDP, alpha: float, actions, bounds=None, d=None, V=Non
     bound ("leader_lo") and max G ("lie"), or None when G is unbounded (its coefficient of K for
     large K is not negative). `d` (the state occupancy) and `V` (the values in M) of the policy
     may be passed in when the caller has them."""
-    g, P, R, K = mdp.gamma, mdp.P, mdp.R, mdp.K
+    g, P, R = mdp.gamma, mdp.P, mdp.R
     b = bounds or minlp_bounds(mdp)
     if d is None or V is None:
         d, V = policy_occupancy_values(mdp, actions)
@@ -104,21 +155,10 @@ def lie_bound(mdp: TabularMDP, alpha: float, actions, bounds=None, d=None, V=Non
     p, f = P[seen, a], R[seen, a] + g * V[None, :]
     mean = np.sum(p * f, axis=1)
     sigma = float(d[seen] @ np.sum(p * (f - mean[:, None]) ** 2, axis=1))
-    c1 = (1 - alpha) / (1 - g)
-    M, so = float(b.span_in[seen, a].max()), b.span_out[seen, a]
-    so_max, kl_max = float(so.max()), float(b.kl_hi[seen, a].max())
-    f_hi, f_lo = R[seen, a] + g * b.V_hi[None, :], R[seen, a] + g * b.V_lo[None, :]
-    k = K[seen, a]
-    w = np.where(k.sum(axis=1) > 1, np.max(np.where(k, f_hi, -np.inf), axis=1)
-                 - np.min(np.where(k, f_lo, np.inf), axis=1), 0.0)
-    o_lo = ((k & (p == 0)).sum(axis=1)) * mdp.floor
-    F0, W = float(np.sqrt(d[seen] @ (o_lo * w) ** 2)), float(w.max())
-    rho = np.sqrt(g) / (1 - np.sqrt(g))
-    ck = 0.25 + min(1.0, np.sqrt(kl_max / 2))     # TV <= min(1, sqrt(KL / 2))
-    beta = alpha - c1 * so_max
+    k = lie_constants(mdp, alpha, b, np.stack([seen, a], axis=1), d)
+    c1, M, rho, ck, beta, F0, W = k.c1, k.M, k.rho, k.ck, k.beta, k.F0, k.W
     quad = c1 * M ** 2 / (2 * np.sqrt(sigma)) if sigma > 0 else np.inf
-    slope = -alpha + 2 * c1 * rho * M * np.sqrt(ck) + (c1 * rho * W) ** 2 / (2 * beta)
-    if beta <= 0 or slope >= 0:      # (the min's K^(3/4) branch grows slower than K)
+    if beta <= 0 or k.alpha1 <= 0:   # (the min's K^(3/4) branch grows slower than K)
         return None
 
     def h(Kin):
@@ -128,6 +168,54 @@ def lie_bound(mdp: TabularMDP, alpha: float, actions, bounds=None, d=None, V=Non
                 + min(quad * Kin, c1 * 2 ** 0.25 * M * Kin ** 0.75) - alpha * Kin + A ** 2 / (4 * beta))
 
     lie = concave_max(h, (c1 * np.sqrt(sigma) / alpha) ** 2 / 2 + 1e-24)
-    floor_part = float(d[seen] @ (alpha * b.ell_lo[seen, a] - c1 * o_lo * so))
+    _, o_lo = _widths(mdp, b, np.stack([seen, a], axis=1))
+    floor_part = float(d[seen] @ (alpha * b.ell_lo[seen, a] - c1 * o_lo * b.span_out[seen, a]))
     J = float(mdp.rho0 @ V)
     return {"leader_lo": -(1 - alpha) * J + floor_part - lie, "lie": lie, "sigma": sigma}
+
+
+SIGMA_TANGENTS = (0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.35, 0.5, 1.0, 2.0, 5.0)
+
+
+def linear_lie_bounds(mdp: TabularMDP, alpha: float, bounds=None,
+                      sigmas=SIGMA_TANGENTS) -> list[tuple[float, float]] | None:
+    """Pairs (kappa, C) with  max G <= kappa Sigma + C  for every deterministic policy, one pair
+    tangent near each Sigma in `sigmas` (docs/DESIGN.md 5.6, "Rows for a set of policies"): with
+    the constants over every live pair, s = sqrt(Sigma) + rho F0 and a = c1 2^(1/4) M,
+
+        G <= c1 sqrt(2K) s - alpha1 K + a K^(3/4)
+          <= c1^2 s^2 / (2 lam) + 27 a^4 / (256 (alpha1 - lam)^3)          (0 < lam < alpha1),
+        s^2 <= (1 + eps) Sigma + (1 + 1/eps) rho^2 F0^2                     (eps > 0),
+
+    (AM-GM twice, and max_K a K^(3/4) - m K = 27 a^4 / (256 m^3)); lam and eps are chosen on a
+    grid to make the bound small at each Sigma. None when G is unbounded (as in `lie_bound`)."""
+    b = bounds or minlp_bounds(mdp)
+    live = np.flatnonzero(~mdp.terminal)
+    pairs = np.array([(s, a) for s in live for a in range(mdp.n_actions)])
+    k = lie_constants(mdp, alpha, b, pairs)
+    if k.beta <= 0 or k.alpha1 <= 0:
+        return None
+    a4 = (k.c1 * 2 ** 0.25 * k.M) ** 4
+    lam = np.linspace(0.01, 0.99, 99)[:, None] * k.alpha1
+    eps = np.array([1e-6, 1e-4, 1e-3, 1e-2, 0.1, 1.0])[None, :]
+    kappa = (1 + eps) * k.c1 ** 2 / (2 * lam)
+    C = ((1 + 1 / eps) * k.c1 ** 2 * k.rho ** 2 * k.F0 ** 2 / (2 * lam)
+         + 27 * a4 / (256 * (k.alpha1 - lam) ** 3))
+    out = []
+    for sigma in sigmas:
+        i = np.unravel_index(np.argmin(kappa * sigma + C), kappa.shape)
+        out.append((float(kappa[i]), float(C[i])))
+    return out
+
+
+def floor_coefficients(mdp: TabularMDP, alpha: float, bounds=None) -> np.ndarray:
+    """f(s,a) with  leader >= sum_{s,a} mu(s,a) f(s,a) - max G  (`lie_bound`, its first two
+    terms per pair): f = -(1 - alpha) r / (1 - g) + alpha ell_lo - c1 o_lo so."""
+    b = bounds or minlp_bounds(mdp)
+    g = mdp.gamma
+    c1 = (1 - alpha) / (1 - g)
+    S, A = mdp.n_states, mdp.n_actions
+    pairs = np.array([(s, a) for s in range(S) for a in range(A)])
+    _, o_lo = _widths(mdp, b, pairs)
+    return (-(1 - alpha) * mdp.r / (1 - g) + alpha * b.ell_lo
+            - c1 * o_lo.reshape(S, A) * b.span_out)

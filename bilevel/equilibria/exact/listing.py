@@ -75,7 +75,7 @@ def _actions(model: Model, x: dict, mdp: TabularMDP, sol=None) -> np.ndarray:
 class _Settle(Conshdlr):
     """The constraint handler of the module docstring."""
 
-    def __init__(self, owner: "_Listing", x: dict):
+    def __init__(self, owner: "Verdicts", x: dict):
         self.owner, self.x = owner, x
 
     def conscheck(self, constraints, solution, checkintegrality, checklprows, printreason,
@@ -101,7 +101,10 @@ class _Settle(Conshdlr):
         pass                                   # no dual reductions (turned off below)
 
 
-class _Listing:
+class Verdicts:
+    """The verdicts on deterministic policies of `settle`, cached per policy, and the accepted
+    equilibria; shared by the listing and the policy tree (bilevel.equilibria.exact.policy_tree)."""
+
     def __init__(self, mdp: TabularMDP, alpha: float, band: float, sense: str, certify, decide):
         self.mdp, self.alpha, self.band, self.certify, self.decide = mdp, alpha, band, certify, decide
         self.sign = 1.0 if sense == "min" else -1.0
@@ -166,7 +169,7 @@ def listed_end(mdp: TabularMDP, alpha: float, band: float, sense: str, certify,
     t0 = time.perf_counter()
     S, A, g = mdp.n_states, mdp.n_actions, mdp.gamma
     live = ~mdp.terminal
-    listing = _Listing(mdp, alpha, band, sense, certify, decide)
+    listing = Verdicts(mdp, alpha, band, sense, certify, decide)
     m = Model()
     m.hideOutput()
     mu = {(s, a): m.addVar(lb=0.0, ub=1.0 if live[s] else 0.0) for s in range(S) for a in range(A)}

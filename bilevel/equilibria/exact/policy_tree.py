@@ -1,0 +1,177 @@
+"""An end of MAL + agent reward's band by a tree of partial policies (docs/DESIGN.md 5.6, "The
+ends by a tree of partial policies").
+
+A node allows a set of actions A(s) at each state. Its bound is the MILP (HiGHS) over the
+deterministic policies it allows:
+
+    min / max  J = sum_{s,a} r(s,a) mu(s,a) / (1 - g)
+    s.t.  mu the true occupancy flow,  mu(s,a) <= nu_hi(s) x(s,a),  x binary, x(s,a) = 0 off A(s),
+          sum mu a_static <= band                                   (the listing's row)
+          sum mu (f - kappa_j w_node) <= band + C_j   for each tangent j (the node's rows)
+          J better than the best accepted end
+
+with f = lie_bound.floor_coefficients, (kappa_j, C_j) = lie_bound.linear_lie_bounds and w_node
+the variance bounds over the node's completion box (completion_box): every equilibrium in the
+band whose policy the node allows satisfies them, so the MILP's optimum bounds the node. The
+box shrinks as states are fixed, and at a policy's own values the rows come within about twice
+the lie of `lie_bound`; the static row alone credits some hundred times more.
+
+Best first: the open node with the best bound is solved; its optimal policy pi is settled
+(listing.Verdicts: out, in, undecided, worse). In: it is the node's best, the node closes.
+Otherwise the node less pi's class (the policies agreeing with pi where it goes) is split
+(Murty): with s_1, s_2, ... the free states of the class, heaviest occupancy first, child i
+fixes s_1 .. s_{i-1} to pi and removes pi(s_i) from A(s_i). The search ends when no open node
+can beat the best accepted end; the proved bound is the best open node's bound, or an
+undecided policy's J when better.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+import time
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from bilevel.equilibria.exact.completion_box import completion_box, outer_box, variance_bounds
+from bilevel.equilibria.exact.lie_bound import floor_coefficients, linear_coefficients, linear_lie_bounds
+from bilevel.equilibria.exact.listing import J_REL_GAP, ListedEnd, Verdicts
+from bilevel.mdp.model import TabularMDP
+
+FAILED = "failed"
+
+
+class _NodeMILP:
+    """The node MILP of the module docstring, in units of J for the rows (HiGHS's tolerances are
+    absolute): columns mu (S*A) then x (S*A)."""
+
+    def __init__(self, mdp: TabularMDP, alpha: float, band: float, sign: float, verdicts: Verdicts):
+        S, A, g = mdp.n_states, mdp.n_actions, mdp.gamma
+        self.mdp, self.band, self.sign, self.n = mdp, band, sign, S * A
+        n, live = self.n, ~mdp.terminal
+        b = verdicts.bounds
+        self.scale = 1.0 / (1 - alpha)
+        self.tangents = linear_lie_bounds(mdp, alpha, b)
+        self.floor = floor_coefficients(mdp, alpha, b)
+        rows, rhs = [], []
+        for t in np.flatnonzero(live):
+            flow = np.zeros(2 * n)
+            flow[:n] = -g * mdp.P[:, :, t].ravel()
+            flow[t * A:(t + 1) * A] += 1.0
+            one = np.zeros(2 * n)
+            one[n + t * A:n + (t + 1) * A] = 1.0
+            rows += [flow, one]
+            rhs += [(1 - g) * float(mdp.rho0[t]), 1.0]
+        nu = np.repeat(np.maximum(b.nu_hi, 1e-12), A)
+        static = np.concatenate([(linear_coefficients(mdp, alpha) * self.scale).ravel(), np.zeros(n)])
+        self.fixed = sp.vstack([sp.csr_matrix(np.array(rows)), sp.hstack([sp.eye(n), -sp.diags(nu)]),
+                                sp.csr_matrix(static)]).tocsr()
+        self.fixed_lo = np.concatenate([rhs, np.full(n, -np.inf), [-np.inf]])
+        self.fixed_hi = np.concatenate([rhs, np.zeros(n),
+                                        [band * self.scale + 1e-9 * max(1.0, abs(band) * self.scale)]])
+        self.cost = np.concatenate([sign * mdp.r.ravel() / (1 - g), np.zeros(n)])
+        self.live_cols = np.repeat(live, A).astype(float)
+        self.integrality = np.concatenate([np.zeros(n), np.ones(n)])
+
+    def solve(self, allowed: np.ndarray, w: np.ndarray, cutoff: float, seconds: float):
+        """(sign * J, actions, state occupancy) of the node's optimum, None when the node has no
+        policy that can be in the band and better than `cutoff`, or FAILED."""
+        n, sc = self.n, self.scale
+        rows, lo, hi = [], [], []
+        for kappa, C in self.tangents:
+            rows.append(np.concatenate([((self.floor - kappa * w) * sc).ravel(), np.zeros(n)]))
+            lo.append(-np.inf)
+            hi.append((self.band + C) * sc)
+        if math.isfinite(cutoff):
+            rows.append(self.cost)
+            lo.append(-np.inf)
+            hi.append(cutoff - J_REL_GAP * max(1.0, abs(cutoff)))
+        A_ = sp.vstack([self.fixed, sp.csr_matrix(np.array(rows))]) if rows else self.fixed
+        ub = np.concatenate([self.live_cols, np.where(self.live_cols > 0, allowed.ravel(), 1.0)])
+        res = milp(self.cost, integrality=self.integrality, bounds=Bounds(np.zeros(2 * n), ub),
+                   constraints=LinearConstraint(A_, np.concatenate([self.fixed_lo, lo]),
+                                                np.concatenate([self.fixed_hi, hi])),
+                   options={"mip_rel_gap": J_REL_GAP, "time_limit": max(0.05, seconds)})
+        if res.status == 2:                                     # infeasible
+            return None
+        if res.status != 0 or res.x is None:
+            return FAILED
+        S, A = self.mdp.n_states, self.mdp.n_actions
+        x, mu = res.x[n:].reshape(S, A), np.maximum(res.x[:n].reshape(S, A), 0.0)
+        return float(res.fun), np.where(self.mdp.terminal, 0, np.argmax(x, axis=1)), mu.sum(axis=1)
+
+
+def tree_available(mdp: TabularMDP, alpha: float) -> bool:
+    """Whether the node rows exist (`linear_lie_bounds` is finite: not at g = 0.99 with
+    hidden_goal's widths, say); without them the listing is the faster search."""
+    return linear_lie_bounds(mdp, alpha) is not None
+
+
+def tree_end(mdp: TabularMDP, alpha: float, band: float, sense: str, certify, time_limit: float,
+             starts=(), decide=None) -> ListedEnd:
+    """The min (`sense` "min") or max ("max") of J(pi, M) over the band's equilibria by the tree
+    of the module docstring; arguments and result as `listing.listed_end` (`nodes`: the nodes
+    solved)."""
+    t0 = time.perf_counter()
+    verdicts = Verdicts(mdp, alpha, band, sense, certify, decide)
+    sign = verdicts.sign
+    for eq in starts:
+        if eq.leader_objective <= band:
+            verdicts.accept(np.where(mdp.terminal, 0, np.argmax(eq.policy, axis=1)), eq)
+    node_milp = _NodeMILP(mdp, alpha, band, sign, verdicts)
+    live = ~mdp.terminal
+    failed: list[float] = []                    # bounds of nodes whose MILP failed
+
+    def left() -> float:
+        return time_limit - (time.perf_counter() - t0)
+
+    def push(heap, allowed, box, key):
+        lo, hi = completion_box(mdp, allowed, *box)
+        sol = node_milp.solve(allowed, variance_bounds(mdp, allowed, lo, hi), verdicts.best, left())
+        if sol is None:
+            return
+        if sol is FAILED:
+            if left() > 0:
+                failed.append(key)
+            else:
+                heapq.heappush(heap, (key, next(counter), allowed, (lo, hi), None))
+            return
+        heapq.heappush(heap, (sol[0], next(counter), allowed, (lo, hi), sol))
+
+    counter = iter(range(1 << 62))
+    root = np.zeros((mdp.n_states, mdp.n_actions), dtype=bool)
+    root[live] = True
+    root[mdp.terminal, 0] = True
+    heap: list = []
+    push(heap, root, outer_box(mdp), -math.inf)
+    nodes, status = 0, "optimal"
+    while heap and heap[0][0] < verdicts.best - J_REL_GAP * max(1.0, abs(verdicts.best)):
+        if left() <= 0:
+            status = "time limit"
+            break
+        key, _, allowed, box, sol = heapq.heappop(heap)
+        if sol is None:                         # stopped by the clock before: solve it now
+            push(heap, allowed, box, key)
+            continue
+        nodes += 1
+        _, actions, d = sol
+        verdict, cls = verdicts.settle(actions)
+        if verdict in ("in", "worse"):
+            continue
+        fixed = allowed.copy()
+        for s in sorted((s for s in cls if fixed[s].sum() > 1), key=lambda s: -d[s]):
+            child = fixed.copy()
+            child[s, actions[s]] = False
+            fixed[s] = False
+            fixed[s, actions[s]] = True
+            push(heap, child, box, key)
+    if failed:
+        status = "node MILP failed"
+    candidates = [heap[0][0]] if heap and status != "optimal" else []
+    bound = min(candidates + failed + [sign * J for J in verdicts.undecided] + [verdicts.best])
+    end = min(verdicts.accepted.values(), key=lambda e: sign * e.J) if verdicts.accepted else None
+    if end is None and status == "optimal" and not verdicts.undecided and not failed:
+        status = "infeasible"
+    return ListedEnd(end, status, sign * bound, verdicts.out, verdicts.undecided,
+                     len(verdicts.accepted), nodes, time.perf_counter() - t0)
