@@ -1,6 +1,7 @@
-"""bilevel.equilibria.exact.lie_bound and .listing: the proved per-policy bound lies below every
-equilibrium IPOPT certifies for that policy, and the listing's ends agree with the enumeration
-of deterministic policies (an independent route: SCIP on the MPEC per policy)."""
+"""bilevel.equilibria.exact.lie_bound, .listing and .policy_tree: the proved per-policy bound
+lies below every equilibrium IPOPT certifies for that policy, and the ends of the listing and
+of the tree agree with the enumeration of deterministic policies (an independent route: SCIP on
+the MPEC per policy)."""
 
 import itertools
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from bilevel.equilibria.enumeration import enumerate_interval
+from bilevel.equilibria.exact import agent_reward
 from bilevel.equilibria.exact.agent_reward import _certifier, agent_reward_interval
 from bilevel.equilibria.exact.lie_bound import concave_max, lie_bound, linear_coefficients
 from bilevel.equilibria.exact.minlp import FixedPolicyNLP, build_minlp
@@ -71,13 +73,18 @@ def test_concave_max_bounds_the_maximum_from_above():
         assert x_star == pytest.approx(c ** 2 / 4)
 
 
+@pytest.mark.parametrize("search", ["policy tree", "listing"])
 @pytest.mark.parametrize("seed,support", [(0, "neighbors"), (1, "all"), (2, "true"), (3, "neighbors"),
                                           (4, "all")])
-def test_the_listings_ends_match_the_enumeration(seed, support):
-    """Where both prove their interval, the listing's ends are the enumeration's (SCIP on the
-    MPEC per deterministic policy, no listing and no lie bound)."""
+def test_the_ends_match_the_enumeration(seed, support, search, monkeypatch):
+    """Where both prove their interval, the ends of the tree of partial policies, and of the
+    listing (forced), are the enumeration's (SCIP on the MPEC per deterministic policy, no
+    listing and no lie bound)."""
     mdp = garnet(3, 2, 2, seed=seed, support=support, initial="first")
+    if search == "listing":
+        monkeypatch.setattr(agent_reward, "tree_available", lambda mdp, alpha: False)
     res = agent_reward_interval(mdp, ALPHA, time_limit=20.0)
+    assert res.details["steps"]["min"]["search"] == search
     enum = enumerate_interval(mdp, "MAL_agent_reward", ALPHA)
     assert res.ok and enum.ok
     assert res.certificate == "global" and enum.certificate == "global"
@@ -87,10 +94,11 @@ def test_the_listings_ends_match_the_enumeration(seed, support):
 
 
 def test_an_end_stopped_short_keeps_bounds_below_the_proved_one():
-    """garnet(16, 3, 2): with 1 s per step the listing stops short of the min end, and SCIP's
-    bound on the whole MINLP joins it. Both bounds, and the end reported less its proved gap,
-    lie at or below 7.228758838, the min end the listing proves with 120 s per step
-    (benchmarks/RESULTS.md 13), and the end is a certified equilibrium at or above it."""
+    """garnet(16, 3, 2): with 1 s per step the tree of partial policies stops short of the min
+    end, and SCIP's bound on the whole MINLP joins it. Both bounds, and the end reported less its
+    proved gap, lie at or below 7.228758838, the min end the listing and the tree prove with
+    120 s per step (benchmarks/RESULTS.md 13, 14), and the end is a certified equilibrium at or
+    above it."""
     mdp = garnet(16, 3, 2, seed=0, support="neighbors", initial="first")
     res = agent_reward_interval(mdp, ALPHA, time_limit=1.0)
     proved_min = 7.228758837983973
