@@ -1,5 +1,6 @@
-"""The interval of MAL + agent reward from the binary-follower MINLP of `bilevel.equilibria.exact.minlp`
-and the listing of `bilevel.equilibria.exact.listing`.
+"""The interval of MAL + agent reward from the binary-follower MINLP of `bilevel.equilibria.exact.minlp`,
+the tree of partial policies of `bilevel.equilibria.exact.policy_tree` and the listing of
+`bilevel.equilibria.exact.listing`.
 
 Steps: L* = min leader by SCIP on the MINLP, started from certified equilibria (`incumbents`:
 the floored fit with its greedy policy, the optimal policy of M with the hostile witness model,
@@ -8,18 +9,20 @@ passes IPOPT's ends); SCIP's point is re-certified from arrays (`certify_point`)
 its polish by the same fixed-policy NLP, and the one with the smaller leader objective stands.
 The band is leader <= L_best + tol (L_best the best certified leader value found, tol =
 equilibrium_tolerance(L_best)), from arrays: it contains the band around L* and lies within
-SCIP's proven gap on L* of it. Then max and min of J(pi, M)
-over the band by listing deterministic policies (`listed_end`): each candidate is put out by the
-proved bound of `lie_bound`, in by a certified equilibrium (`_certifier`), or settled by SCIP on
-the MINLP with the policy fixed (`_policy_solver`); the ones left undecided bound the end. Under
-a `budget` each step gets the time left over the steps left (the max end runs first). The
-certificate is "global" only when SCIP proved L* and both listings settled every policy beyond
-their end; SCIP's proofs hold up to its feasibility tolerance, like every SCIP route here.
+SCIP's proven gap on L* of it. Then max and min of J(pi, M) over the band by the tree of
+partial policies (`tree_end`; by listing deterministic policies, `listed_end`, where the tree's
+node rows do not exist): each candidate policy is put out by the proved bound of `lie_bound`,
+in by a certified equilibrium (`_certifier`), or settled by SCIP on the MINLP with the policy
+fixed (`_policy_solver`); the ones left undecided bound the end. Under a `budget` each step
+gets the time left over the steps left (the max end runs first). The certificate is "global"
+only when SCIP proved L* and both searches settled every policy beyond their end; SCIP's proofs
+hold up to its feasibility tolerance, like every SCIP route here.
 
-Reach (alpha = 0.9999, benchmarks/agent_reward_reach.py and RESULTS.md 13): see docs/DESIGN.md
-5.6. On deterministic MDPs (one successor per pair) the lie on supp P vanishes; on stochastic
-ones the listing's bound separates the policies at the band's edge that the static relaxation
-(about 0.06 in J at g = 0.9) cannot, and what stays open are the few it leaves undecided.
+Reach (alpha = 0.9999, benchmarks/agent_reward_reach.py and RESULTS.md 13-14): see
+docs/DESIGN.md 5.6. On deterministic MDPs (one successor per pair) the lie on supp P vanishes;
+on stochastic ones the per-policy bound separates the policies at the band's edge that the
+static relaxation (about 0.06 in J at g = 0.9) cannot, and the tree's node rows, the same bound
+at values boxed over a node's completions, separate whole subtrees of them.
 """
 from __future__ import annotations
 
@@ -147,7 +150,7 @@ def _scip_point(bm: BilevelModel, nlp: FixedPolicyNLP, how: str) -> tuple[Candid
 
 
 def _certifier(bm: BilevelModel, nlp: FixedPolicyNLP):
-    """certify(actions) for the listing: the policy's hostile witness model (the floored fit
+    """certify(actions) for the end searches: the policy's hostile witness model (the floored fit
     where it goes, the worst target elsewhere; FollowerStructure) and the floored fit, each
     alone and polished by IPOPT with the policy fixed; the certified equilibrium with the
     smaller leader objective, or None."""
@@ -170,7 +173,7 @@ def _certifier(bm: BilevelModel, nlp: FixedPolicyNLP):
 
 
 def _policy_solver(bm: BilevelModel, nlp: FixedPolicyNLP, band: float, seconds: float):
-    """decide(actions) for the listing: SCIP on the MINLP with the policy fixed, stopped once its
+    """decide(actions) for the end searches: SCIP on the MINLP with the policy fixed, stopped once its
     bound passes the band ("out": no equilibrium with this policy in the band, or none at all),
     "in" with a certified point in the band, else "undecided"."""
     m = bm.model
@@ -286,7 +289,7 @@ def agent_reward_interval(mdp: TabularMDP, alpha: float | None = None, time_limi
     allowance = FEASIBILITY_SLACK * max(1.0, abs(L))
     say(f"{FORMULATION}: L* = {L:.9g} (bound {bound:.9g}, recomputed {L_check:.9g}), tol {tol:.3g}")
 
-    # 2. max / min J(pi, M) over the band, by listing policies (bilevel.equilibria.exact.listing)
+    # 2. max / min J(pi, M) over the band (bilevel.equilibria.exact.policy_tree / .listing)
     strict = L_best + tol
     in_band = {c.actions.tobytes(): c for c in [best] + cands if c.eq.leader_objective <= strict}
     certify = _certifier(bm, nlp)
@@ -317,7 +320,7 @@ def agent_reward_interval(mdp: TabularMDP, alpha: float | None = None, time_limi
                             None, how)
             end_bound = res.bound
             if res.gap > J_GAP * max(1.0, abs(res.end.J)) and budget is None:
-                # the listing stopped short: SCIP on the whole MINLP may bound the end closer
+                # the search stopped short: SCIP on the whole MINLP may bound the end closer
                 b = _minlp_end_bound(bm, name, strict, end_limit,
                                      [c.point for c in in_band.values() if c.point is not None])
                 steps[name]["minlp_bound"] = b

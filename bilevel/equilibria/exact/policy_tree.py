@@ -31,75 +31,64 @@ import math
 import time
 
 import numpy as np
-import scipy.sparse as sp
-from scipy.optimize import Bounds, LinearConstraint, milp
 
 from bilevel.equilibria.exact.completion_box import completion_box, outer_box, variance_bounds
 from bilevel.equilibria.exact.lie_bound import floor_coefficients, linear_coefficients, linear_lie_bounds
 from bilevel.equilibria.exact.listing import J_REL_GAP, ListedEnd, Verdicts
 from bilevel.mdp.model import TabularMDP
+from solvers.base import Status
+from solvers.milp import MILP
 
 FAILED = "failed"
 
 
 class _NodeMILP:
-    """The node MILP of the module docstring, in units of J for the rows (HiGHS's tolerances are
-    absolute): columns mu (S*A) then x (S*A)."""
+    """The node MILP of the module docstring (solvers.milp, HiGHS), its rows in units of J
+    (HiGHS's tolerances are absolute)."""
 
     def __init__(self, mdp: TabularMDP, alpha: float, band: float, sign: float, verdicts: Verdicts):
-        S, A, g = mdp.n_states, mdp.n_actions, mdp.gamma
-        self.mdp, self.band, self.sign, self.n = mdp, band, sign, S * A
-        n, live = self.n, ~mdp.terminal
+        self.mdp, self.band, self.sign = mdp, band, sign
         b = verdicts.bounds
         self.scale = 1.0 / (1 - alpha)
         self.tangents = linear_lie_bounds(mdp, alpha, b)
-        self.floor = floor_coefficients(mdp, alpha, b)
-        rows, rhs = [], []
-        for t in np.flatnonzero(live):
-            flow = np.zeros(2 * n)
-            flow[:n] = -g * mdp.P[:, :, t].ravel()
-            flow[t * A:(t + 1) * A] += 1.0
-            one = np.zeros(2 * n)
-            one[n + t * A:n + (t + 1) * A] = 1.0
-            rows += [flow, one]
-            rhs += [(1 - g) * float(mdp.rho0[t]), 1.0]
-        nu = np.repeat(np.maximum(b.nu_hi, 1e-12), A)
-        static = np.concatenate([(linear_coefficients(mdp, alpha) * self.scale).ravel(), np.zeros(n)])
-        self.fixed = sp.vstack([sp.csr_matrix(np.array(rows)), sp.hstack([sp.eye(n), -sp.diags(nu)]),
-                                sp.csr_matrix(static)]).tocsr()
-        self.fixed_lo = np.concatenate([rhs, np.full(n, -np.inf), [-np.inf]])
-        self.fixed_hi = np.concatenate([rhs, np.zeros(n),
-                                        [band * self.scale + 1e-9 * max(1.0, abs(band) * self.scale)]])
-        self.cost = np.concatenate([sign * mdp.r.ravel() / (1 - g), np.zeros(n)])
-        self.live_cols = np.repeat(live, A).astype(float)
-        self.integrality = np.concatenate([np.zeros(n), np.ones(n)])
+        self.floor = floor_coefficients(mdp, alpha, b) * self.scale
+        self.static = linear_coefficients(mdp, alpha) * self.scale
+        self.nu = np.maximum(b.nu_hi, 1e-12)
 
     def solve(self, allowed: np.ndarray, w: np.ndarray, cutoff: float, seconds: float):
         """(sign * J, actions, state occupancy) of the node's optimum, None when the node has no
         policy that can be in the band and better than `cutoff`, or FAILED."""
-        n, sc = self.n, self.scale
-        rows, lo, hi = [], [], []
+        mdp, sc = self.mdp, self.scale
+        S, A, g = mdp.n_states, mdp.n_actions, mdp.gamma
+        live = ~mdp.terminal
+        p = MILP()
+        mu = p.var((S, A), ub=np.repeat(live, A).astype(float))
+        x = p.binary((S, A))
+        p.ub[x.min():x.max() + 1] = np.where(live[:, None], allowed, True).ravel().astype(float).tolist()
+        for t in np.flatnonzero(live):
+            src = np.argwhere(mdp.P[:, :, t] > 0)
+            p.row(np.concatenate([mu[t], mu[src[:, 0], src[:, 1]]]),
+                  np.concatenate([np.ones(A), -g * mdp.P[src[:, 0], src[:, 1], t]]),
+                  (1 - g) * float(mdp.rho0[t]), (1 - g) * float(mdp.rho0[t]))
+            p.row(x[t], np.ones(A), 1.0, 1.0)
+            for a in range(A):
+                p.row([mu[t, a], x[t, a]], [1.0, -self.nu[t]], hi=0.0)
+        cols = mu[live].ravel()
+        p.row(cols, self.static[live].ravel(),
+              hi=self.band * sc + 1e-9 * max(1.0, abs(self.band) * sc))
         for kappa, C in self.tangents:
-            rows.append(np.concatenate([((self.floor - kappa * w) * sc).ravel(), np.zeros(n)]))
-            lo.append(-np.inf)
-            hi.append((self.band + C) * sc)
+            p.row(cols, (self.floor - kappa * sc * w)[live].ravel(), hi=(self.band + C) * sc)
+        cost = self.sign * mdp.r[live].ravel() / (1 - g)
+        p.set_cost(cols, cost)
         if math.isfinite(cutoff):
-            rows.append(self.cost)
-            lo.append(-np.inf)
-            hi.append(cutoff - J_REL_GAP * max(1.0, abs(cutoff)))
-        A_ = sp.vstack([self.fixed, sp.csr_matrix(np.array(rows))]) if rows else self.fixed
-        ub = np.concatenate([self.live_cols, np.where(self.live_cols > 0, allowed.ravel(), 1.0)])
-        res = milp(self.cost, integrality=self.integrality, bounds=Bounds(np.zeros(2 * n), ub),
-                   constraints=LinearConstraint(A_, np.concatenate([self.fixed_lo, lo]),
-                                                np.concatenate([self.fixed_hi, hi])),
-                   options={"mip_rel_gap": J_REL_GAP, "time_limit": max(0.05, seconds)})
-        if res.status == 2:                                     # infeasible
+            p.row(cols, cost, hi=cutoff - J_REL_GAP * max(1.0, abs(cutoff)))
+        res = p.solve(time_limit=max(0.05, seconds), rel_gap=J_REL_GAP, abs_gap=0.0)
+        if res.status == Status.INFEASIBLE:
             return None
-        if res.status != 0 or res.x is None:
+        if res.status != Status.OPTIMAL:
             return FAILED
-        S, A = self.mdp.n_states, self.mdp.n_actions
-        x, mu = res.x[n:].reshape(S, A), np.maximum(res.x[:n].reshape(S, A), 0.0)
-        return float(res.fun), np.where(self.mdp.terminal, 0, np.argmax(x, axis=1)), mu.sum(axis=1)
+        xs, ms = res.x[x], np.maximum(res.x[mu], 0.0)
+        return float(res.objective), np.where(mdp.terminal, 0, np.argmax(xs, axis=1)), ms.sum(axis=1)
 
 
 def tree_available(mdp: TabularMDP, alpha: float) -> bool:
