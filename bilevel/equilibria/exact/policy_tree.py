@@ -40,6 +40,7 @@ from solvers.base import Status
 from solvers.milp import MILP
 
 FAILED = "failed"
+FIRST_SECONDS = 5.0          # for the first incumbent's MILP
 
 
 class _NodeMILP:
@@ -55,9 +56,10 @@ class _NodeMILP:
         self.static = linear_coefficients(mdp, alpha) * self.scale
         self.nu = np.maximum(b.nu_hi, 1e-12)
 
-    def solve(self, allowed: np.ndarray, w: np.ndarray, cutoff: float, seconds: float):
+    def solve(self, allowed: np.ndarray, w: np.ndarray | None, cutoff: float, seconds: float):
         """(sign * J, actions, state occupancy) of the node's optimum, None when the node has no
-        policy that can be in the band and better than `cutoff`, or FAILED."""
+        policy that can be in the band and better than `cutoff`, or FAILED. `w` None: a
+        heuristic's MILP instead, with the row sum mu f <= band (no lie at all) for the tangents."""
         mdp, sc = self.mdp, self.scale
         S, A, g = mdp.n_states, mdp.n_actions, mdp.gamma
         live = ~mdp.terminal
@@ -76,13 +78,17 @@ class _NodeMILP:
         cols = mu[live].ravel()
         p.row(cols, self.static[live].ravel(),
               hi=self.band * sc + 1e-9 * max(1.0, abs(self.band) * sc))
-        for kappa, C in self.tangents:
-            p.row(cols, (self.floor - kappa * sc * w)[live].ravel(), hi=(self.band + C) * sc)
+        for kappa, C in self.tangents if w is not None else [(0.0, 0.0)]:
+            p.row(cols, (self.floor - kappa * sc * (w if w is not None else 0.0))[live].ravel(),
+                  hi=(self.band + C) * sc)
         cost = self.sign * mdp.r[live].ravel() / (1 - g)
         p.set_cost(cols, cost)
         if math.isfinite(cutoff):
             p.row(cols, cost, hi=cutoff - J_REL_GAP * max(1.0, abs(cutoff)))
         res = p.solve(time_limit=max(0.05, seconds), rel_gap=J_REL_GAP, abs_gap=0.0)
+        if res.status == Status.SOLVER_ERROR:     # HiGHS's "Solve error", rare: once more, tighter
+            res = p.solve(time_limit=max(0.05, seconds), rel_gap=J_REL_GAP, abs_gap=0.0,
+                          feasibility_tol=1e-8)
         if res.status == Status.INFEASIBLE:
             return None
         if res.status != Status.OPTIMAL:
@@ -128,6 +134,12 @@ def tree_end(mdp: TabularMDP, alpha: float, band: float, sense: str, certify, ti
             return
         heapq.heappush(heap, (sol[0], next(counter), allowed, (lo, hi), sol))
 
+    # a first incumbent: the best policy whose floor part alone is in the band, settled (a
+    # heuristic: it only sharpens the cutoff of the node MILPs)
+    first = node_milp.solve(np.ones((mdp.n_states, mdp.n_actions), dtype=bool), None,
+                            verdicts.best, min(left(), FIRST_SECONDS))
+    if first is not None and first is not FAILED:
+        verdicts.settle(first[1])
     counter = iter(range(1 << 62))
     root = np.zeros((mdp.n_states, mdp.n_actions), dtype=bool)
     root[live] = True
