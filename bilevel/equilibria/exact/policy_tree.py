@@ -94,7 +94,8 @@ class _NodeMILP:
         if res.status != Status.OPTIMAL:
             return FAILED
         xs, ms = res.x[x], np.maximum(res.x[mu], 0.0)
-        return float(res.objective), np.where(mdp.terminal, 0, np.argmax(xs, axis=1)), ms.sum(axis=1)
+        key = min(float(res.objective), float(res.bound))     # HiGHS's dual bound, within its gap
+        return key, np.where(mdp.terminal, 0, np.argmax(xs, axis=1)), ms.sum(axis=1)
 
 
 def tree_available(mdp: TabularMDP, alpha: float) -> bool:
