@@ -76,3 +76,29 @@ def test_the_tree_proves_the_listings_ends(spec, monkeypatch):
     assert tree.certificate == listing.certificate == "global"
     assert tree.low.J == pytest.approx(listing.low.J, abs=1e-9)
     assert tree.high.J == pytest.approx(listing.high.J, abs=1e-9)
+
+
+def test_a_second_look_moves_the_end_and_its_bound():
+    """A complete search's min end 7.2 with undecided policies at J 7.0, 7.1, 7.15 and 7.3: the
+    second look puts 7.0 out and 7.1 in, which makes 7.1 the end, proved (7.15 and 7.3 lie
+    beyond it and are not looked at). With no time left nothing changes, and a search stopped
+    by its clock is left as it is (policies beyond its end were never listed)."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from bilevel.equilibria.exact.listing import ListedEnd, second_look
+    Js = [7.0, 7.1, 7.15, 7.3]
+    verdicts = {7.0: ("out", None), 7.1: ("in", SimpleNamespace(J=7.1))}
+    res = ListedEnd(SimpleNamespace(J=7.2), "optimal", 7.0, undecided=Js,
+                    undecided_actions=[np.array([i]) for i in range(4)])
+    seen = []
+
+    def decide(actions):
+        seen.append(Js[int(actions[0])])
+        return verdicts[Js[int(actions[0])]]
+
+    new = second_look(res, "min", decide, 60.0)
+    assert seen == [7.0, 7.1] and new.end.J == 7.1 and new.bound == 7.1 and new.gap == 0.0
+    assert second_look(res, "min", decide, -1.0).bound == 7.0
+    stopped = replace(res, status="time limit")
+    assert second_look(stopped, "min", decide, 60.0) is stopped

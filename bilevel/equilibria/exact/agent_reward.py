@@ -37,7 +37,7 @@ from pyomo.common.collections import ComponentMap
 from bilevel.equilibria.certificates import (FEASIBILITY_SLACK, FOLLOWER_GAP_TOL,
                                              equilibrium_tolerance, model_reward)
 from bilevel.equilibria.exact.minlp import FORMULATION, FixedPolicyNLP, StartedScip, actions_of, build_minlp, model_of, point_from_arrays, policy_array
-from bilevel.equilibria.exact.listing import listed_end
+from bilevel.equilibria.exact.listing import listed_end, second_look
 from bilevel.equilibria.exact.policy_tree import tree_available, tree_end
 from bilevel.equilibria.exact.routes import certify_point
 from bilevel.equilibria.exact.search import hiding_descent
@@ -67,6 +67,7 @@ BUDGET_NLP_ITERATIONS = 300
 MIN_SOLVE_SECONDS = 0.5  # under a budget, the least time a SCIP solve gets
 # SCIP's time on one policy the listing's bound leaves open (the MINLP with the policy fixed)
 POLICY_SECONDS = 1.0
+SECOND_LOOK_SECONDS = 20.0     # the same, for an undecided policy beyond a complete search's end
 
 
 @dataclass(frozen=True, eq=False)
@@ -305,6 +306,9 @@ def agent_reward_interval(mdp: TabularMDP, alpha: float | None = None, time_limi
         res = search(mdp, alpha, strict, name, certify, end_limit,
                      starts=tuple(c.eq for c in in_band.values()),
                      decide=_policy_solver(bm, nlp, strict, POLICY_SECONDS))
+        if budget is None:      # the undecided policies beyond the end, each with more time
+            res = second_look(res, name, _policy_solver(bm, nlp, strict, SECOND_LOOK_SECONDS),
+                              end_limit)
         steps[name] = {"search": how, "status": res.status, "time_limit": end_limit, "bound": res.bound,
                        "gap": res.gap, "seconds": round(res.seconds, 3), "nodes": res.nodes,
                        "out": res.out, "undecided": len(res.undecided), "accepted": res.accepted}

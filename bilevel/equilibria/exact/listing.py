@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from pyscipopt import SCIP_RESULT, Conshdlr, Model, quicksum
@@ -58,6 +58,8 @@ class ListedEnd:
     accepted: int = 0
     nodes: int = 0
     seconds: float = 0.0
+
+    undecided_actions: list = field(default_factory=list)     # their policies
 
     @property
     def gap(self) -> float:
@@ -112,6 +114,7 @@ class Verdicts:
         self.verdicts: dict = {}
         self.accepted: dict = {}
         self.undecided: list = []
+        self.undecided_actions: list = []
         self.out = 0
         self.best = math.inf            # sign * J of the best accepted policy
 
@@ -155,6 +158,7 @@ class Verdicts:
             else:
                 verdict = "undecided"
                 self.undecided.append(J)
+                self.undecided_actions.append(np.asarray(actions).copy())
         self.verdicts[key] = (verdict, reached)
         return self.verdicts[key]
 
@@ -218,4 +222,26 @@ def listed_end(mdp: TabularMDP, alpha: float, band: float, sense: str, certify,
         if sign * (J - bound) < 0:
             bound = J
     return ListedEnd(end, status, bound, listing.out, listing.undecided, len(listing.accepted),
-                     int(m.getNNodes()), time.perf_counter() - t0)
+                     int(m.getNNodes()), time.perf_counter() - t0, listing.undecided_actions)
+
+
+def second_look(res: ListedEnd, sense: str, decide, time_limit: float) -> ListedEnd:
+    """A complete search's end (status "optimal") with its undecided policies beyond the end
+    given to `decide` again (a longer solve with the policy fixed), best first, until
+    `time_limit`. Every policy beyond the end was settled or left undecided, so the end is the
+    best of the old one and the policies now "in", and the bound the best still undecided."""
+    if res.status != "optimal" or res.end is None:
+        return res
+    t0, sign = time.perf_counter(), 1.0 if sense == "min" else -1.0
+    end, left = res.end, []
+    for J, actions in sorted(zip(res.undecided, res.undecided_actions), key=lambda u: sign * u[0]):
+        if sign * (J - end.J) >= 0:
+            break
+        verdict, eq = ("undecided", None) if time.perf_counter() - t0 > time_limit else decide(actions)
+        if verdict == "in" and abs(eq.J - J) <= 1e-9 * max(1.0, abs(J)):
+            end = eq
+        elif verdict != "out":
+            left.append((J, actions))
+    bound = min([sign * end.J] + [sign * J for J, _ in left if sign * (J - end.J) < 0])
+    return replace(res, end=end, bound=sign * bound, undecided=[J for J, _ in left],
+                   undecided_actions=[a for _, a in left], seconds=res.seconds + time.perf_counter() - t0)

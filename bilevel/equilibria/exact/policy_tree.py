@@ -176,4 +176,5 @@ def tree_end(mdp: TabularMDP, alpha: float, band: float, sense: str, certify, ti
     if end is None and status == "optimal" and not verdicts.undecided and not failed:
         status = "infeasible"
     return ListedEnd(end, status, sign * bound, verdicts.out, verdicts.undecided,
-                     len(verdicts.accepted), nodes, time.perf_counter() - t0)
+                     len(verdicts.accepted), nodes, time.perf_counter() - t0,
+                     verdicts.undecided_actions)
