@@ -99,8 +99,8 @@ class _NodeMILP:
 
 
 def tree_available(mdp: TabularMDP, alpha: float) -> bool:
-    """Whether the node rows exist (`linear_lie_bounds` is finite: not at g = 0.99 with
-    hidden_goal's widths, say); without them the listing is the faster search."""
+    """Whether the node rows exist (`linear_lie_bounds` is finite: not on hidden_goal, g = 0.99,
+    nor on the gridworlds of mdps/, g = 0.95); without them the listing is the faster search."""
     return linear_lie_bounds(mdp, alpha) is not None
 
 
@@ -108,7 +108,7 @@ def tree_end(mdp: TabularMDP, alpha: float, band: float, sense: str, certify, ti
              starts=(), decide=None) -> ListedEnd:
     """The min (`sense` "min") or max ("max") of J(pi, M) over the band's equilibria by the tree
     of the module docstring; arguments and result as `listing.listed_end` (`nodes`: the nodes
-    solved)."""
+    whose optimal policy was settled)."""
     t0 = time.perf_counter()
     verdicts = Verdicts(mdp, alpha, band, sense, certify, decide)
     sign = verdicts.sign
