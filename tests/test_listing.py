@@ -73,9 +73,10 @@ def test_concave_max_bounds_the_maximum_from_above():
         assert x_star == pytest.approx(c ** 2 / 4)
 
 
-@pytest.mark.parametrize("search", ["policy tree", "listing"])
-@pytest.mark.parametrize("seed,support", [(0, "neighbors"), (1, "all"), (2, "true"), (3, "neighbors"),
-                                          (4, "all")])
+@pytest.mark.parametrize("seed,support,search", [
+    (0, "neighbors", "policy tree"), (1, "all", "policy tree"), (2, "true", "policy tree"),
+    (3, "neighbors", "policy tree"), (4, "all", "policy tree"), (0, "neighbors", "listing"),
+    (3, "neighbors", "listing")])
 def test_the_ends_match_the_enumeration(seed, support, search, monkeypatch):
     """Where both prove their interval, the ends of the tree of partial policies, and of the
     listing (forced), are the enumeration's (SCIP on the MPEC per deterministic policy, no
