@@ -100,8 +100,12 @@ class _NodeMILP:
 
 def tree_available(mdp: TabularMDP, alpha: float) -> bool:
     """Whether the node rows exist (`linear_lie_bounds` is finite: not on hidden_goal, g = 0.99,
-    nor on the gridworlds of mdps/, g = 0.95); without them the listing is the faster search."""
-    return linear_lie_bounds(mdp, alpha) is not None
+    nor on the gridworlds of mdps/, g = 0.95) and add to the static row (some live pair has two
+    successors: with one, every variance is 0); otherwise the listing is the faster search
+    (benchmarks/RESULTS.md 14: deterministic Garnets of 25 and 40 states, 1.6 and 3.4 s against
+    2.4 and 7.7 s)."""
+    stochastic = bool(((mdp.P > 0).sum(axis=-1)[~mdp.terminal] > 1).any())
+    return stochastic and linear_lie_bounds(mdp, alpha) is not None
 
 
 def tree_end(mdp: TabularMDP, alpha: float, band: float, sense: str, certify, time_limit: float,
