@@ -41,6 +41,14 @@ class MILP:
         self.cost.extend([0.0] * size)
         return idx
 
+    def copy(self) -> "MILP":
+        """An independent copy: variables and rows added to one do not reach the other."""
+        c = MILP()
+        for k in ("lb", "ub", "integer", "cost", "_rows", "_cols", "_vals", "row_lo", "row_hi"):
+            setattr(c, k, list(getattr(self, k)))
+        c.n = self.n
+        return c
+
     def binary(self, shape) -> np.ndarray:
         return self.var(shape, 0.0, 1.0, integer=True)
 

@@ -70,7 +70,7 @@ def test_the_tree_proves_the_listings_ends(spec, monkeypatch):
     S, seed, support = spec
     mdp = garnet(S, 3, 2, seed=seed, support=support, initial="first")
     tree = agent_reward.agent_reward_interval(mdp, ALPHA, time_limit=60.0)
-    monkeypatch.setattr(agent_reward, "tree_available", lambda mdp, alpha: False)
+    monkeypatch.setattr(agent_reward, "tree_available", lambda *args: False)
     listing = agent_reward.agent_reward_interval(mdp, ALPHA, time_limit=60.0)
     assert tree.details["steps"]["min"]["search"] == "policy tree"
     assert listing.details["steps"]["min"]["search"] == "listing"
@@ -103,3 +103,16 @@ def test_a_second_look_moves_the_end_and_its_bound():
     assert second_look(res, "min", decide, -1.0).bound == 7.0
     stopped = replace(res, status="time limit")
     assert second_look(stopped, "min", decide, 60.0) is stopped
+
+
+def test_a_copied_milp_is_independent():
+    """solvers.milp.MILP.copy, which every node of the tree starts from: a row added to the copy
+    changes the copy's optimum and not the original's."""
+    from solvers.milp import MILP
+    p = MILP()
+    x = p.var(2, ub=1.0, integer=True)
+    p.set_cost(x, [-1.0, -1.0])
+    q = p.copy()
+    q.row(x, [1.0, 1.0], hi=1.0)
+    assert p.solve().objective == pytest.approx(-2.0) and q.solve().objective == pytest.approx(-1.0)
+    assert p.n_rows == 0 and q.n_rows == 1

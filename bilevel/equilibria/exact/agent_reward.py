@@ -36,7 +36,7 @@ from pyomo.common.collections import ComponentMap
 
 from bilevel.equilibria.certificates import (FEASIBILITY_SLACK, FOLLOWER_GAP_TOL,
                                              equilibrium_tolerance, model_reward)
-from bilevel.equilibria.exact.minlp import FORMULATION, FixedPolicyNLP, StartedScip, actions_of, build_minlp, model_of, point_from_arrays, policy_array
+from bilevel.equilibria.exact.minlp import FORMULATION, FixedPolicyNLP, StartedScip, actions_of, build_minlp, minlp_bounds, model_of, point_from_arrays, policy_array
 from bilevel.equilibria.exact.listing import listed_end, second_look
 from bilevel.equilibria.exact.policy_tree import tree_available, tree_end
 from bilevel.equilibria.exact.routes import certify_point
@@ -241,7 +241,8 @@ def agent_reward_interval(mdp: TabularMDP, alpha: float | None = None, time_limi
         return EquilibriumInterval(FORMULATION, "failed", reason=why, alpha=alpha, solver=SOLVER,
                                    seconds=time.perf_counter() - t0, details=details or {})
 
-    bm = build_minlp(mdp, alpha)
+    bounds = minlp_bounds(mdp)      # shared by the MINLP and the end searches
+    bm = build_minlp(mdp, alpha, bounds)
     m = bm.model
     nlp = FixedPolicyNLP(bm) if budget is None else \
         FixedPolicyNLP(bm, max_iter=BUDGET_NLP_ITERATIONS)
@@ -296,16 +297,17 @@ def agent_reward_interval(mdp: TabularMDP, alpha: float | None = None, time_limi
     certify = _certifier(bm, nlp)
     ends, gaps = {}, {"leader": proven_gap if lead_proved else _proved_gap(lead)}
     certificate = "global" if lead_proved else "local"
+    # the tree of partial policies where its node rows exist, else the listing
+    search, how = (tree_end, "policy tree") if tree_available(mdp, alpha, bounds) \
+        else (listed_end, "listing")
     # the max end first: it is J* or near it and settled at once, so under a budget the min end,
     # the hard one, gets what is left
-    # the tree of partial policies where its node rows exist, else the listing
-    search, how = (tree_end, "policy tree") if tree_available(mdp, alpha) else (listed_end, "listing")
     for left, name in zip((2, 1), ("max", "min")):
         end_limit = limit(left)
         say(f"{FORMULATION}: {name} J(pi, M) over the band ({how}, {len(in_band)} starts)")
         res = search(mdp, alpha, strict, name, certify, end_limit,
                      starts=tuple(c.eq for c in in_band.values()),
-                     decide=_policy_solver(bm, nlp, strict, POLICY_SECONDS))
+                     decide=_policy_solver(bm, nlp, strict, POLICY_SECONDS), bounds=bounds)
         if budget is None:      # the undecided policies beyond the end, each with more time
             res = second_look(res, name, _policy_solver(bm, nlp, strict, SECOND_LOOK_SECONDS),
                               end_limit)

@@ -36,13 +36,13 @@ from bilevel.tabular.occupancy import occupancy
 from bilevel.tabular.policies import deterministic_policy
 
 
-def linear_coefficients(mdp: TabularMDP, alpha: float) -> np.ndarray:
+def linear_coefficients(mdp: TabularMDP, alpha: float, bounds=None) -> np.ndarray:
     """a(s,a) with leader >= sum_{s,a} mu(s,a) a(s,a) at every equilibrium whose deterministic
     policy has true occupancy mu: the MINLP's simulation bound (bilevel.equilibria.exact.minlp)
     minimized per pair, alpha z - c1 (span_in h + span_out y) under 2 h^2 <= mu (z - y) and
     y >= ell_lo mu, gives
         a = (alpha - c1 span_out) ell_lo - c1 r - c1^2 span_in^2 / (8 alpha)."""
-    b = minlp_bounds(mdp)
+    b = bounds or minlp_bounds(mdp)
     c1 = (1 - alpha) / (1 - mdp.gamma)
     return (alpha - c1 * b.span_out) * b.ell_lo - c1 * mdp.r - c1 ** 2 * b.span_in ** 2 / (8 * alpha)
 
@@ -110,14 +110,15 @@ def _widths(mdp: TabularMDP, b, pairs: np.ndarray):
     return w, (k & (P[s, a] == 0)).sum(axis=1) * mdp.floor
 
 
-def lie_constants(mdp: TabularMDP, alpha: float, b, pairs: np.ndarray, d=None) -> LieConstants:
+def lie_constants(mdp: TabularMDP, alpha: float, b, pairs: np.ndarray, d=None,
+                  widths=None) -> LieConstants:
     """The constants over `pairs` ((n, 2) live pairs); F0 = ||o_lo W_s||_d with the state
     occupancy `d` of a policy whose pairs these are, or max_s o_lo W_s (an upper bound for every
-    d) when `d` is None."""
+    d) when `d` is None. `widths`: `_widths` of these pairs, when the caller has them."""
     g = mdp.gamma
     s, a = pairs[:, 0], pairs[:, 1]
     c1 = (1 - alpha) / (1 - g)
-    w, o_lo = _widths(mdp, b, pairs)
+    w, o_lo = widths or _widths(mdp, b, pairs)
     F0 = float(np.sqrt(d[s] @ (o_lo * w) ** 2)) if d is not None else float((o_lo * w).max())
     M, so_max, kl_max = float(b.span_in[s, a].max()), float(b.span_out[s, a].max()), float(b.kl_hi[s, a].max())
     W = float(w.max())
@@ -155,7 +156,9 @@ def lie_bound(mdp: TabularMDP, alpha: float, actions, bounds=None, d=None, V=Non
     p, f = P[seen, a], R[seen, a] + g * V[None, :]
     mean = np.sum(p * f, axis=1)
     sigma = float(d[seen] @ np.sum(p * (f - mean[:, None]) ** 2, axis=1))
-    k = lie_constants(mdp, alpha, b, np.stack([seen, a], axis=1), d)
+    pairs = np.stack([seen, a], axis=1)
+    widths = _widths(mdp, b, pairs)
+    k = lie_constants(mdp, alpha, b, pairs, d, widths)
     c1, M, rho, ck, beta, F0, W = k.c1, k.M, k.rho, k.ck, k.beta, k.F0, k.W
     quad = c1 * M ** 2 / (2 * np.sqrt(sigma)) if sigma > 0 else np.inf
     if beta <= 0 or k.alpha1 <= 0:   # (the min's K^(3/4) branch grows slower than K)
@@ -168,7 +171,7 @@ def lie_bound(mdp: TabularMDP, alpha: float, actions, bounds=None, d=None, V=Non
                 + min(quad * Kin, c1 * 2 ** 0.25 * M * Kin ** 0.75) - alpha * Kin + A ** 2 / (4 * beta))
 
     lie = concave_max(h, (c1 * np.sqrt(sigma) / alpha) ** 2 / 2 + 1e-24)
-    _, o_lo = _widths(mdp, b, np.stack([seen, a], axis=1))
+    o_lo = widths[1]
     floor_part = float(d[seen] @ (alpha * b.ell_lo[seen, a] - c1 * o_lo * b.span_out[seen, a]))
     J = float(mdp.rho0 @ V)
     return {"leader_lo": -(1 - alpha) * J + floor_part - lie, "lie": lie, "sigma": sigma}

@@ -107,10 +107,11 @@ class Verdicts:
     """The verdicts on deterministic policies of `settle`, cached per policy, and the accepted
     equilibria; shared by the listing and the policy tree (bilevel.equilibria.exact.policy_tree)."""
 
-    def __init__(self, mdp: TabularMDP, alpha: float, band: float, sense: str, certify, decide):
+    def __init__(self, mdp: TabularMDP, alpha: float, band: float, sense: str, certify, decide,
+                 bounds=None):
         self.mdp, self.alpha, self.band, self.certify, self.decide = mdp, alpha, band, certify, decide
         self.sign = 1.0 if sense == "min" else -1.0
-        self.bounds = minlp_bounds(mdp)
+        self.bounds = bounds or minlp_bounds(mdp)
         self.verdicts: dict = {}
         self.accepted: dict = {}
         self.undecided: list = []
@@ -122,6 +123,15 @@ class Verdicts:
         self.verdicts[np.asarray(actions).tobytes()] = ("in", [])
         self.accepted[np.asarray(actions).tobytes()] = eq
         self.best = min(self.best, self.sign * eq.J)
+
+    def start(self, eq: Equilibrium) -> np.ndarray | None:
+        """Accept a certified equilibrium from another route when it lies in the band; its
+        deterministic policy, or None."""
+        if eq.leader_objective > self.band:
+            return None
+        actions = np.where(self.mdp.terminal, 0, np.argmax(eq.policy, axis=1))
+        self.accept(actions, eq)
+        return actions
 
     def settle(self, actions) -> tuple[str, list]:
         """("out" | "in" | "undecided" | "worse", the states of the cut), cached per policy: the
@@ -164,7 +174,7 @@ class Verdicts:
 
 
 def listed_end(mdp: TabularMDP, alpha: float, band: float, sense: str, certify,
-               time_limit: float, starts=(), decide=None) -> ListedEnd:
+               time_limit: float, starts=(), decide=None, bounds=None) -> ListedEnd:
     """The min (`sense` "min") or max ("max") of J(pi, M) over the band's equilibria by the
     listing of the module docstring. `certify(actions)` returns a certified equilibrium with
     that deterministic policy or None; `decide(actions)`, for a policy neither the bound nor
@@ -173,7 +183,7 @@ def listed_end(mdp: TabularMDP, alpha: float, band: float, sense: str, certify,
     t0 = time.perf_counter()
     S, A, g = mdp.n_states, mdp.n_actions, mdp.gamma
     live = ~mdp.terminal
-    listing = Verdicts(mdp, alpha, band, sense, certify, decide)
+    listing = Verdicts(mdp, alpha, band, sense, certify, decide, bounds)
     m = Model()
     m.hideOutput()
     mu = {(s, a): m.addVar(lb=0.0, ub=1.0 if live[s] else 0.0) for s in range(S) for a in range(A)}
@@ -185,7 +195,7 @@ def listed_end(mdp: TabularMDP, alpha: float, band: float, sense: str, certify,
         m.addCons(quicksum(x[t, a] for a in range(A)) == 1)
     for k in mu:
         m.addCons(mu[k] <= x[k])
-    coef = linear_coefficients(mdp, alpha) / (1 - alpha)     # in units of J: SCIP's tolerances are absolute
+    coef = linear_coefficients(mdp, alpha, listing.bounds) / (1 - alpha)     # in units of J: SCIP's tolerances are absolute
     m.addCons(quicksum(float(coef[k]) * mu[k] for k in mu if live[k[0]])
               <= band / (1 - alpha) + 1e-9 * max(1.0, abs(band) / (1 - alpha)))
     m.setObjective(quicksum(float(mdp.r[k]) / (1 - g) * mu[k] for k in mu if live[k[0]]),
@@ -197,10 +207,9 @@ def listed_end(mdp: TabularMDP, alpha: float, band: float, sense: str, certify,
     m.setParam("limits/time", max(0.1, float(time_limit)))
     m.setParam("limits/gap", J_REL_GAP)
     for eq in starts:
-        actions = np.where(mdp.terminal, 0, np.argmax(eq.policy, axis=1))
-        if eq.leader_objective > band:
+        actions = listing.start(eq)
+        if actions is None:
             continue
-        listing.accept(actions, eq)
         sol = m.createSol()
         occ = occupancy(mdp.P, mdp.rho0, g, deterministic_policy(actions, A))
         for (s, a), v in mu.items():

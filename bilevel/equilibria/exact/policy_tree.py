@@ -45,46 +45,47 @@ FIRST_SECONDS = 5.0          # for the first incumbent's MILP
 
 class _NodeMILP:
     """The node MILP of the module docstring (solvers.milp, HiGHS), its rows in units of J
-    (HiGHS's tolerances are absolute)."""
+    (HiGHS's tolerances are absolute). The rows every node shares are built once; a node adds
+    its action bounds, its tangent rows and the cutoff to a copy."""
 
-    def __init__(self, mdp: TabularMDP, alpha: float, band: float, sign: float, verdicts: Verdicts):
-        self.mdp, self.band, self.sign = mdp, band, sign
-        b = verdicts.bounds
-        self.scale = 1.0 / (1 - alpha)
-        self.tangents = linear_lie_bounds(mdp, alpha, b)
-        self.floor = floor_coefficients(mdp, alpha, b) * self.scale
-        self.static = linear_coefficients(mdp, alpha) * self.scale
-        self.nu = np.maximum(b.nu_hi, 1e-12)
+    def __init__(self, mdp: TabularMDP, alpha: float, band: float, sign: float, bounds):
+        S, A, g = mdp.n_states, mdp.n_actions, mdp.gamma
+        self.mdp, self.band = mdp, band
+        self.scale = sc = 1.0 / (1 - alpha)
+        self.tangents = linear_lie_bounds(mdp, alpha, bounds)
+        self.floor = floor_coefficients(mdp, alpha, bounds) * sc
+        self.live = live = ~mdp.terminal
+        p = self.shared = MILP()
+        self.mu = p.var((S, A), ub=np.repeat(live, A).astype(float))
+        self.x = p.var((S, A), 0.0, 1.0, integer=True)
+        nu = np.maximum(bounds.nu_hi, 1e-12)
+        for t in np.flatnonzero(live):
+            src = np.argwhere(mdp.P[:, :, t] > 0)
+            p.row(np.concatenate([self.mu[t], self.mu[src[:, 0], src[:, 1]]]),
+                  np.concatenate([np.ones(A), -g * mdp.P[src[:, 0], src[:, 1], t]]),
+                  (1 - g) * float(mdp.rho0[t]), (1 - g) * float(mdp.rho0[t]))
+            p.row(self.x[t], np.ones(A), 1.0, 1.0)
+            for a in range(A):
+                p.row([self.mu[t, a], self.x[t, a]], [1.0, -nu[t]], hi=0.0)
+        self.cols = self.mu[live].ravel()
+        p.row(self.cols, (linear_coefficients(mdp, alpha, bounds) * sc)[live].ravel(),
+              hi=band * sc + 1e-9 * max(1.0, abs(band) * sc))
+        self.cost = sign * mdp.r[live].ravel() / (1 - g)
+        p.set_cost(self.cols, self.cost)
 
     def solve(self, allowed: np.ndarray, w: np.ndarray | None, cutoff: float, seconds: float):
         """(sign * J, actions, state occupancy) of the node's optimum, None when the node has no
         policy that can be in the band and better than `cutoff`, or FAILED. `w` None: a
         heuristic's MILP instead, with the row sum mu f <= band (no lie at all) for the tangents."""
-        mdp, sc = self.mdp, self.scale
-        S, A, g = mdp.n_states, mdp.n_actions, mdp.gamma
-        live = ~mdp.terminal
-        p = MILP()
-        mu = p.var((S, A), ub=np.repeat(live, A).astype(float))
-        x = p.binary((S, A))
-        p.ub[x.min():x.max() + 1] = np.where(live[:, None], allowed, True).ravel().astype(float).tolist()
-        for t in np.flatnonzero(live):
-            src = np.argwhere(mdp.P[:, :, t] > 0)
-            p.row(np.concatenate([mu[t], mu[src[:, 0], src[:, 1]]]),
-                  np.concatenate([np.ones(A), -g * mdp.P[src[:, 0], src[:, 1], t]]),
-                  (1 - g) * float(mdp.rho0[t]), (1 - g) * float(mdp.rho0[t]))
-            p.row(x[t], np.ones(A), 1.0, 1.0)
-            for a in range(A):
-                p.row([mu[t, a], x[t, a]], [1.0, -self.nu[t]], hi=0.0)
-        cols = mu[live].ravel()
-        p.row(cols, self.static[live].ravel(),
-              hi=self.band * sc + 1e-9 * max(1.0, abs(self.band) * sc))
+        mdp, sc, live = self.mdp, self.scale, self.live
+        p = self.shared.copy()
+        for j, ok in zip(self.x.ravel(), np.where(live[:, None], allowed, True).ravel()):
+            p.ub[j] = float(ok)
         for kappa, C in self.tangents if w is not None else [(0.0, 0.0)]:
-            p.row(cols, (self.floor - kappa * sc * (w if w is not None else 0.0))[live].ravel(),
+            p.row(self.cols, (self.floor - kappa * sc * (w if w is not None else 0.0))[live].ravel(),
                   hi=(self.band + C) * sc)
-        cost = self.sign * mdp.r[live].ravel() / (1 - g)
-        p.set_cost(cols, cost)
         if math.isfinite(cutoff):
-            p.row(cols, cost, hi=cutoff - J_REL_GAP * max(1.0, abs(cutoff)))
+            p.row(self.cols, self.cost, hi=cutoff - J_REL_GAP * max(1.0, abs(cutoff)))
         res = p.solve(time_limit=max(0.05, seconds), rel_gap=J_REL_GAP, abs_gap=0.0)
         if res.status == Status.SOLVER_ERROR:     # HiGHS's "Solve error", rare: once more, tighter
             res = p.solve(time_limit=max(0.05, seconds), rel_gap=J_REL_GAP, abs_gap=0.0,
@@ -93,33 +94,32 @@ class _NodeMILP:
             return None
         if res.status != Status.OPTIMAL:
             return FAILED
-        xs, ms = res.x[x], np.maximum(res.x[mu], 0.0)
+        xs, ms = res.x[self.x], np.maximum(res.x[self.mu], 0.0)
         key = min(float(res.objective), float(res.bound))     # HiGHS's dual bound, within its gap
         return key, np.where(mdp.terminal, 0, np.argmax(xs, axis=1)), ms.sum(axis=1)
 
 
-def tree_available(mdp: TabularMDP, alpha: float) -> bool:
+def tree_available(mdp: TabularMDP, alpha: float, bounds=None) -> bool:
     """Whether the node rows exist (`linear_lie_bounds` is finite: not on hidden_goal, g = 0.99,
     nor on the gridworlds of mdps/, g = 0.95) and add to the static row (some live pair has two
     successors: with one, every variance is 0); otherwise the listing is the faster search
     (benchmarks/RESULTS.md 14: deterministic Garnets of 25 and 40 states, 1.6 and 3.4 s against
     2.4 and 7.7 s)."""
     stochastic = bool(((mdp.P > 0).sum(axis=-1)[~mdp.terminal] > 1).any())
-    return stochastic and linear_lie_bounds(mdp, alpha) is not None
+    return stochastic and linear_lie_bounds(mdp, alpha, bounds) is not None
 
 
 def tree_end(mdp: TabularMDP, alpha: float, band: float, sense: str, certify, time_limit: float,
-             starts=(), decide=None) -> ListedEnd:
+             starts=(), decide=None, bounds=None) -> ListedEnd:
     """The min (`sense` "min") or max ("max") of J(pi, M) over the band's equilibria by the tree
     of the module docstring; arguments and result as `listing.listed_end` (`nodes`: the nodes
     whose optimal policy was settled)."""
     t0 = time.perf_counter()
-    verdicts = Verdicts(mdp, alpha, band, sense, certify, decide)
+    verdicts = Verdicts(mdp, alpha, band, sense, certify, decide, bounds)
     sign = verdicts.sign
     for eq in starts:
-        if eq.leader_objective <= band:
-            verdicts.accept(np.where(mdp.terminal, 0, np.argmax(eq.policy, axis=1)), eq)
-    node_milp = _NodeMILP(mdp, alpha, band, sign, verdicts)
+        verdicts.start(eq)
+    node_milp = _NodeMILP(mdp, alpha, band, sign, verdicts.bounds)
     live = ~mdp.terminal
     failed: list[float] = []                    # bounds of nodes whose MILP failed
 
@@ -132,6 +132,8 @@ def tree_end(mdp: TabularMDP, alpha: float, band: float, sense: str, certify, ti
         if sol is None:
             return
         if sol is FAILED:
+            # out of time, the node stays open with its parent's bound (the loop then stops);
+            # else HiGHS failed twice and the parent's bound counts in the gap
             if left() > 0:
                 failed.append(key)
             else:
@@ -157,9 +159,6 @@ def tree_end(mdp: TabularMDP, alpha: float, band: float, sense: str, certify, ti
             status = "time limit"
             break
         key, _, allowed, box, sol = heapq.heappop(heap)
-        if sol is None:                         # stopped by the clock before: solve it now
-            push(heap, allowed, box, key)
-            continue
         nodes += 1
         _, actions, d = sol
         verdict, cls = verdicts.settle(actions)
