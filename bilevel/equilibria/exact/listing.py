@@ -37,6 +37,7 @@ from pyscipopt import SCIP_RESULT, Conshdlr, Model, quicksum
 
 from bilevel.equilibria.exact.lie_bound import lie_bound, linear_coefficients, policy_occupancy_values
 from bilevel.equilibria.exact.minlp import minlp_bounds
+from bilevel.equilibria.exact.occupancy_box import occupancy_bound
 from bilevel.equilibria.interval import Equilibrium
 from bilevel.mdp.model import TabularMDP
 from bilevel.tabular.occupancy import occupancy
@@ -152,6 +153,10 @@ class Verdicts:
             self.out += 1
         elif self.sign * J >= self.best:
             verdict = "worse"
+        elif occupancy_bound(mdp, self.alpha, actions, self.band, d=d, V=V)["out"]:
+            verdict = "out"                     # on this policy: its actions off Z(pi) enter the bound
+            self.out += 1
+            reached = [int(s) for s in np.flatnonzero(~mdp.terminal)]
         else:
             eq = self.certify(np.asarray(actions))
             verdict = "in" if eq is not None and eq.leader_objective <= self.band else "undecided"

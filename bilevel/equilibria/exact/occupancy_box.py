@@ -1,0 +1,231 @@
+"""A bound on the leader of MAL + agent reward for one deterministic policy, from a box on the
+model's occupancy (docs/DESIGN.md 5.6, "A box on the model's occupancy").
+
+Fix pi, with true (normalized) state occupancy d and values V in M, and write q_s =
+Phat(.|s, pi(s)), f_s = R(s, pi(s), .) + g V and c = (1 - alpha) / (1 - g). The simulation lemma
+weighted by the *model's* occupancy d_m (and the true values) gives, for every model,
+
+    leader = -(1 - alpha) J(pi, M) + sum_s [ alpha d(s) KL(P_s || q_s) - c d_m(s) (q_s - P_s) . f_s ].
+
+Each term is a concave function of d_m(s) at fixed q_s, so if d_m(s) lies in [l_s, u_s],
+
+    term_s >= min(psi_s(l_s), psi_s(u_s)),   psi_s(m) = min_q  alpha d(s) KL(P_s || q) - c m (q - P_s) . f_s
+
+over the floored simplex on K (`tilted_kl`: a convex problem in q, bounded from below by its
+dual in the multiplier of sum q = 1). The box comes from the band: a model with leader <= band
+has, at each s, term_s <= beta_s = band + (1 - alpha) J - sum_{s' != s} min psi_s'. With
+Pinsker's KL(P || q~) >= 2 TV^2 on the conditional q~ on supp P_s and -log(1 - o) >= o for the
+mass o off it,
+
+    2 w TV^2 - c u span_in TV + (w - c u sigma_out) o <= beta_s        (w = alpha d(s)),
+
+so q_s lies within TV tau_s of P_s on the support with o <= o_hi; states pi does not reach
+(w = 0), and any state where w - c u sigma_out <= 0, are left free. The model occupancy over
+such rows lies in the box of the optimistic and pessimistic VI of the discounted visits of each
+state t (`occupancy_box`: W_t = (1 - g) e_t + g max_q q . W_t, row by row; the operators are
+monotone, so iterates from a valid start stay valid). The box shrinks, the psi's rise, and the
+two are repeated until the bound passes the band or stops moving. Every step holds for every
+model with pi's rows in the band, so `occupancy_bound` > band proves that no equilibrium with pi
+lies in the band. The follower's optimality is not used (a relaxation).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bilevel.equilibria.exact.lie_bound import policy_occupancy_values
+from bilevel.mdp.model import TabularMDP
+
+DUAL_STEPS = 200          # bisection steps on the multiplier of sum q = 1 (any value is a valid bound)
+VI_STEPS = 25             # occupancy VI steps per round (the next round starts where it stopped)
+VI_TOL = 1e-12
+MAX_ROUNDS = 60
+STALL = 1e-13             # relative change of the bound at which the rounds stop
+
+
+def tilted_kl(w: np.ndarray, P: np.ndarray, f: np.ndarray, lo: np.ndarray, K: np.ndarray,
+              cm: np.ndarray) -> np.ndarray:
+    """psi = min_q  w sum_{t in supp P} P_t log(P_t / q_t) - cm (q - P) . f  over q >= lo on K,
+    q = 0 off K, sum q = 1, row by row (arrays (n, S); w, cm (n,)), from below: the dual
+
+        max_nu  sum_{supp} [w P log(P / q*) + (nu - g)(q* - P)] + sum_{K \\ supp} (nu - g) lo,
+        g = cm f,  q* = max(lo, w P / (nu - g)),
+
+    is a lower bound at every nu above the g's; nu is found by bisection on sum q*(nu) = 1."""
+    supp = P > 0
+    off = K & ~supp
+    g = cm[:, None] * f
+    a = np.maximum(np.where(supp, g, -np.inf).max(axis=1), np.where(off, g, -np.inf).max(axis=1))
+    b = a + w + 1.0                      # there sum q* <= sum lo + w / (w + 1) < 1
+    wz = w[:, None]
+
+    def q_star(nu):
+        den = nu[:, None] - g
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = np.maximum(lo, np.where(den > 0, wz * P / den, np.inf))
+        return np.where(supp, q, np.where(off, lo, 0.0))
+
+    for _ in range(DUAL_STEPS):
+        mid = 0.5 * (a + b)
+        over = q_star(mid).sum(axis=1) > 1.0
+        a, b = np.where(over, mid, a), np.where(over, b, mid)
+    q = q_star(b)
+    den = b[:, None] - g
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl = np.where(supp, P * np.log(np.where(supp, P / q, 1.0)), 0.0)
+        val = (np.where(supp, wz * kl + den * (q - P), 0.0) + np.where(off, den * lo, 0.0)).sum(axis=1)
+    return np.where(np.isfinite(val), val, -np.inf)
+
+
+def _tv_ball_max(P: np.ndarray, W: np.ndarray, tau: np.ndarray) -> np.ndarray:
+    """max of q . W[:, t] over distributions q on supp P_s with TV(q, P_s) <= tau_s, for every
+    row s (P (n, S), tau (n,)) and column t (W (S, T)): move min(tau, 1 - P_top) from the lowest
+    entries of the support to the highest."""
+    n, T = P.shape[0], W.shape[1]
+    supp = P > 0
+    Wv = np.where(supp[:, :, None], W[None], np.inf)
+    order = np.argsort(Wv, axis=1)                                  # the support first, ascending
+    Ws = np.take_along_axis(Wv, order, axis=1)
+    Ps = np.take_along_axis(np.broadcast_to(P[:, :, None], Wv.shape), order, axis=1)
+    top = np.broadcast_to((supp.sum(axis=1) - 1)[:, None, None], (n, 1, T))
+    W_top = np.take_along_axis(Ws, top, axis=1)[:, 0]
+    moved = np.minimum(tau[:, None], 1.0 - np.take_along_axis(Ps, top, axis=1)[:, 0])
+    taken = np.clip(moved[:, None, :] - (np.cumsum(Ps, axis=1) - Ps), 0.0, Ps)
+    return (P @ W + moved * W_top
+            - np.sum(taken * np.where(np.isfinite(Ws), Ws, 0.0), axis=1))
+
+
+@dataclass
+class _Rows:
+    """pi's rows and what the band allows of them: within TV tau of P on supp P, a mass in
+    [o_lo, o_hi] off it (the floor lo on each off-support target of K, the rest anywhere there)."""
+
+    P: np.ndarray
+    K: np.ndarray
+    lo: np.ndarray
+    live: np.ndarray
+    tau: np.ndarray
+    o_lo: np.ndarray
+    o_hi: np.ndarray
+
+
+def occupancy_box(rows: _Rows, rho0: np.ndarray, g: float, W: tuple, steps: int):
+    """(u, l, W): bounds u >= d_m >= l on the model's state occupancy over every model whose rows
+    lie in `rows`, by `steps` of the optimistic / pessimistic VI of W_t = (1 - g) e_t + g q . W_t
+    from W = (W_up, W_low), valid starts (ones and zeros, or an earlier call's W for rows that
+    allowed more): d_m(t) = rho0 . W_t."""
+    off = rows.K & ~(rows.P > 0)
+    has_off = off.any(axis=1)[:, None]
+    floor = np.where(off, rows.lo, 0.0)
+    eye = (1 - g) * np.eye(len(rho0))
+    out = []
+    for sign, Wk in zip((1.0, -1.0), W):
+        for _ in range(steps):
+            on = sign * _tv_ball_max(rows.P, sign * Wk, rows.tau)
+            far = np.where(has_off, sign * np.where(off[:, :, None], sign * Wk[None], -np.inf).max(axis=1), 0.0)
+            at_lo = (1 - rows.o_lo)[:, None] * on + floor @ Wk
+            at_hi = (1 - rows.o_hi)[:, None] * on + floor @ Wk + (rows.o_hi - rows.o_lo)[:, None] * far
+            best = np.maximum(at_lo, at_hi) if sign > 0 else np.minimum(at_lo, at_hi)
+            new = eye + g * np.where(rows.live[:, None], best, rows.P @ Wk)
+            step = float(np.abs(new - Wk).max())
+            Wk = new
+            if step < VI_TOL:
+                break
+        out.append(Wk)
+    return rho0 @ out[0], rho0 @ out[1], tuple(out)
+
+
+def unreached_gain(rows: _Rows, f: np.ndarray, free: np.ndarray, g: float, Z: np.ndarray,
+                   steps: int) -> tuple[float, np.ndarray]:
+    """(rho0-free) Z >= the most that the rows of the `free` states (pi never reaches them in M, so
+    their loss weight is 0) add to sum_t d_m(t) (q_t - P_t) . f_t, by `steps` of the robust VI
+
+        Z(t) = max_q (1 - g) (q - P_t) . f_t + g q . Z   (t free: any floored row on K),
+        Z(s) = g max_q q . Z                               (other rows, in `rows`' sets),
+
+    from a valid start Z (>= Z*: max_t max_K (f_t - P_t . f_t), or an earlier call's Z);
+    monotone, so every iterate is valid. The gain is rho0 . Z."""
+    off = rows.K & ~(rows.P > 0)
+    has_off = off.any(axis=1)
+    floor = np.where(off, rows.lo, 0.0)
+    Pf = np.sum(rows.P * f, axis=1)
+    for _ in range(steps):
+        on = _tv_ball_max(rows.P, Z[:, None], rows.tau)[:, 0]
+        far = np.where(has_off, np.where(off, Z[None], -np.inf).max(axis=1), 0.0)
+        kept = np.maximum((1 - rows.o_lo) * on + floor @ Z,
+                          (1 - rows.o_hi) * on + floor @ Z + (rows.o_hi - rows.o_lo) * far)
+        h = (1 - g) * f + g * Z[None, :]
+        lo_all = np.where(rows.K, rows.lo, 0.0)
+        chosen = (lo_all * h).sum(axis=1) + (1 - lo_all.sum(axis=1)) * np.where(rows.K, h, -np.inf).max(axis=1) \
+            - (1 - g) * Pf
+        new = np.where(free, chosen, np.where(rows.live, g * kept, g * rows.P @ Z))
+        step = float(np.abs(new - Z).max())
+        Z = new
+        if step < VI_TOL:
+            break
+    return Z
+
+
+def _remaining(step: float, last: float) -> float:
+    """What rounds still to come may add to the bound if its steps shrink geometrically (they
+    do once the box is near its end): step r / (1 - r), r = step / last; inf while r >= 1."""
+    r = step / last if last > 0 and np.isfinite(last) else np.inf
+    return step * r / (1 - r) if 0 <= r < 1 else np.inf
+
+
+def occupancy_bound(mdp: TabularMDP, alpha: float, actions, band: float, d=None, V=None) -> dict:
+    """The bound of the module docstring for the deterministic policy `actions`: "leader_lo", a
+    lower bound on the leader of every model whose leader is at most `band` (so "out": True when
+    it passes the band, i.e. no model with this policy has leader <= band), and the "rounds"."""
+    g, S = mdp.gamma, mdp.n_states
+    c = (1 - alpha) / (1 - g)
+    actions = np.asarray(actions)
+    if d is None or V is None:
+        d, V = policy_occupancy_values(mdp, actions)
+    J = float(mdp.rho0 @ V)
+    states = np.arange(S)
+    P, K, live = mdp.P[states, actions], mdp.K[states, actions], ~mdp.terminal
+    lo = np.where(K, mdp.floor, 0.0)
+    f = mdp.R[states, actions] + g * V[None, :]
+    w = np.where(live, alpha * d, 0.0)
+    supp, off = P > 0, K & ~(P > 0)
+    span_in = np.where(supp, f, -np.inf).max(axis=1) - np.where(supp, f, np.inf).min(axis=1)
+    sigma_out = np.where(off.any(axis=1), np.maximum(
+        0.0, np.where(off, f, -np.inf).max(axis=1) - np.sum(P * f, axis=1)), 0.0)
+    o_lo = np.where(off, lo, 0.0).sum(axis=1)
+    free = live & (d <= 0)
+    u, l = np.ones(S), np.zeros(S)
+    W = (np.ones((S, S)), np.zeros((S, S)))
+    rows = _Rows(P, K, lo, live, np.where(live, 1.0, 0.0), o_lo, np.where(live, 1.0, o_lo))
+    Z = np.full(S, float(np.where(free[:, None] & K, f - np.sum(P * f, axis=1)[:, None], 0.0).max(initial=0.0)))
+    previous, last = -np.inf, np.inf
+    for rounds in range(1, MAX_ROUNDS + 1):
+        psi = np.minimum(tilted_kl(w, P, f, lo, K, c * l), tilted_kl(w, P, f, lo, K, c * u))
+        psi = np.where(live & ~free, psi, 0.0)
+        if free.any():
+            Z = unreached_gain(rows, f, free, g, Z, VI_STEPS)
+            psi[free] = 0.0
+            gain = c * float(mdp.rho0 @ Z)
+        else:
+            gain = 0.0
+        bound = -(1 - alpha) * J + float(psi.sum()) - gain
+        step = bound - previous
+        if bound > band or abs(step) <= STALL * abs(bound) or bound + 5 * _remaining(step, last) < band:
+            break
+        previous, last = bound, step
+        beta = band + (1 - alpha) * J - (psi.sum() - psi) + gain
+        cu = c * u
+        den = w - cu * sigma_out
+        bounded = (w > 0) & (den > 0)
+        safe_w, safe_den = np.where(bounded, w, 1.0), np.where(bounded, den, 1.0)
+        o_hi = np.where(bounded, (beta + (cu * span_in) ** 2 / (8 * safe_w)) / safe_den, 1.0)
+        disc = (cu * span_in) ** 2 + 8 * safe_w * (beta - safe_den * o_lo)
+        if np.any(bounded & (disc < 0)):        # no row of that state keeps the leader in the band
+            bound = np.inf
+            break
+        tau = np.where(bounded, (cu * span_in + np.sqrt(np.maximum(disc, 0.0))) / (4 * safe_w), 1.0)
+        rows = _Rows(P, K, lo, live, np.minimum(tau, 1.0), o_lo, np.clip(o_hi, o_lo, 1.0))
+        u_new, l_new, W = occupancy_box(rows, mdp.rho0, g, W, VI_STEPS)
+        u, l = np.minimum(u, u_new), np.maximum(l, l_new)
+    return {"leader_lo": bound, "out": bound > band, "rounds": rounds}
