@@ -154,9 +154,8 @@ class Verdicts:
         elif self.sign * J >= self.best:
             verdict = "worse"
         elif occupancy_bound(mdp, self.alpha, actions, self.band, d=d, V=V)["out"]:
-            verdict = "out"                     # on this policy: its actions off Z(pi) enter the bound
+            verdict = "out"                     # for every policy that agrees with pi on Z(pi)
             self.out += 1
-            reached = [int(s) for s in np.flatnonzero(~mdp.terminal)]
         else:
             eq = self.certify(np.asarray(actions))
             verdict = "in" if eq is not None and eq.leader_objective <= self.band else "undecided"

@@ -20,7 +20,11 @@ mass o off it,
     2 w TV^2 - c u span_in TV + (w - c u sigma_out) o <= beta_s        (w = alpha d(s)),
 
 so q_s lies within TV tau_s of P_s on the support with o <= o_hi; states pi does not reach
-(w = 0), and any state where w - c u sigma_out <= 0, are left free. The model occupancy over
+(w = 0), and any state where w - c u sigma_out <= 0, are left free. The bound holds for every
+policy that agrees with pi where pi goes (the same d, J and values there): off those states any
+action is allowed, and the values there are boxed by the min- and max-VI (`completion_values`),
+so a target off Z(pi) counts with its highest f and a free state's row with its best action
+(`unreached_gain`). The model occupancy over
 such rows lies in the box of the optimistic and pessimistic VI of the discounted visits of each
 state t (`occupancy_box`: W_t = (1 - g) e_t + g max_q q . W_t, row by row; the operators are
 monotone, so iterates from a valid start stay valid). The box shrinks, the psi's rise, and the
@@ -34,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bilevel.equilibria.exact.completion_box import completion_box, outer_box
 from bilevel.equilibria.exact.lie_bound import policy_occupancy_values
 from bilevel.mdp.model import TabularMDP
 
@@ -99,7 +104,8 @@ def _tv_ball_max(P: np.ndarray, W: np.ndarray, tau: np.ndarray) -> np.ndarray:
 @dataclass
 class _Rows:
     """pi's rows and what the band allows of them: within TV tau of P on supp P, a mass in
-    [o_lo, o_hi] off it (the floor lo on each off-support target of K, the rest anywhere there)."""
+    [o_lo, o_hi] off it (the floor lo on each off-support target of K, the rest anywhere there);
+    on the `free` states any row of any action."""
 
     P: np.ndarray
     K: np.ndarray
@@ -108,6 +114,8 @@ class _Rows:
     tau: np.ndarray
     o_lo: np.ndarray
     o_hi: np.ndarray
+    free: np.ndarray            # live states pi does not reach: any action, any row on its K
+    K_any: np.ndarray           # (S, S): the union of K(s, a) over the actions
 
 
 def occupancy_box(rows: _Rows, rho0: np.ndarray, g: float, W: tuple, steps: int):
@@ -127,7 +135,9 @@ def occupancy_box(rows: _Rows, rho0: np.ndarray, g: float, W: tuple, steps: int)
             at_lo = (1 - rows.o_lo)[:, None] * on + floor @ Wk
             at_hi = (1 - rows.o_hi)[:, None] * on + floor @ Wk + (rows.o_hi - rows.o_lo)[:, None] * far
             best = np.maximum(at_lo, at_hi) if sign > 0 else np.minimum(at_lo, at_hi)
-            new = eye + g * np.where(rows.live[:, None], best, rows.P @ Wk)
+            anywhere = sign * np.where(rows.K_any[:, :, None], sign * Wk[None], -np.inf).max(axis=1)
+            new = eye + g * np.where(rows.free[:, None], anywhere,
+                                     np.where(rows.live[:, None], best, rows.P @ Wk))
             step = float(np.abs(new - Wk).max())
             Wk = new
             if step < VI_TOL:
@@ -136,35 +146,51 @@ def occupancy_box(rows: _Rows, rho0: np.ndarray, g: float, W: tuple, steps: int)
     return rho0 @ out[0], rho0 @ out[1], tuple(out)
 
 
-def unreached_gain(rows: _Rows, f: np.ndarray, free: np.ndarray, g: float, Z: np.ndarray,
-                   steps: int) -> tuple[float, np.ndarray]:
-    """(rho0-free) Z >= the most that the rows of the `free` states (pi never reaches them in M, so
-    their loss weight is 0) add to sum_t d_m(t) (q_t - P_t) . f_t, by `steps` of the robust VI
+def unreached_gain(rows: _Rows, mdp: TabularMDP, f_lo: np.ndarray, f_hi: np.ndarray, Z: np.ndarray,
+                   steps: int) -> np.ndarray:
+    """Z with rho0 . Z >= the most that the rows of the `free` states (pi does not reach them in
+    M, so their loss weight is 0; any action there) add to sum_t d_m(t) (q_t - P_t,a) . f_t,a,
+    by `steps` of the robust VI
 
-        Z(t) = max_q (1 - g) (q - P_t) . f_t + g q . Z   (t free: any floored row on K),
-        Z(s) = g max_q q . Z                               (other rows, in `rows`' sets),
+        Z(t) = max_a max_q (1 - g) (q . f_hi(t,a) - P(.|t,a) . f_lo(t,a)) + g q . Z
+                                          (t free: any floored row on K(t, a)),
+        Z(s) = g max_q q . Z              (other rows, in `rows`' sets),
 
-    from a valid start Z (>= Z*: max_t max_K (f_t - P_t . f_t), or an earlier call's Z);
-    monotone, so every iterate is valid. The gain is rho0 . Z."""
+    f_lo <= R + g V <= f_hi ((S, A, S): the values of every completion of pi off its reached
+    states), from a valid start Z (>= Z*: the largest one-step term, or an earlier call's Z);
+    monotone, so every iterate is valid."""
+    g = mdp.gamma
     off = rows.K & ~(rows.P > 0)
     has_off = off.any(axis=1)
     floor = np.where(off, rows.lo, 0.0)
-    Pf = np.sum(rows.P * f, axis=1)
+    lo_all = np.where(mdp.K, mdp.floor, 0.0)
+    Pf = np.sum(mdp.P * f_lo, axis=2)
     for _ in range(steps):
         on = _tv_ball_max(rows.P, Z[:, None], rows.tau)[:, 0]
         far = np.where(has_off, np.where(off, Z[None], -np.inf).max(axis=1), 0.0)
         kept = np.maximum((1 - rows.o_lo) * on + floor @ Z,
                           (1 - rows.o_hi) * on + floor @ Z + (rows.o_hi - rows.o_lo) * far)
-        h = (1 - g) * f + g * Z[None, :]
-        lo_all = np.where(rows.K, rows.lo, 0.0)
-        chosen = (lo_all * h).sum(axis=1) + (1 - lo_all.sum(axis=1)) * np.where(rows.K, h, -np.inf).max(axis=1) \
-            - (1 - g) * Pf
-        new = np.where(free, chosen, np.where(rows.live, g * kept, g * rows.P @ Z))
+        h = (1 - g) * f_hi + g * Z[None, None, :]
+        chosen = ((lo_all * h).sum(axis=2) + (1 - lo_all.sum(axis=2)) * np.where(mdp.K, h, -np.inf).max(axis=2)
+                  - (1 - g) * Pf).max(axis=1)
+        new = np.where(rows.free, chosen, np.where(rows.live, g * kept, g * rows.P @ Z))
         step = float(np.abs(new - Z).max())
         Z = new
         if step < VI_TOL:
             break
     return Z
+
+
+def completion_values(mdp: TabularMDP, actions, d: np.ndarray, V: np.ndarray):
+    """[V_lo, V_hi]: the values in M of every policy that agrees with `actions` on the states it
+    reaches (d > 0): V there, the min- and max-VI over all actions elsewhere
+    (bilevel.equilibria.exact.completion_box)."""
+    reached = d > 0
+    if reached.all():
+        return V, V
+    allowed = np.where(reached[:, None], np.eye(mdp.n_actions, dtype=bool)[np.asarray(actions)], True)
+    lo, hi = completion_box(mdp, allowed, *outer_box(mdp))
+    return np.where(reached, V, lo), np.where(reached, V, hi)
 
 
 def _remaining(step: float, last: float) -> float:
@@ -175,9 +201,10 @@ def _remaining(step: float, last: float) -> float:
 
 
 def occupancy_bound(mdp: TabularMDP, alpha: float, actions, band: float, d=None, V=None) -> dict:
-    """The bound of the module docstring for the deterministic policy `actions`: "leader_lo", a
-    lower bound on the leader of every model whose leader is at most `band` (so "out": True when
-    it passes the band, i.e. no model with this policy has leader <= band), and the "rounds"."""
+    """The bound of the module docstring for the deterministic policy `actions` and every policy
+    that agrees with it on the states it reaches: "leader_lo", a lower bound on the leader of
+    every model whose leader is at most `band` (so "out": True when it passes the band, i.e. no
+    model has leader <= band with any of these policies), and the "rounds"."""
     g, S = mdp.gamma, mdp.n_states
     c = (1 - alpha) / (1 - g)
     actions = np.asarray(actions)
@@ -187,24 +214,30 @@ def occupancy_bound(mdp: TabularMDP, alpha: float, actions, band: float, d=None,
     states = np.arange(S)
     P, K, live = mdp.P[states, actions], mdp.K[states, actions], ~mdp.terminal
     lo = np.where(K, mdp.floor, 0.0)
+    free = live & (d <= 0)
+    V_lo, V_hi = completion_values(mdp, actions, d, V)
     f = mdp.R[states, actions] + g * V[None, :]
+    f_hi = mdp.R[states, actions] + g * V_hi[None, :]
     w = np.where(live, alpha * d, 0.0)
     supp, off = P > 0, K & ~(P > 0)
+    f = np.where(supp, f, f_hi)        # off supp P the target may be a state pi does not reach
     span_in = np.where(supp, f, -np.inf).max(axis=1) - np.where(supp, f, np.inf).min(axis=1)
     sigma_out = np.where(off.any(axis=1), np.maximum(
         0.0, np.where(off, f, -np.inf).max(axis=1) - np.sum(P * f, axis=1)), 0.0)
     o_lo = np.where(off, lo, 0.0).sum(axis=1)
-    free = live & (d <= 0)
     u, l = np.ones(S), np.zeros(S)
     W = (np.ones((S, S)), np.zeros((S, S)))
-    rows = _Rows(P, K, lo, live, np.where(live, 1.0, 0.0), o_lo, np.where(live, 1.0, o_lo))
-    Z = np.full(S, float(np.where(free[:, None] & K, f - np.sum(P * f, axis=1)[:, None], 0.0).max(initial=0.0)))
+    K_any = mdp.K.any(axis=1)
+    rows = _Rows(P, K, lo, live, np.where(live, 1.0, 0.0), o_lo, np.where(live, 1.0, o_lo), free, K_any)
+    fa_lo, fa_hi = (mdp.R + g * X[None, None, :] for X in (V_lo, V_hi))
+    Z = np.full(S, float(np.where(free[:, None, None] & mdp.K, fa_hi - np.sum(mdp.P * fa_lo, axis=2)[:, :, None],
+                                  0.0).max(initial=0.0)))
     previous, last = -np.inf, np.inf
     for rounds in range(1, MAX_ROUNDS + 1):
         psi = np.minimum(tilted_kl(w, P, f, lo, K, c * l), tilted_kl(w, P, f, lo, K, c * u))
         psi = np.where(live & ~free, psi, 0.0)
         if free.any():
-            Z = unreached_gain(rows, f, free, g, Z, VI_STEPS)
+            Z = unreached_gain(rows, mdp, fa_lo, fa_hi, Z, VI_STEPS)
             psi[free] = 0.0
             gain = c * float(mdp.rho0 @ Z)
         else:
@@ -225,7 +258,7 @@ def occupancy_bound(mdp: TabularMDP, alpha: float, actions, band: float, d=None,
             bound = np.inf
             break
         tau = np.where(bounded, (cu * span_in + np.sqrt(np.maximum(disc, 0.0))) / (4 * safe_w), 1.0)
-        rows = _Rows(P, K, lo, live, np.minimum(tau, 1.0), o_lo, np.clip(o_hi, o_lo, 1.0))
+        rows = _Rows(P, K, lo, live, np.minimum(tau, 1.0), o_lo, np.clip(o_hi, o_lo, 1.0), free, K_any)
         u_new, l_new, W = occupancy_box(rows, mdp.rho0, g, W, VI_STEPS)
         u, l = np.minimum(u, u_new), np.maximum(l, l_new)
     return {"leader_lo": bound, "out": bound > band, "rounds": rounds}
