@@ -9,10 +9,11 @@ SCIP solves the MILP over deterministic policies
 
 with a constraint handler that settles every integer candidate pi before SCIP may keep it:
 
-  * out:       lie_bound(pi) > band, a proof that no equilibrium with pi lies in the band. It is
-               cut off together with every policy that agrees with it on the states it reaches
-               (they have the same occupancy, so the same bound): sum_{s in Z(pi)} x(s, pi(s))
-               <= |Z(pi)| - 1 (a policy SCIP puts out, below, is cut off alone);
+  * out:       lie_bound(pi) > band, or else occupancy_box.occupancy_bound(pi) > band (tighter,
+               slower), a proof that no equilibrium with pi lies in the band. It is cut off
+               together with every policy that agrees with it on the states it reaches (both
+               bounds hold for all of them): sum_{s in Z(pi)} x(s, pi(s)) <= |Z(pi)| - 1 (a
+               policy SCIP puts out, below, is cut off alone);
   * in:        `certify(pi)` returns a certified equilibrium with leader <= band (IPOPT with the
                policy fixed, every number recomputed): SCIP keeps pi as a solution;
   * else `decide(pi)`, a solve with the policy fixed (SCIP on the MINLP), may still put it out

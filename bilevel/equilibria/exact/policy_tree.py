@@ -41,6 +41,7 @@ from solvers.milp import MILP
 
 FAILED = "failed"
 FIRST_SECONDS = 5.0          # for the first incumbent's MILP
+NODE_GAP = J_REL_GAP
 
 
 class _NodeMILP:
@@ -86,9 +87,9 @@ class _NodeMILP:
                   hi=(self.band + C) * sc)
         if math.isfinite(cutoff):
             p.row(self.cols, self.cost, hi=cutoff - J_REL_GAP * max(1.0, abs(cutoff)))
-        res = p.solve(time_limit=max(0.05, seconds), rel_gap=J_REL_GAP, abs_gap=0.0)
+        res = p.solve(time_limit=max(0.05, seconds), rel_gap=NODE_GAP, abs_gap=0.0)
         if res.status == Status.SOLVER_ERROR:     # HiGHS's "Solve error", rare: once more, tighter
-            res = p.solve(time_limit=max(0.05, seconds), rel_gap=J_REL_GAP, abs_gap=0.0,
+            res = p.solve(time_limit=max(0.05, seconds), rel_gap=NODE_GAP, abs_gap=0.0,
                           feasibility_tol=1e-8)
         if res.status == Status.INFEASIBLE:
             return None
@@ -96,7 +97,7 @@ class _NodeMILP:
             return FAILED
         xs, ms = res.x[self.x], np.maximum(res.x[self.mu], 0.0)
         key = min(float(res.objective), float(res.bound))     # HiGHS's dual bound, within its gap
-        return key, np.where(mdp.terminal, 0, np.argmax(xs, axis=1)), ms.sum(axis=1)
+        return key, np.where(mdp.terminal, 0, np.argmax(xs, axis=1)), ms.sum(axis=1), float(res.objective)
 
 
 def tree_available(mdp: TabularMDP, alpha: float, bounds=None) -> bool:
@@ -160,10 +161,10 @@ def tree_end(mdp: TabularMDP, alpha: float, band: float, sense: str, certify, ti
             break
         key, _, allowed, box, sol = heapq.heappop(heap)
         nodes += 1
-        _, actions, d = sol
+        _, actions, d, _ = sol
         verdict, cls = verdicts.settle(actions)
-        if verdict in ("in", "worse"):
-            continue
+        if verdict in ("in", "worse") and sol[3] - key <= J_REL_GAP * max(1.0, abs(key)):
+            continue            # pi is the node's best: the node is settled
         fixed = allowed.copy()
         for s in sorted((s for s in cls if fixed[s].sum() > 1), key=lambda s: -d[s]):
             child = fixed.copy()
