@@ -42,3 +42,20 @@ def without_seconds(obj):
     if isinstance(obj, list):
         return [without_seconds(v) for v in obj]
     return obj
+
+
+def ipopt_best_lie(mdp, alpha):
+    """(actions, F_eta, F_opt) for MAL + agent reward on the floored fit's greedy policy: the
+    leader at the floored fit and at IPOPT's best lie with the policy fixed (started there), both
+    recomputed from arrays; F_eta - F_opt is what that lie gains."""
+    from bilevel.equilibria.certificates import leader_value, model_reward
+    from bilevel.equilibria.exact.minlp import FORMULATION, FixedPolicyNLP, build_minlp
+    from bilevel.tabular import kl_fit, value_iteration
+    from bilevel.tabular.policies import deterministic_policy
+    Peta = kl_fit(mdp.P, mdp.K, mdp.floor)
+    _, pi_eta = value_iteration(Peta, model_reward(mdp, Peta), mdp.gamma, tol=1e-13)
+    actions = np.argmax(pi_eta, axis=1)
+    pi = deterministic_policy(actions, mdp.n_actions)
+    Phat = FixedPolicyNLP(build_minlp(mdp, alpha)).solve(actions, Peta)
+    return (actions, leader_value(FORMULATION, mdp, pi, Peta, alpha),
+            leader_value(FORMULATION, mdp, pi, Phat, alpha))

@@ -2,24 +2,23 @@
 occupancy of models drawn inside it, the bound below the leader of random models (so it never
 puts out a policy that has a model in the band), and close to IPOPT's best lie."""
 
-from pathlib import Path
-
 import cvxpy as cp
 import numpy as np
 import pytest
 from scipy.optimize import linprog
 
-from bilevel.equilibria.certificates import leader_value, model_reward
-from bilevel.equilibria.exact.minlp import FORMULATION, FixedPolicyNLP, build_minlp
+from conftest import ROOT, ipopt_best_lie
+
+from bilevel.equilibria.certificates import leader_value
+from bilevel.equilibria.exact.minlp import FORMULATION
 from bilevel.equilibria.exact.occupancy_box import _Rows, occupancy_bound, occupancy_box, tilted_kl
 from bilevel.mdp import load_mdp
 from bilevel.mdp.garnet import garnet
-from bilevel.tabular import kl_fit, value_iteration
+from bilevel.tabular import kl_fit
 from bilevel.tabular.occupancy import occupancy
 from bilevel.tabular.policies import deterministic_policy
 
 ALPHA = 0.9999
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_tilted_kl_is_the_minimum_cvxpy_finds():
@@ -120,12 +119,7 @@ def test_the_bound_separates_policies_just_outside_the_band():
     is not (docs/DESIGN.md 5.6: the lie_bound credits 1.2-3 times the lie)."""
     for mdp in (garnet(6, 3, 3, seed=1, support="all", initial="first"),
                 garnet(8, 3, 3, seed=0, support="neighbors", initial="first")):
-        Peta = kl_fit(mdp.P, mdp.K, mdp.floor)
-        _, pi_eta = value_iteration(Peta, model_reward(mdp, Peta), mdp.gamma, tol=1e-13)
-        actions = np.argmax(pi_eta, axis=1)
-        pi = deterministic_policy(actions, mdp.n_actions)
-        Phat = FixedPolicyNLP(build_minlp(mdp, ALPHA)).solve(actions, Peta)
-        F_eta, F_opt = (leader_value(FORMULATION, mdp, pi, X, ALPHA) for X in (Peta, Phat))
+        actions, F_eta, F_opt = ipopt_best_lie(mdp, ALPHA)
         lie = F_eta - F_opt
         assert lie > 0
         assert occupancy_bound(mdp, ALPHA, actions, F_opt - 0.3 * lie)["out"]
