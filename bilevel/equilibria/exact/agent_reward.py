@@ -80,8 +80,22 @@ class Candidate:
     how: str
 
 
+def on_floor(mdp: TabularMDP, Phat: np.ndarray) -> np.ndarray:
+    """Phat with every entry on K raised to the floor eta, the mass taken from its row's largest
+    entry (terminal rows kept): a solver's point may lie up to its bound tolerance below eta
+    (IPOPT: 1e-8), and the bounds that put policies out hold for Phat >= eta only."""
+    lo = np.where(mdp.K, mdp.floor, 0.0)
+    Q = np.where(mdp.K, Phat, 0.0)
+    raise_ = np.where(mdp.K & (Q < lo) & ~mdp.terminal[:, None, None], lo - Q, 0.0)
+    Q = Q + raise_
+    top = Q.argmax(axis=-1)[..., None]
+    np.put_along_axis(Q, top, np.take_along_axis(Q, top, axis=-1) - raise_.sum(axis=-1, keepdims=True), axis=-1)
+    return Q
+
+
 def _candidate(bm, actions, Phat, how) -> Candidate | None:
     mdp = bm.mdp
+    Phat = on_floor(mdp, Phat)
     eq = certify_point(mdp, FORMULATION, bm.alpha, policy_array(mdp, actions), Phat)
     if eq.follower_gap > FOLLOWER_GAP_TOL:
         return None
