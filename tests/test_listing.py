@@ -81,7 +81,7 @@ def test_the_ends_match_the_enumeration(seed, support, search, monkeypatch):
         monkeypatch.setattr(agent_reward, "tree_available", lambda *args: False)
     res = agent_reward_interval(mdp, ALPHA, time_limit=20.0)
     assert res.details["steps"]["min"]["search"] == search
-    enum = enumerate_interval(mdp, "MAL_agent_reward", ALPHA)
+    enum = enumerate_interval(mdp, "MAL_agent_reward", ALPHA, time_limit=10.0)   # 2 s left policies undecided on a loaded machine
     assert res.ok and enum.ok
     assert res.certificate == "global" and enum.certificate == "global"
     assert res.low.J == pytest.approx(enum.low.J, abs=1e-9)
