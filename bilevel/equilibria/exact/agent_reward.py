@@ -7,6 +7,8 @@ the floored fit with its greedy policy, the optimal policy of M with the hostile
 each improved by IPOPT with the policy fixed; and any `starts` of another route, as `auto`
 passes IPOPT's ends); SCIP's point is re-certified from arrays (`certify_point`) together with
 its polish by the same fixed-policy NLP, and the one with the smaller leader objective stands.
+Every candidate's model is first raised onto the floor (`on_floor`): the bounds that put
+policies out hold for Phat >= eta, and at alpha near 1 a solver's 1e-8 below it is 1e-4 in J.
 The band is leader <= L_best + tol (L_best the best certified leader value found, tol =
 equilibrium_tolerance(L_best)), from arrays: it contains the band around L* and lies within
 SCIP's proven gap on L* of it. Then max and min of J(pi, M) over the band by the tree of
