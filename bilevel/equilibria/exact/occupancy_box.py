@@ -118,23 +118,30 @@ class _Rows:
     K_any: np.ndarray           # (S, S): the union of K(s, a) over the actions
 
 
+def _rows_max(rows: _Rows, W: np.ndarray, sign: float) -> np.ndarray:
+    """sign * max over the rows' sets of q . (sign W[:, t]), for every row and column of W (S, T):
+    the TV ball on supp P scaled by 1 - o, the floor off it and o - o_lo on its best target, o at
+    either end of [o_lo, o_hi] (the value is linear in o)."""
+    off = rows.K & ~(rows.P > 0)
+    on = sign * _tv_ball_max(rows.P, sign * W, rows.tau)
+    far = np.where(off.any(axis=1)[:, None],
+                   sign * np.where(off[:, :, None], sign * W[None], -np.inf).max(axis=1), 0.0)
+    at_floor = np.where(off, rows.lo, 0.0) @ W
+    at_lo = (1 - rows.o_lo)[:, None] * on + at_floor
+    at_hi = (1 - rows.o_hi)[:, None] * on + at_floor + (rows.o_hi - rows.o_lo)[:, None] * far
+    return np.maximum(at_lo, at_hi) if sign > 0 else np.minimum(at_lo, at_hi)
+
+
 def occupancy_box(rows: _Rows, rho0: np.ndarray, g: float, W: tuple, steps: int):
     """(u, l, W): bounds u >= d_m >= l on the model's state occupancy over every model whose rows
     lie in `rows`, by `steps` of the optimistic / pessimistic VI of W_t = (1 - g) e_t + g q . W_t
     from W = (W_up, W_low), valid starts (ones and zeros, or an earlier call's W for rows that
     allowed more): d_m(t) = rho0 . W_t."""
-    off = rows.K & ~(rows.P > 0)
-    has_off = off.any(axis=1)[:, None]
-    floor = np.where(off, rows.lo, 0.0)
     eye = (1 - g) * np.eye(len(rho0))
     out = []
     for sign, Wk in zip((1.0, -1.0), W):
         for _ in range(steps):
-            on = sign * _tv_ball_max(rows.P, sign * Wk, rows.tau)
-            far = np.where(has_off, sign * np.where(off[:, :, None], sign * Wk[None], -np.inf).max(axis=1), 0.0)
-            at_lo = (1 - rows.o_lo)[:, None] * on + floor @ Wk
-            at_hi = (1 - rows.o_hi)[:, None] * on + floor @ Wk + (rows.o_hi - rows.o_lo)[:, None] * far
-            best = np.maximum(at_lo, at_hi) if sign > 0 else np.minimum(at_lo, at_hi)
+            best = _rows_max(rows, Wk, sign)
             anywhere = sign * np.where(rows.K_any[:, :, None], sign * Wk[None], -np.inf).max(axis=1)
             new = eye + g * np.where(rows.free[:, None], anywhere,
                                      np.where(rows.live[:, None], best, rows.P @ Wk))
@@ -160,16 +167,10 @@ def unreached_gain(rows: _Rows, mdp: TabularMDP, f_lo: np.ndarray, f_hi: np.ndar
     states), from a valid start Z (>= Z*: the largest one-step term, or an earlier call's Z);
     monotone, so every iterate is valid."""
     g = mdp.gamma
-    off = rows.K & ~(rows.P > 0)
-    has_off = off.any(axis=1)
-    floor = np.where(off, rows.lo, 0.0)
     lo_all = np.where(mdp.K, mdp.floor, 0.0)
     Pf = np.sum(mdp.P * f_lo, axis=2)
     for _ in range(steps):
-        on = _tv_ball_max(rows.P, Z[:, None], rows.tau)[:, 0]
-        far = np.where(has_off, np.where(off, Z[None], -np.inf).max(axis=1), 0.0)
-        kept = np.maximum((1 - rows.o_lo) * on + floor @ Z,
-                          (1 - rows.o_hi) * on + floor @ Z + (rows.o_hi - rows.o_lo) * far)
+        kept = _rows_max(rows, Z[:, None], 1.0)[:, 0]
         h = (1 - g) * f_hi + g * Z[None, None, :]
         chosen = ((lo_all * h).sum(axis=2) + (1 - lo_all.sum(axis=2)) * np.where(mdp.K, h, -np.inf).max(axis=2)
                   - (1 - g) * Pf).max(axis=1)
