@@ -39,7 +39,9 @@ from pyomo.common.collections import ComponentMap
 from bilevel.equilibria.certificates import (FEASIBILITY_SLACK, FOLLOWER_GAP_TOL,
                                              equilibrium_tolerance, model_reward)
 from bilevel.equilibria.exact.minlp import FORMULATION, FixedPolicyNLP, StartedScip, actions_of, build_minlp, minlp_bounds, model_of, point_from_arrays, policy_array
+from bilevel.equilibria.exact.lie_bound import policy_occupancy_values
 from bilevel.equilibria.exact.listing import listed_end, second_look
+from bilevel.equilibria.exact.occupancy_box import split_out
 from bilevel.equilibria.exact.policy_tree import tree_available, tree_end
 from bilevel.equilibria.exact.routes import certify_point
 from bilevel.equilibria.exact.search import hiding_descent
@@ -190,17 +192,25 @@ def _certifier(bm: BilevelModel, nlp: FixedPolicyNLP):
 
 
 def _policy_solver(bm: BilevelModel, nlp: FixedPolicyNLP, band: float, seconds: float):
-    """decide(actions) for the end searches: SCIP on the MINLP with the policy fixed, stopped once its
-    bound passes the band ("out": no equilibrium with this policy in the band, or none at all),
-    "in" with a certified point in the band, else "undecided"."""
-    m = bm.model
+    """decide(actions) for the end searches, on the class of the policy (every policy that agrees
+    with it where it goes: the same J): "out" when `split_out` puts every completion out (half
+    the time, when the policy leaves states unreached) or SCIP on the MINLP with the policy
+    fixed where it goes proves its bound past the band (no equilibrium of the class in the band,
+    or none at all); "in" with a certified point in the band; else "undecided"."""
+    m, mdp = bm.model, bm.mdp
 
     def decide(actions) -> tuple[str, Equilibrium | None]:
+        t0 = time.perf_counter()
+        d, V = policy_occupancy_values(mdp, actions)
+        reached = (d > 0) | mdp.terminal
+        if not reached.all() and split_out(mdp, bm.alpha, actions, band, seconds / 2, d=d, V=V):
+            return "out", None
         for (s, a) in m.SA:
-            m.x[s, a].fix(1.0 if a == actions[s] else 0.0)
+            if reached[s]:
+                m.x[s, a].fix(1.0 if a == actions[s] else 0.0)
         set_objective(m, m.leader)
-        scip = StartedScip(time_limit=seconds, gap=1e-9, abs_gap=0.0,
-                           options={**SCIP_OPTIONS, "limits/dual": band})
+        scip = StartedScip(time_limit=max(MIN_SOLVE_SECONDS, seconds - (time.perf_counter() - t0)),
+                           gap=1e-9, abs_gap=0.0, options={**SCIP_OPTIONS, "limits/dual": band})
         try:
             res = scip.solve(m)
             point = _scip_point(bm, nlp, "SCIP with the policy fixed")[0] \

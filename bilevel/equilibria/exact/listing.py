@@ -12,12 +12,11 @@ with a constraint handler that settles every integer candidate pi before SCIP ma
   * out:       lie_bound(pi) > band, or else occupancy_box.occupancy_bound(pi) > band (tighter,
                slower), a proof that no equilibrium with pi lies in the band. It is cut off
                together with every policy that agrees with it on the states it reaches (both
-               bounds hold for all of them): sum_{s in Z(pi)} x(s, pi(s)) <= |Z(pi)| - 1 (a
-               policy SCIP puts out, below, is cut off alone);
+               bounds hold for all of them): sum_{s in Z(pi)} x(s, pi(s)) <= |Z(pi)| - 1;
   * in:        `certify(pi)` returns a certified equilibrium with leader <= band (IPOPT with the
                policy fixed, every number recomputed): SCIP keeps pi as a solution;
-  * else `decide(pi)`, a solve with the policy fixed (SCIP on the MINLP), may still put it out
-    or in;
+  * else `decide(pi)`, a solve with the policy fixed where it goes (the class split by its
+    actions elsewhere, then SCIP on the MINLP), may still put it out (with its class) or in;
   * undecided: none of these; cut off like an excluded one, its J recorded;
   * worse:     not better than an accepted policy (it cannot move the end): cut off unsettled.
 
@@ -137,9 +136,8 @@ class Verdicts:
 
     def settle(self, actions) -> tuple[str, list]:
         """("out" | "in" | "undecided" | "worse", the states of the cut), cached per policy: the
-        live states pi reaches (J, the bound and the certifier, which re-chooses the actions
-        elsewhere, are the same for every policy that agrees there), or every live state for a
-        policy SCIP put out; "worse": not better than an accepted policy, so it cannot move the
+        live states pi reaches (J, the bounds, the certifier, which re-chooses the actions
+        elsewhere, and `decide` are the same for every policy that agrees there); "worse": not better than an accepted policy, so it cannot move the
         end (cut off without a verdict)."""
         key = np.asarray(actions).tobytes()
         if key in self.verdicts:
@@ -165,11 +163,8 @@ class Verdicts:
             if verdict == "in" and abs(eq.J - J) <= 1e-9 * max(1.0, abs(J)):
                 self.accept(actions, eq)
                 return "in", reached
-            if verdict == "out":
-                # SCIP's verdict is on this policy: its actions where it does not go still enter
-                # the model's follower condition, so the cut covers every live state
+            if verdict == "out":        # decide's verdict is on the class too
                 self.out += 1
-                reached = [int(s) for s in np.flatnonzero(~mdp.terminal)]
             else:
                 verdict = "undecided"
                 self.undecided.append(J)

@@ -21,10 +21,15 @@ mass o off it,
 
 so q_s lies within TV tau_s of P_s on the support with o <= o_hi; states pi does not reach
 (w = 0), and any state where w - c u sigma_out <= 0, are left free. The bound holds for every
-policy that agrees with pi where pi goes (the same d, J and values there): off those states any
-action is allowed, and the values there are boxed by the min- and max-VI (`completion_values`),
-so a target off Z(pi) counts with its highest f and a free state's row with its best action
-(`unreached_gain`). The model occupancy over
+policy that agrees with pi where pi goes (the same d, J and values there) and chooses from
+`allowed` off those states (every action by default; `split_out` narrows it): the values there
+are boxed by the min- and max-VI (`completion_values`), so a target off Z(pi) counts with its
+highest f. The rows of the states pi does not reach (F) carry no loss. With d_F the model's
+occupancy there, d_F = (I - g Q_FF^T)^-1 b, b = (1 - g) rho0_F + g sum_{s not in F} d_m(s) q_s|F,
+so their terms add at most c b . Z / (1 - g), Z the robust value of their lies
+(`free_chain_gain`): c rho0 . Z, and for each reached s the mass q_s sends into F priced at
+g Z / (1 - g) on top of f (P_s . Z = 0, so it enters psi_s as part of (q_s - P_s) . f_s, where
+the loss pays for it). The model occupancy over
 such rows lies in the box of the optimistic and pessimistic VI of the discounted visits of each
 state t (`occupancy_box`: W_t = (1 - g) e_t + g max_q q . W_t, row by row; the operators are
 monotone, so iterates from a valid start stay valid). The box shrinks, the psi's rise, and the
@@ -34,6 +39,7 @@ lies in the band. The follower's optimality is not used (a relaxation).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +51,7 @@ from bilevel.mdp.model import TabularMDP
 DUAL_STEPS = 200          # bisection steps on the multiplier of sum q = 1 (any value is a valid bound)
 VI_STEPS = 25             # occupancy VI steps per round (the next round starts where it stopped)
 VI_TOL = 1e-12
+FREE_VI_STEPS = 10_000    # value iteration steps on the free states' chain (to VI_TOL, relative)
 MAX_ROUNDS = 60
 STALL = 1e-13             # relative change of the bound at which the rounds stop
 
@@ -153,44 +160,55 @@ def occupancy_box(rows: _Rows, rho0: np.ndarray, g: float, W: tuple, steps: int)
     return rho0 @ out[0], rho0 @ out[1], tuple(out)
 
 
-def unreached_gain(rows: _Rows, mdp: TabularMDP, f_lo: np.ndarray, f_hi: np.ndarray, Z: np.ndarray,
-                   steps: int) -> np.ndarray:
-    """Z with rho0 . Z >= the most that the rows of the `free` states (pi does not reach them in
-    M, so their loss weight is 0; any action there) add to sum_t d_m(t) (q_t - P_t,a) . f_t,a,
-    by `steps` of the robust VI
+def free_chain_gain(mdp: TabularMDP, free: np.ndarray, allowed: np.ndarray, V_lo: np.ndarray,
+                    V_hi: np.ndarray) -> np.ndarray:
+    """Z, 0 off the `free` states (live states pi does not reach) and at least the fixed point of
 
-        Z(t) = max_a max_q (1 - g) (q . f_hi(t,a) - P(.|t,a) . f_lo(t,a)) + g q . Z
-                                          (t free: any floored row on K(t, a)),
-        Z(s) = g max_q q . Z              (other rows, in `rows`' sets),
+        Z(t) = max_{a allowed} max_q (1 - g) (q - P_ta) . (R_ta + g V) + g q . Z     (t free)
 
-    f_lo <= R + g V <= f_hi ((S, A, S): the values of every completion of pi off its reached
-    states), from a valid start Z (>= Z*: the largest one-step term, or an earlier call's Z);
-    monotone, so every iterate is valid."""
+    over q the floored rows on K(t, a) and V in [V_lo, V_hi] (the values of every completion),
+    so that (1 - g) sum_t d_m(t) (q_t - P_t) . f_t over the free states is at most Z . (the
+    mass entering them). With D = q - P the inner term is D . R_ta + g (D+ . V_hi - D- . V_lo),
+    convex in q, so its max is at a vertex q_j = lo + m e_j (j in K(t, a), m = 1 - sum lo).
+    Value iteration from 0 to a residual delta, plus g delta / (1 - g) (the contraction's
+    distance to its fixed point)."""
     g = mdp.gamma
-    lo_all = np.where(mdp.K, mdp.floor, 0.0)
-    Pf = np.sum(mdp.P * f_lo, axis=2)
-    for _ in range(steps):
-        kept = _rows_max(rows, Z[:, None], 1.0)[:, 0]
-        h = (1 - g) * f_hi + g * Z[None, None, :]
-        chosen = ((lo_all * h).sum(axis=2) + (1 - lo_all.sum(axis=2)) * np.where(mdp.K, h, -np.inf).max(axis=2)
-                  - (1 - g) * Pf).max(axis=1)
-        new = np.where(rows.free, chosen, np.where(rows.live, g * kept, g * rows.P @ Z))
-        step = float(np.abs(new - Z).max())
+    Z = np.zeros(mdp.n_states)
+    if not free.any():
+        return Z
+    F = np.flatnonzero(free)
+    K, P, R = mdp.K[F], mdp.P[F], mdp.R[F]                         # (F, A, S)
+    lo = np.where(K, mdp.floor, 0.0)
+    m = 1.0 - lo.sum(axis=2, keepdims=True)
+    base = lo - P
+
+    def phi(x):                                                     # D+ . V_hi - D- . V_lo, entrywise
+        return np.maximum(x, 0.0) * V_hi - np.maximum(-x, 0.0) * V_lo
+
+    h = ((base * R).sum(axis=2, keepdims=True) + m * R
+         + g * (phi(base).sum(axis=2, keepdims=True) + phi(base + m) - phi(base)))
+    ok = K & allowed[F][:, :, None]
+    for _ in range(FREE_VI_STEPS):
+        tot = (1 - g) * h + g * ((lo * Z).sum(axis=2, keepdims=True) + m * Z)
+        new = np.zeros_like(Z)
+        new[F] = np.where(ok, tot, -np.inf).max(axis=(1, 2))
+        delta = float(np.abs(new - Z).max())
         Z = new
-        if step < VI_TOL:
+        if delta <= VI_TOL * max(1.0, float(np.abs(Z).max())):
             break
-    return Z
+    return np.where(free, Z + g * delta / (1 - g), 0.0)
 
 
-def completion_values(mdp: TabularMDP, actions, d: np.ndarray, V: np.ndarray):
+def completion_values(mdp: TabularMDP, actions, d: np.ndarray, V: np.ndarray, allowed=None):
     """[V_lo, V_hi]: the values in M of every policy that agrees with `actions` on the states it
-    reaches (d > 0): V there, the min- and max-VI over all actions elsewhere
-    (bilevel.equilibria.exact.completion_box)."""
+    reaches (d > 0) and chooses from `allowed` ((S, A) bool; default every action) elsewhere:
+    V there, the min- and max-VI elsewhere (bilevel.equilibria.exact.completion_box)."""
     reached = d > 0
     if reached.all():
         return V, V
-    allowed = np.where(reached[:, None], np.eye(mdp.n_actions, dtype=bool)[np.asarray(actions)], True)
-    lo, hi = completion_box(mdp, allowed, *outer_box(mdp))
+    rest = np.ones((mdp.n_states, mdp.n_actions), dtype=bool) if allowed is None else allowed
+    mask = np.where(reached[:, None], np.eye(mdp.n_actions, dtype=bool)[np.asarray(actions)], rest)
+    lo, hi = completion_box(mdp, mask, *outer_box(mdp))
     return np.where(reached, V, lo), np.where(reached, V, hi)
 
 
@@ -201,12 +219,15 @@ def _remaining(step: float, last: float) -> float:
     return step * r / (1 - r) if 0 <= r < 1 else np.inf
 
 
-def occupancy_bound(mdp: TabularMDP, alpha: float, actions, band: float, d=None, V=None) -> dict:
+def occupancy_bound(mdp: TabularMDP, alpha: float, actions, band: float, d=None, V=None,
+                    allowed=None) -> dict:
     """The bound of the module docstring for the deterministic policy `actions` and every policy
-    that agrees with it on the states it reaches: "leader_lo", a lower bound on the leader of
-    every model whose leader is at most `band` (so "out": True when it passes the band, i.e. no
-    model has leader <= band with any of these policies), and the "rounds"."""
+    that agrees with it on the states it reaches and chooses from `allowed` ((S, A) bool, default
+    every action) elsewhere: "leader_lo", a lower bound on the leader of every model whose
+    leader is at most `band` (so "out": True when it passes the band, i.e. no model has leader
+    <= band with any of these policies), and the "rounds"."""
     g, S = mdp.gamma, mdp.n_states
+    allowed = np.ones((S, mdp.n_actions), dtype=bool) if allowed is None else np.asarray(allowed)
     c = (1 - alpha) / (1 - g)
     actions = np.asarray(actions)
     if d is None or V is None:
@@ -216,38 +237,38 @@ def occupancy_bound(mdp: TabularMDP, alpha: float, actions, band: float, d=None,
     P, K, live = mdp.P[states, actions], mdp.K[states, actions], ~mdp.terminal
     lo = np.where(K, mdp.floor, 0.0)
     free = live & (d <= 0)
-    V_lo, V_hi = completion_values(mdp, actions, d, V)
+    V_lo, V_hi = completion_values(mdp, actions, d, V, allowed)
     f = mdp.R[states, actions] + g * V[None, :]
     f_hi = mdp.R[states, actions] + g * V_hi[None, :]
     w = np.where(live, alpha * d, 0.0)
     supp, off = P > 0, K & ~(P > 0)
-    f = np.where(supp, f, f_hi)        # off supp P the target may be a state pi does not reach
+    # off supp P the target may be a state pi does not reach: its highest value, and what the
+    # free states' rows add to sum d_m (q - P) . f per unit of mass sent there
+    Z = free_chain_gain(mdp, free, allowed, V_lo, V_hi)
+    f = np.where(supp, f, f_hi + g / (1 - g) * Z[None, :])
+    gain = c * float(mdp.rho0 @ Z)
     span_in = np.where(supp, f, -np.inf).max(axis=1) - np.where(supp, f, np.inf).min(axis=1)
     sigma_out = np.where(off.any(axis=1), np.maximum(
         0.0, np.where(off, f, -np.inf).max(axis=1) - np.sum(P * f, axis=1)), 0.0)
     o_lo = np.where(off, lo, 0.0).sum(axis=1)
     u, l = np.ones(S), np.zeros(S)
     W = (np.ones((S, S)), np.zeros((S, S)))
-    K_any = mdp.K.any(axis=1)
+    K_any = (mdp.K & allowed[:, :, None]).any(axis=1)
     rows = _Rows(P, K, lo, live, np.where(live, 1.0, 0.0), o_lo, np.where(live, 1.0, o_lo), free, K_any)
-    fa_lo, fa_hi = (mdp.R + g * X[None, None, :] for X in (V_lo, V_hi))
-    Z = np.full(S, float(np.where(free[:, None, None] & mdp.K, fa_hi - np.sum(mdp.P * fa_lo, axis=2)[:, :, None],
-                                  0.0).max(initial=0.0)))
-    previous, last = -np.inf, np.inf
+    previous, last, was_settled = -np.inf, np.inf, False
+    bounded = np.zeros(S, dtype=bool)
     for rounds in range(1, MAX_ROUNDS + 1):
         psi = np.minimum(tilted_kl(w, P, f, lo, K, c * l), tilted_kl(w, P, f, lo, K, c * u))
         psi = np.where(live & ~free, psi, 0.0)
-        if free.any():
-            Z = unreached_gain(rows, mdp, fa_lo, fa_hi, Z, VI_STEPS)
-            psi[free] = 0.0
-            gain = c * float(mdp.rho0 @ Z)
-        else:
-            gain = 0.0
         bound = -(1 - alpha) * J + float(psi.sum()) - gain
         step = bound - previous
-        if bound > band or abs(step) <= STALL * abs(bound) or bound + 5 * _remaining(step, last) < band:
+        # the geometric give-up only once every reached state's row is bounded, two rounds running
+        # (while the box still closes on light states the steps do not shrink geometrically)
+        settled = not np.any((w > 0) & ~bounded)
+        if bound > band or abs(step) <= STALL * abs(bound) or \
+                (settled and was_settled and bound + 5 * _remaining(step, last) < band):
             break
-        previous, last = bound, step
+        previous, last, was_settled = bound, step, settled
         beta = band + (1 - alpha) * J - (psi.sum() - psi) + gain
         cu = c * u
         den = w - cu * sigma_out
@@ -263,3 +284,34 @@ def occupancy_bound(mdp: TabularMDP, alpha: float, actions, band: float, d=None,
         u_new, l_new, W = occupancy_box(rows, mdp.rho0, g, W, VI_STEPS)
         u, l = np.minimum(u, u_new), np.maximum(l, l_new)
     return {"leader_lo": bound, "out": bound > band, "rounds": rounds}
+
+
+def split_out(mdp: TabularMDP, alpha: float, actions, band: float, seconds: float, d=None, V=None) -> bool:
+    """True when every policy that agrees with `actions` where it goes is out: `occupancy_bound`
+    on the whole class, and, while it is not out, on its parts by the action at one state pi
+    does not reach (the one whose completion values spread most), depth first, until every
+    part is out (True) or one completion is not, or `seconds` pass (False). A part's values off
+    Z(pi) are a sub-box of its parent's, so its bound is at least as tight."""
+    t0 = time.perf_counter()
+    actions = np.asarray(actions)
+    if d is None or V is None:
+        d, V = policy_occupancy_values(mdp, actions)
+    free = ~mdp.terminal & (d <= 0)
+    stack = [np.ones((mdp.n_states, mdp.n_actions), dtype=bool)]
+    while stack:
+        if time.perf_counter() - t0 > seconds:
+            return False
+        allowed = stack.pop()
+        if occupancy_bound(mdp, alpha, actions, band, d=d, V=V, allowed=allowed)["out"]:
+            continue
+        open_ = free & (allowed.sum(axis=1) > 1)
+        if not open_.any():
+            return False
+        V_lo, V_hi = completion_values(mdp, actions, d, V, allowed)
+        t = int(np.argmax(np.where(open_, V_hi - V_lo, -np.inf)))
+        for a in np.flatnonzero(allowed[t]):
+            child = allowed.copy()
+            child[t] = False
+            child[t, a] = True
+            stack.append(child)
+    return True
