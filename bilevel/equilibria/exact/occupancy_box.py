@@ -96,10 +96,14 @@ def _tv_ball_max(P: np.ndarray, W: np.ndarray, tau: np.ndarray) -> np.ndarray:
     entries of the support to the highest."""
     n, T = P.shape[0], W.shape[1]
     supp = P > 0
-    Wv = np.where(supp[:, :, None], W[None], np.inf)
+    k = max(1, int(supp.sum(axis=1).max()))
+    idx = np.argsort(~supp, axis=1, kind="stable")[:, :k]           # each row's support, padded
+    valid = np.take_along_axis(supp, idx, axis=1)
+    Wv = np.where(valid[:, :, None], W[idx], np.inf)                 # (n, k, T)
     order = np.argsort(Wv, axis=1)                                  # the support first, ascending
     Ws = np.take_along_axis(Wv, order, axis=1)
-    Ps = np.take_along_axis(np.broadcast_to(P[:, :, None], Wv.shape), order, axis=1)
+    Pk = np.where(valid, np.take_along_axis(P, idx, axis=1), 0.0)
+    Ps = np.take_along_axis(np.broadcast_to(Pk[:, :, None], Wv.shape), order, axis=1)
     top = np.broadcast_to((supp.sum(axis=1) - 1)[:, None, None], (n, 1, T))
     W_top = np.take_along_axis(Ws, top, axis=1)[:, 0]
     moved = np.minimum(tau[:, None], 1.0 - np.take_along_axis(Ps, top, axis=1)[:, 0])
@@ -125,14 +129,22 @@ class _Rows:
     K_any: np.ndarray           # (S, S): the union of K(s, a) over the actions
 
 
+def _masked_max(mask: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """max over j with mask[s, j] of W[j, t], for every row s of mask (n, S) and column t of W
+    (S, T); -inf for an empty row. Gathered over each row's entries, not the whole of S."""
+    k = max(1, int(mask.sum(axis=1).max(initial=0)))
+    idx = np.argsort(~mask, axis=1, kind="stable")[:, :k]
+    valid = np.take_along_axis(mask, idx, axis=1)
+    return np.where(valid[:, :, None], W[idx], -np.inf).max(axis=1)
+
+
 def _rows_max(rows: _Rows, W: np.ndarray, sign: float) -> np.ndarray:
     """sign * max over the rows' sets of q . (sign W[:, t]), for every row and column of W (S, T):
     the TV ball on supp P scaled by 1 - o, the floor off it and o - o_lo on its best target, o at
     either end of [o_lo, o_hi] (the value is linear in o)."""
     off = rows.K & ~(rows.P > 0)
     on = sign * _tv_ball_max(rows.P, sign * W, rows.tau)
-    far = np.where(off.any(axis=1)[:, None],
-                   sign * np.where(off[:, :, None], sign * W[None], -np.inf).max(axis=1), 0.0)
+    far = np.where(off.any(axis=1)[:, None], sign * _masked_max(off, sign * W), 0.0)
     at_floor = np.where(off, rows.lo, 0.0) @ W
     at_lo = (1 - rows.o_lo)[:, None] * on + at_floor
     at_hi = (1 - rows.o_hi)[:, None] * on + at_floor + (rows.o_hi - rows.o_lo)[:, None] * far
@@ -148,10 +160,9 @@ def occupancy_box(rows: _Rows, rho0: np.ndarray, g: float, W: tuple, steps: int)
     out = []
     for sign, Wk in zip((1.0, -1.0), W):
         for _ in range(steps):
-            best = _rows_max(rows, Wk, sign)
-            anywhere = sign * np.where(rows.K_any[:, :, None], sign * Wk[None], -np.inf).max(axis=1)
-            new = eye + g * np.where(rows.free[:, None], anywhere,
-                                     np.where(rows.live[:, None], best, rows.P @ Wk))
+            new = eye + g * np.where(rows.live[:, None], _rows_max(rows, Wk, sign), rows.P @ Wk)
+            if rows.free.any():
+                new[rows.free] = eye[rows.free] + g * sign * _masked_max(rows.K_any[rows.free], sign * Wk)
             step = float(np.abs(new - Wk).max())
             Wk = new
             if step < VI_TOL:
@@ -256,19 +267,19 @@ def occupancy_bound(mdp: TabularMDP, alpha: float, actions, band: float, d=None,
     K_any = (mdp.K & allowed[:, :, None]).any(axis=1)
     rows = _Rows(P, K, lo, live, np.where(live, 1.0, 0.0), o_lo, np.where(live, 1.0, o_lo), free, K_any)
     previous, last, was_settled = -np.inf, np.inf, False
-    bounded = np.zeros(S, dtype=bool)
+    bounded = was_bounded = np.zeros(S, dtype=bool)
     for rounds in range(1, MAX_ROUNDS + 1):
         psi = np.minimum(tilted_kl(w, P, f, lo, K, c * l), tilted_kl(w, P, f, lo, K, c * u))
         psi = np.where(live & ~free, psi, 0.0)
         bound = -(1 - alpha) * J + float(psi.sum()) - gain
         step = bound - previous
-        # the geometric give-up only once every reached state's row is bounded, two rounds running
-        # (while the box still closes on light states the steps do not shrink geometrically)
-        settled = not np.any((w > 0) & ~bounded)
+        # the geometric give-up only once the set of bounded rows has not changed for two rounds
+        # (while the box still closes on more states the steps do not shrink geometrically)
+        settled = np.array_equal(bounded, was_bounded)
         if bound > band or abs(step) <= STALL * abs(bound) or \
                 (settled and was_settled and bound + 5 * _remaining(step, last) < band):
             break
-        previous, last, was_settled = bound, step, settled
+        previous, last, was_settled, was_bounded = bound, step, settled, bounded
         beta = band + (1 - alpha) * J - (psi.sum() - psi) + gain
         cu = c * u
         den = w - cu * sigma_out
