@@ -2,6 +2,7 @@
 occupancy of models drawn inside it, the bound below the leader of random models (so it never
 puts out a policy that has a model in the band), and close to IPOPT's best lie."""
 
+import itertools
 from dataclasses import replace
 
 import cvxpy as cp
@@ -13,7 +14,7 @@ from conftest import ROOT, ipopt_best_lie
 
 from bilevel.equilibria.certificates import leader_value, model_reward
 from bilevel.equilibria.exact.minlp import FORMULATION
-from bilevel.equilibria.exact.occupancy_box import _Rows, occupancy_bound, occupancy_box, tilted_kl
+from bilevel.equilibria.exact.occupancy_box import _Rows, occupancy_bound, occupancy_box, split_out, tilted_kl
 from bilevel.mdp import load_mdp
 from bilevel.mdp.garnet import garnet
 from bilevel.tabular import kl_fit
@@ -165,3 +166,40 @@ def test_the_bound_separates_policies_just_outside_the_band():
         assert lie > 0
         assert occupancy_bound(mdp, ALPHA, actions, F_opt - 0.3 * lie)["out"]
         assert not occupancy_bound(mdp, ALPHA, actions, F_opt)["out"]
+
+
+def test_the_split_puts_a_class_out_exactly_when_each_completion_is():
+    """A policy of a 6-state Garnet (eta = 1e-3) that leaves two states unreached, with the band
+    at the leader of a model lying where pi does not go, for one completion, less a margin
+    (1e-7: no completion is out; 1e-6: all are): split_out agrees with the bound on each
+    completion alone (all out <=> split out), never puts out a class whose member has a model
+    at the band, and puts out a class that the bound on the whole class leaves open."""
+    helped = 0
+    for seed in (1,):
+        mdp = replace(garnet(6, 3, 2, seed=seed, support="neighbors", initial="first"), floor=1e-3)
+        Peta = kl_fit(mdp.P, mdp.K, mdp.floor)
+        rng = np.random.default_rng(seed)
+        for _ in range(6):
+            actions = np.where(mdp.terminal, 0, rng.integers(0, mdp.n_actions, mdp.n_states))
+            d = occupancy(mdp.P, mdp.rho0, mdp.gamma, deterministic_policy(actions, mdp.n_actions)).sum(axis=1)
+            free = np.flatnonzero((d <= 0) & ~mdp.terminal)
+            if len(free) < 2:
+                continue
+            other = actions.copy()
+            other[free] = rng.integers(0, mdp.n_actions, len(free))
+            Q = _free_lie(mdp, Peta.copy(), other, d <= 0)
+            F = leader_value(FORMULATION, mdp, deterministic_policy(other, mdp.n_actions), Q, ALPHA)
+            assert not split_out(mdp, ALPHA, actions, F, seconds=60)
+            for margin in (1e-7, 1e-6):
+                band = F - margin
+                each = []
+                for combo in itertools.product(range(mdp.n_actions), repeat=len(free)):
+                    allowed = np.ones((mdp.n_states, mdp.n_actions), dtype=bool)
+                    allowed[free] = False
+                    allowed[free, combo] = True
+                    each.append(occupancy_bound(mdp, ALPHA, actions, band, allowed=allowed)["out"])
+                split = split_out(mdp, ALPHA, actions, band, seconds=60)
+                assert split == all(each)
+                helped += split and not occupancy_bound(mdp, ALPHA, actions, band)["out"]
+            break                       # one policy
+    assert helped == 1

@@ -231,7 +231,7 @@ def _remaining(step: float, last: float) -> float:
 
 
 def occupancy_bound(mdp: TabularMDP, alpha: float, actions, band: float, d=None, V=None,
-                    allowed=None) -> dict:
+                    allowed=None, box=None) -> dict:
     """The bound of the module docstring for the deterministic policy `actions` and every policy
     that agrees with it on the states it reaches and chooses from `allowed` ((S, A) bool, default
     every action) elsewhere: "leader_lo", a lower bound on the leader of every model whose
@@ -262,8 +262,10 @@ def occupancy_bound(mdp: TabularMDP, alpha: float, actions, band: float, d=None,
     sigma_out = np.where(off.any(axis=1), np.maximum(
         0.0, np.where(off, f, -np.inf).max(axis=1) - np.sum(P * f, axis=1)), 0.0)
     o_lo = np.where(off, lo, 0.0).sum(axis=1)
-    u, l = np.ones(S), np.zeros(S)
-    W = (np.ones((S, S)), np.zeros((S, S)))
+    # a parent class's box, rows and VI state hold for this class (its models are among the
+    # parent's), so the rows are kept inside the parent's and the VI starts from its W
+    u, l, W, tau_cap, o_cap = box or (np.ones(S), np.zeros(S), (np.ones((S, S)), np.zeros((S, S))),
+                                      np.ones(S), np.ones(S))
     K_any = (mdp.K & allowed[:, :, None]).any(axis=1)
     rows = _Rows(P, K, lo, live, np.where(live, 1.0, 0.0), o_lo, np.where(live, 1.0, o_lo), free, K_any)
     previous, last, was_settled = -np.inf, np.inf, False
@@ -291,10 +293,11 @@ def occupancy_bound(mdp: TabularMDP, alpha: float, actions, band: float, d=None,
             bound = np.inf
             break
         tau = np.where(bounded, (cu * span_in + np.sqrt(np.maximum(disc, 0.0))) / (4 * safe_w), 1.0)
-        rows = _Rows(P, K, lo, live, np.minimum(tau, 1.0), o_lo, np.clip(o_hi, o_lo, 1.0), free, K_any)
+        tau_cap, o_cap = np.minimum(tau, tau_cap), np.clip(np.minimum(o_hi, o_cap), o_lo, 1.0)
+        rows = _Rows(P, K, lo, live, tau_cap, o_lo, o_cap, free, K_any)
         u_new, l_new, W = occupancy_box(rows, mdp.rho0, g, W, VI_STEPS)
         u, l = np.minimum(u, u_new), np.maximum(l, l_new)
-    return {"leader_lo": bound, "out": bound > band, "rounds": rounds}
+    return {"leader_lo": bound, "out": bound > band, "rounds": rounds, "box": (u, l, W, tau_cap, o_cap)}
 
 
 def split_out(mdp: TabularMDP, alpha: float, actions, band: float, seconds: float, d=None, V=None) -> bool:
@@ -308,12 +311,13 @@ def split_out(mdp: TabularMDP, alpha: float, actions, band: float, seconds: floa
     if d is None or V is None:
         d, V = policy_occupancy_values(mdp, actions)
     free = ~mdp.terminal & (d <= 0)
-    stack = [np.ones((mdp.n_states, mdp.n_actions), dtype=bool)]
+    stack = [(np.ones((mdp.n_states, mdp.n_actions), dtype=bool), None)]
     while stack:
         if time.perf_counter() - t0 > seconds:
             return False
-        allowed = stack.pop()
-        if occupancy_bound(mdp, alpha, actions, band, d=d, V=V, allowed=allowed)["out"]:
+        allowed, box = stack.pop()
+        r = occupancy_bound(mdp, alpha, actions, band, d=d, V=V, allowed=allowed, box=box)
+        if r["out"]:
             continue
         open_ = free & (allowed.sum(axis=1) > 1)
         if not open_.any():
@@ -324,5 +328,5 @@ def split_out(mdp: TabularMDP, alpha: float, actions, band: float, seconds: floa
             child = allowed.copy()
             child[t] = False
             child[t, a] = True
-            stack.append(child)
+            stack.append((child, r["box"]))
     return True
