@@ -131,6 +131,26 @@ def _free_lie(mdp, Q, policy, free, steps=50):
     return Q
 
 
+def _lying_cases(seeds, tries, min_free):
+    """(mdp, pi, the states pi does not reach, a policy agreeing with pi where pi goes and random
+    elsewhere, the leader of `_free_lie` for it at the floored fit) for random policies of
+    6-state Garnets with eta = 1e-3 (so the floor carries mass to those states) that leave at
+    least `min_free` live states unreached."""
+    for seed in seeds:
+        mdp = replace(garnet(6, 3, 2, seed=seed, support="neighbors", initial="first"), floor=1e-3)
+        Peta = kl_fit(mdp.P, mdp.K, mdp.floor)
+        rng = np.random.default_rng(seed)
+        for _ in range(tries):
+            actions = np.where(mdp.terminal, 0, rng.integers(0, mdp.n_actions, mdp.n_states))
+            d = occupancy(mdp.P, mdp.rho0, mdp.gamma, deterministic_policy(actions, mdp.n_actions)).sum(axis=1)
+            free = (d <= 0) & ~mdp.terminal
+            if free.sum() < min_free:
+                continue
+            other = np.where(free, rng.integers(0, mdp.n_actions, mdp.n_states), actions)
+            Q = _free_lie(mdp, Peta.copy(), other, free)
+            yield mdp, actions, free, other, leader_value(FORMULATION, mdp, deterministic_policy(other, mdp.n_actions), Q, ALPHA)
+
+
 def test_no_model_lying_where_pi_does_not_go_lies_below_the_bound():
     """At the floored fit with the rows of the states pi does not reach sent to their best
     targets (eta = 1e-3, so the floor carries mass there), for a policy that agrees with pi
@@ -138,20 +158,8 @@ def test_no_model_lying_where_pi_does_not_go_lies_below_the_bound():
     states' chain, with half of it, or with the policy's own values off Z(pi) in place of the
     box over its completions, it does not (4e-6, 8e-7 and 4e-8 above)."""
     worst = np.inf
-    for seed in range(6):
-        mdp = replace(garnet(6, 3, 2, seed=seed, support="neighbors", initial="first"), floor=1e-3)
-        Peta = kl_fit(mdp.P, mdp.K, mdp.floor)
-        rng = np.random.default_rng(seed)
-        for _ in range(10):
-            actions = np.where(mdp.terminal, 0, rng.integers(0, mdp.n_actions, mdp.n_states))
-            d = occupancy(mdp.P, mdp.rho0, mdp.gamma, deterministic_policy(actions, mdp.n_actions)).sum(axis=1)
-            free = (d <= 0) & ~mdp.terminal
-            if not free.any():
-                continue
-            other = np.where(d > 0, actions, rng.integers(0, mdp.n_actions, mdp.n_states))
-            Q = _free_lie(mdp, Peta.copy(), other, free)
-            F = leader_value(FORMULATION, mdp, deterministic_policy(other, mdp.n_actions), Q, ALPHA)
-            worst = min(worst, F - occupancy_bound(mdp, ALPHA, actions, F)["leader_lo"])
+    for mdp, actions, _, _, F in _lying_cases(range(6), 10, 1):
+        worst = min(worst, F - occupancy_bound(mdp, ALPHA, actions, F)["leader_lo"])
     assert worst >= 0
 
 
@@ -174,32 +182,19 @@ def test_the_split_puts_a_class_out_exactly_when_each_completion_is():
     (1e-7: no completion is out; 1e-6: all are): split_out agrees with the bound on each
     completion alone (all out <=> split out), never puts out a class whose member has a model
     at the band, and puts out a class that the bound on the whole class leaves open."""
+    mdp, actions, free, _, F = next(_lying_cases((1,), 6, 2))
+    free = np.flatnonzero(free)
+    assert not split_out(mdp, ALPHA, actions, F, seconds=60)
     helped = 0
-    for seed in (1,):
-        mdp = replace(garnet(6, 3, 2, seed=seed, support="neighbors", initial="first"), floor=1e-3)
-        Peta = kl_fit(mdp.P, mdp.K, mdp.floor)
-        rng = np.random.default_rng(seed)
-        for _ in range(6):
-            actions = np.where(mdp.terminal, 0, rng.integers(0, mdp.n_actions, mdp.n_states))
-            d = occupancy(mdp.P, mdp.rho0, mdp.gamma, deterministic_policy(actions, mdp.n_actions)).sum(axis=1)
-            free = np.flatnonzero((d <= 0) & ~mdp.terminal)
-            if len(free) < 2:
-                continue
-            other = actions.copy()
-            other[free] = rng.integers(0, mdp.n_actions, len(free))
-            Q = _free_lie(mdp, Peta.copy(), other, d <= 0)
-            F = leader_value(FORMULATION, mdp, deterministic_policy(other, mdp.n_actions), Q, ALPHA)
-            assert not split_out(mdp, ALPHA, actions, F, seconds=60)
-            for margin in (1e-7, 1e-6):
-                band = F - margin
-                each = []
-                for combo in itertools.product(range(mdp.n_actions), repeat=len(free)):
-                    allowed = np.ones((mdp.n_states, mdp.n_actions), dtype=bool)
-                    allowed[free] = False
-                    allowed[free, combo] = True
-                    each.append(occupancy_bound(mdp, ALPHA, actions, band, allowed=allowed)["out"])
-                split = split_out(mdp, ALPHA, actions, band, seconds=60)
-                assert split == all(each)
-                helped += split and not occupancy_bound(mdp, ALPHA, actions, band)["out"]
-            break                       # one policy
+    for margin in (1e-7, 1e-6):
+        band = F - margin
+        each = []
+        for combo in itertools.product(range(mdp.n_actions), repeat=len(free)):
+            allowed = np.ones((mdp.n_states, mdp.n_actions), dtype=bool)
+            allowed[free] = False
+            allowed[free, combo] = True
+            each.append(occupancy_bound(mdp, ALPHA, actions, band, allowed=allowed)["out"])
+        split = split_out(mdp, ALPHA, actions, band, seconds=60)
+        assert split == all(each)
+        helped += split and not occupancy_bound(mdp, ALPHA, actions, band)["out"]
     assert helped == 1

@@ -14,8 +14,10 @@ equilibrium_tolerance(L_best)), from arrays: it contains the band around L* and 
 SCIP's proven gap on L* of it. Then max and min of J(pi, M) over the band by the tree of
 partial policies (`tree_end`; by listing deterministic policies, `listed_end`, where the tree's
 node rows do not exist): each candidate policy is put out by the proved bound of `lie_bound`,
-in by a certified equilibrium (`_certifier`), or settled by SCIP on the MINLP with the policy
-fixed (`_policy_solver`); the ones left undecided bound the end. Under a `budget` each step
+in by a certified equilibrium (`_certifier`), or settled with its class (the policies that
+agree with it where it goes) by the occupancy box split over the actions off it and SCIP on the
+MINLP with the policy fixed where it goes (`_policy_solver`); the ones left undecided bound the
+end. Under a `budget` each step
 gets the time left over the steps left (the max end runs first). The certificate is "global"
 only when SCIP proved L* and both searches settled every policy beyond their end; SCIP's proofs
 hold up to its feasibility tolerance, like every SCIP route here.
