@@ -171,6 +171,50 @@ def occupancy_box(rows: _Rows, rho0: np.ndarray, g: float, W: tuple, steps: int)
     return rho0 @ out[0], rho0 @ out[1], tuple(out)
 
 
+def unreached_gain(rows: _Rows, mdp: TabularMDP, allowed: np.ndarray, f_lo: np.ndarray, f_hi: np.ndarray,
+                   Z: np.ndarray, steps: int) -> np.ndarray:
+    """Z with rho0 . Z >= the most that the rows of the `free` states add to sum_t d_m(t) (q_t -
+    P_t,a) . f_t,a when the model's other rows range over `rows`' sets (the box pricing: mass
+    sent to the free states is not charged to the row that sends it), by `steps` of
+
+        Z(t) = max_{a allowed} max_q (1 - g) (q . f_hi(t,a) - P(.|t,a) . f_lo(t,a)) + g q . Z
+                                          (t free: any floored row on K(t, a)),
+        Z(s) = g max_q q . Z              (other rows, in `rows`' sets),
+
+    f_lo <= R + g V <= f_hi ((S, A, S)), from a valid start Z (>= Z*: the largest one-step
+    term, or an earlier call's Z for rows that allowed more); monotone, so every iterate is
+    valid."""
+    g = mdp.gamma
+    lo_all = np.where(mdp.K, mdp.floor, 0.0)
+    Pf = np.sum(mdp.P * f_lo, axis=2)
+    for _ in range(steps):
+        kept = _rows_max(rows, Z[:, None], 1.0)[:, 0]
+        h = (1 - g) * f_hi + g * Z[None, None, :]
+        chosen = np.where(allowed, (lo_all * h).sum(axis=2) + (1 - lo_all.sum(axis=2))
+                          * np.where(mdp.K, h, -np.inf).max(axis=2) - (1 - g) * Pf, -np.inf).max(axis=1)
+        new = np.where(rows.free, chosen, np.where(rows.live, g * kept, g * rows.P @ Z))
+        step = float(np.abs(new - Z).max())
+        Z = new
+        if step < VI_TOL:
+            break
+    return Z
+
+
+def _rows_from(beta, w, cu, span_in, sigma_out, o_lo):
+    """(tau, o_hi) from term_s <= beta_s through 2 w TV^2 - cu span_in TV + (w - cu sigma_out) o
+    <= beta_s (1 where that does not bound the row: w = 0 or w <= cu sigma_out), or None when
+    some row cannot keep its term below beta_s."""
+    den = w - cu * sigma_out
+    bounded = (w > 0) & (den > 0)
+    safe_w, safe_den = np.where(bounded, w, 1.0), np.where(bounded, den, 1.0)
+    o_hi = np.where(bounded, (beta + (cu * span_in) ** 2 / (8 * safe_w)) / safe_den, 1.0)
+    disc = (cu * span_in) ** 2 + 8 * safe_w * (beta - safe_den * o_lo)
+    if np.any(bounded & (disc < 0)):
+        return None
+    tau = np.where(bounded, (cu * span_in + np.sqrt(np.maximum(disc, 0.0))) / (4 * safe_w), 1.0)
+    return tau, o_hi
+
+
 def free_chain_gain(mdp: TabularMDP, free: np.ndarray, allowed: np.ndarray, V_lo: np.ndarray,
                     V_hi: np.ndarray) -> np.ndarray:
     """Z, 0 off the `free` states (live states pi does not reach) and at least the fixed point of
@@ -223,10 +267,12 @@ def completion_values(mdp: TabularMDP, actions, d: np.ndarray, V: np.ndarray, al
     return np.where(reached, V, lo), np.where(reached, V, hi)
 
 
-def _remaining(step: float, last: float) -> float:
+def _remaining(step: float, last: float, before: float) -> float:
     """What rounds still to come may add to the bound if its steps shrink geometrically (they
-    do once the box is near its end): step r / (1 - r), r = step / last; inf while r >= 1."""
-    r = step / last if last > 0 and np.isfinite(last) else np.inf
+    do once the box is near its end) at the slower of the last two rates: step r / (1 - r),
+    r = max(step / last, last / before); inf while r >= 1."""
+    rates = [a / b if b > 0 and np.isfinite(b) else np.inf for a, b in ((step, last), (last, before))]
+    r = max(rates)
     return step * r / (1 - r) if 0 <= r < 1 else np.inf
 
 
@@ -253,47 +299,59 @@ def occupancy_bound(mdp: TabularMDP, alpha: float, actions, band: float, d=None,
     f_hi = mdp.R[states, actions] + g * V_hi[None, :]
     w = np.where(live, alpha * d, 0.0)
     supp, off = P > 0, K & ~(P > 0)
-    # off supp P the target may be a state pi does not reach: its highest value, and what the
-    # free states' rows add to sum d_m (q - P) . f per unit of mass sent there
-    Z = free_chain_gain(mdp, free, allowed, V_lo, V_hi)
-    f = np.where(supp, f, f_hi + g / (1 - g) * Z[None, :])
-    gain = c * float(mdp.rho0 @ Z)
+    # off supp P the target may be a state pi does not reach, counted with its highest value.
+    # The free states' lies enter by two pricings, each a valid bound, the better one is kept
+    # and each bounds the rows: the box pricing (`unreached_gain`, mass into F free of charge)
+    # closes the box from the start; the chain pricing (`free_chain_gain`, the mass a reached
+    # row sends into F priced in its psi at g Z / (1 - g)) is the tighter one near the band
+    Z_chain = free_chain_gain(mdp, free, allowed, V_lo, V_hi)
+    pricings = [(np.where(supp, f, f_hi + g / (1 - g) * Z_chain[None, :]), c * float(mdp.rho0 @ Z_chain))]
+    fa_lo, fa_hi = (mdp.R + g * X[None, None, :] for X in (V_lo, V_hi))
+    if free.any():
+        pricings.append((np.where(supp, f, f_hi), None))
+        Z_box = np.full(S, float(np.where((free[:, None] & allowed)[:, :, None] & mdp.K,
+                                          fa_hi - np.sum(mdp.P * fa_lo, axis=2)[:, :, None], 0.0).max(initial=0.0)))
     span_in = np.where(supp, f, -np.inf).max(axis=1) - np.where(supp, f, np.inf).min(axis=1)
-    sigma_out = np.where(off.any(axis=1), np.maximum(
-        0.0, np.where(off, f, -np.inf).max(axis=1) - np.sum(P * f, axis=1)), 0.0)
+    sigma_outs = [np.where(off.any(axis=1), np.maximum(
+        0.0, np.where(off, fp, -np.inf).max(axis=1) - np.sum(P * fp, axis=1)), 0.0) for fp, _ in pricings]
     o_lo = np.where(off, lo, 0.0).sum(axis=1)
     # a parent class's box, rows and VI state hold for this class (its models are among the
     # parent's), so the rows are kept inside the parent's and the VI starts from its W
     u, l, W, tau_cap, o_cap = box or (np.ones(S), np.zeros(S), (np.ones((S, S)), np.zeros((S, S))),
                                       np.ones(S), np.ones(S))
     K_any = (mdp.K & allowed[:, :, None]).any(axis=1)
-    rows = _Rows(P, K, lo, live, np.where(live, 1.0, 0.0), o_lo, np.where(live, 1.0, o_lo), free, K_any)
-    previous, last, was_settled = -np.inf, np.inf, False
+    rows = _Rows(P, K, lo, live, np.minimum(np.where(live, 1.0, 0.0), tau_cap), o_lo,
+                 np.clip(np.minimum(np.where(live, 1.0, o_lo), o_cap), o_lo, 1.0), free, K_any)
+    previous, last, before, was_settled = -np.inf, np.inf, np.inf, False
     bounded = was_bounded = np.zeros(S, dtype=bool)
     for rounds in range(1, MAX_ROUNDS + 1):
-        psi = np.minimum(tilted_kl(w, P, f, lo, K, c * l), tilted_kl(w, P, f, lo, K, c * u))
-        psi = np.where(live & ~free, psi, 0.0)
-        bound = -(1 - alpha) * J + float(psi.sum()) - gain
+        psis, gains = [], []
+        for fp, gain in pricings:
+            psi = np.minimum(tilted_kl(w, P, fp, lo, K, c * l), tilted_kl(w, P, fp, lo, K, c * u))
+            psis.append(np.where(live & ~free, psi, 0.0))
+            if gain is None:
+                Z_box = unreached_gain(rows, mdp, allowed, fa_lo, fa_hi, Z_box, VI_STEPS)
+                gain = c * float(mdp.rho0 @ Z_box)
+            gains.append(gain)
+        bound = max(-(1 - alpha) * J + float(psi.sum()) - gain for psi, gain in zip(psis, gains))
         step = bound - previous
         # the geometric give-up only once the set of bounded rows has not changed for two rounds
         # (while the box still closes on more states the steps do not shrink geometrically)
         settled = np.array_equal(bounded, was_bounded)
         if bound > band or abs(step) <= STALL * abs(bound) or \
-                (settled and was_settled and bound + 5 * _remaining(step, last) < band):
+                (settled and was_settled and bound + 5 * _remaining(step, last, before) < band):
             break
-        previous, last, was_settled, was_bounded = bound, step, settled, bounded
-        beta = band + (1 - alpha) * J - (psi.sum() - psi) + gain
-        cu = c * u
-        den = w - cu * sigma_out
-        bounded = (w > 0) & (den > 0)
-        safe_w, safe_den = np.where(bounded, w, 1.0), np.where(bounded, den, 1.0)
-        o_hi = np.where(bounded, (beta + (cu * span_in) ** 2 / (8 * safe_w)) / safe_den, 1.0)
-        disc = (cu * span_in) ** 2 + 8 * safe_w * (beta - safe_den * o_lo)
-        if np.any(bounded & (disc < 0)):        # no row of that state keeps the leader in the band
-            bound = np.inf
+        previous, last, before, was_settled, was_bounded = bound, step, last, settled, bounded
+        for psi, gain, sigma_out in zip(psis, gains, sigma_outs):
+            derived = _rows_from(band + (1 - alpha) * J - (psi.sum() - psi) + gain, w, c * u, span_in,
+                                 sigma_out, o_lo)
+            if derived is None:                 # no row of some state keeps the leader in the band
+                bound = np.inf
+                break
+            tau_cap, o_cap = np.minimum(derived[0], tau_cap), np.clip(np.minimum(derived[1], o_cap), o_lo, 1.0)
+        if bound == np.inf:
             break
-        tau = np.where(bounded, (cu * span_in + np.sqrt(np.maximum(disc, 0.0))) / (4 * safe_w), 1.0)
-        tau_cap, o_cap = np.minimum(tau, tau_cap), np.clip(np.minimum(o_hi, o_cap), o_lo, 1.0)
+        bounded = tau_cap < 1
         rows = _Rows(P, K, lo, live, tau_cap, o_lo, o_cap, free, K_any)
         u_new, l_new, W = occupancy_box(rows, mdp.rho0, g, W, VI_STEPS)
         u, l = np.minimum(u, u_new), np.maximum(l, l_new)
