@@ -29,7 +29,10 @@ occupancy there, d_F = (I - g Q_FF^T)^-1 b, b = (1 - g) rho0_F + g sum_{s not in
 so their terms add at most c b . Z / (1 - g), Z the robust value of their lies
 (`free_chain_gain`): c rho0 . Z, and for each reached s the mass q_s sends into F priced at
 g Z / (1 - g) on top of f (P_s . Z = 0, so it enters psi_s as part of (q_s - P_s) . f_s, where
-the loss pays for it). The model occupancy over
+the loss pays for it). That chain pricing is tight near the band but cannot close the box alone
+(light rows stay unbounded); the box pricing (`unreached_gain`: a robust VI over the box's rows,
+mass into F free of charge) can. Each round keeps the better bound and intersects the rows both
+derive. The model occupancy over
 such rows lies in the box of the optimistic and pessimistic VI of the discounted visits of each
 state t (`occupancy_box`: W_t = (1 - g) e_t + g max_q q . W_t, row by row; the operators are
 monotone, so iterates from a valid start stay valid). The box shrinks, the psi's rise, and the
