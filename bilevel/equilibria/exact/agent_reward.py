@@ -15,8 +15,8 @@ SCIP's proven gap on L* of it. Then max and min of J(pi, M) over the band by the
 partial policies (`tree_end`; by listing deterministic policies, `listed_end`, where the tree's
 node rows do not exist): each candidate policy is put out by the proved bound of `lie_bound`,
 in by a certified equilibrium (`_certifier`), or settled with its class (the policies that
-agree with it where it goes) by the occupancy box split over the actions off it and SCIP on the
-MINLP with the policy fixed where it goes (`_policy_solver`); the ones left undecided bound the
+agree with it where it goes) by the occupancy box split over the actions off it, or alone by
+SCIP on the MINLP with the policy fixed (`_policy_solver`); the ones left undecided bound the
 end. Under a `budget` each step
 gets the time left over the steps left (the max end runs first). The certificate is "global"
 only when SCIP proved L* and both searches settled every policy beyond their end; SCIP's proofs
@@ -194,22 +194,23 @@ def _certifier(bm: BilevelModel, nlp: FixedPolicyNLP):
 
 
 def _policy_solver(bm: BilevelModel, nlp: FixedPolicyNLP, band: float, seconds: float):
-    """decide(actions) for the end searches, on the class of the policy (every policy that agrees
-    with it where it goes: the same J): "out" when `split_out` puts every completion out (half
-    the time, when the policy leaves states unreached) or SCIP on the MINLP with the policy
-    fixed where it goes proves its bound past the band (no equilibrium of the class in the band,
-    or none at all); "in" with a certified point in the band; else "undecided"."""
+    """decide(actions) for the end searches: "out" when `split_out` puts every policy of the
+    class out (the policies that agree with it where it goes, the same J; half the time, when
+    the policy leaves states unreached); "out_policy" when SCIP on the MINLP with this policy
+    fixed proves its bound past the band (no equilibrium with this policy in the band: the other
+    completions of its class stay open); "in" with a certified point in the band; else
+    "undecided". (SCIP with x fixed only where the policy goes would speak for the class, but
+    SCIP's bundled IPOPT aborted in METIS on the 10x10 gridworld's MINLP so fixed.)"""
     m, mdp = bm.model, bm.mdp
 
     def decide(actions) -> tuple[str, Equilibrium | None]:
         t0 = time.perf_counter()
         d, V = policy_occupancy_values(mdp, actions)
-        reached = (d > 0) | mdp.terminal
-        if not reached.all() and split_out(mdp, bm.alpha, actions, band, seconds / 2, d=d, V=V):
+        if not ((d > 0) | mdp.terminal).all() and \
+                split_out(mdp, bm.alpha, actions, band, seconds / 2, d=d, V=V):
             return "out", None
         for (s, a) in m.SA:
-            if reached[s]:
-                m.x[s, a].fix(1.0 if a == actions[s] else 0.0)
+            m.x[s, a].fix(1.0 if a == actions[s] else 0.0)
         set_objective(m, m.leader)
         scip = StartedScip(time_limit=max(MIN_SOLVE_SECONDS, seconds - (time.perf_counter() - t0)),
                            gap=1e-9, abs_gap=0.0, options={**SCIP_OPTIONS, "limits/dual": band})
@@ -221,7 +222,7 @@ def _policy_solver(bm: BilevelModel, nlp: FixedPolicyNLP, band: float, seconds: 
             for v in m.x.values():
                 v.unfix()
         if res.status == Status.INFEASIBLE or (res.bound is not None and res.bound > band):
-            return "out", None
+            return "out_policy", None
         if point is not None and point.eq.leader_objective <= band:
             return "in", point.eq
         return "undecided", None

@@ -15,8 +15,8 @@ with a constraint handler that settles every integer candidate pi before SCIP ma
                bounds hold for all of them): sum_{s in Z(pi)} x(s, pi(s)) <= |Z(pi)| - 1;
   * in:        `certify(pi)` returns a certified equilibrium with leader <= band (IPOPT with the
                policy fixed, every number recomputed): SCIP keeps pi as a solution;
-  * else `decide(pi)`, a solve with the policy fixed where it goes (the class split by its
-    actions elsewhere, then SCIP on the MINLP), may still put it out (with its class) or in;
+  * else `decide(pi)` may still put it out with its class (the occupancy box split by the
+    actions where pi does not go), or alone (SCIP on the MINLP with the policy fixed), or in;
   * undecided: none of these; cut off like an excluded one, its J recorded;
   * worse:     not better than an accepted policy (it cannot move the end): cut off unsettled.
 
@@ -137,7 +137,8 @@ class Verdicts:
     def settle(self, actions) -> tuple[str, list]:
         """("out" | "in" | "undecided" | "worse", the states of the cut), cached per policy: the
         live states pi reaches (J, the bounds, the certifier, which re-chooses the actions
-        elsewhere, and `decide` are the same for every policy that agrees there); "worse": not better than an accepted policy, so it cannot move the
+        elsewhere, and `decide`'s split are the same for every policy that agrees there), or
+        every live state for a policy SCIP put out alone; "worse": not better than an accepted policy, so it cannot move the
         end (cut off without a verdict)."""
         key = np.asarray(actions).tobytes()
         if key in self.verdicts:
@@ -163,8 +164,14 @@ class Verdicts:
             if verdict == "in" and abs(eq.J - J) <= 1e-9 * max(1.0, abs(J)):
                 self.accept(actions, eq)
                 return "in", reached
-            if verdict == "out":        # decide's verdict is on the class too
+            if verdict == "out":        # decide's split: the class is out
                 self.out += 1
+            elif verdict == "out_policy":
+                # SCIP's verdict is on this policy: its actions where it does not go still enter
+                # the model's follower condition, so the cut covers every live state
+                verdict = "out"
+                self.out += 1
+                reached = [int(s) for s in np.flatnonzero(~mdp.terminal)]
             else:
                 verdict = "undecided"
                 self.undecided.append(J)
@@ -249,7 +256,7 @@ def second_look(res: ListedEnd, sense: str, decide, time_limit: float) -> Listed
         verdict, eq = ("undecided", None) if time.perf_counter() - t0 > time_limit else decide(actions)
         if verdict == "in" and abs(eq.J - J) <= 1e-9 * max(1.0, abs(J)):
             end = eq
-        elif verdict != "out":
+        elif verdict != "out":      # "out_policy" leaves the class's other completions open
             left.append((J, actions))
     bound = min([sign * end.J] + [sign * J for J, _ in left if sign * (J - end.J) < 0])
     return replace(res, end=end, bound=sign * bound, undecided=[J for J, _ in left],
